@@ -1,0 +1,324 @@
+"""Capture residual-stream / MLP-out activations with forward hooks, and keep them in a
+resumable on-disk cache (safetensors shards + JSON manifest) that serves shuffled batches.
+
+Hook names follow TransformerLens: ``blocks.{l}.hook_resid_post`` is decoder block l's output
+(HF ``hidden_states[l + 1]``), ``blocks.{l}.hook_mlp_out`` is block l's MLP output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .atomic import atomic_path, read_json, write_json
+
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|mlp_out)$")
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    layer: int
+    kind: str  # "resid_post" or "mlp_out"
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.layer}.hook_{self.kind}"
+
+
+def resid_hook(layer: int) -> str:
+    return HookPoint(layer, "resid_post").name
+
+
+def parse_hook(name: str, n_layers: int | None = None) -> HookPoint:
+    """Parse and validate a hook name against the model's depth."""
+    m = _HOOK_RE.match(str(name))
+    if not m:
+        raise ValueError(
+            f"hook {name!r} is not understood: use 'blocks.<layer>.hook_resid_post' or "
+            "'blocks.<layer>.hook_mlp_out'"
+        )
+    hp = HookPoint(int(m.group(1)), m.group(2))
+    if n_layers is not None and not 0 <= hp.layer < n_layers:
+        raise ValueError(
+            f"layer {hp.layer} in hook {name!r} is out of range: the model has {n_layers} "
+            f"layers, so use 0..{n_layers - 1}"
+        )
+    return hp
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of decoder blocks of a HF causal LM (Llama/Gemma/Qwen-style `model.layers`)."""
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no `model.layers`: unsupported architecture")
+    return layers
+
+
+def _module_for(model: torch.nn.Module, hp: HookPoint) -> torch.nn.Module:
+    block = decoder_layers(model)[hp.layer]
+    return block if hp.kind == "resid_post" else block.mlp
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the last needed layer has run, to skip the rest of the model."""
+
+
+@torch.no_grad()
+def run_with_cache(model: torch.nn.Module, input_ids_BT: torch.Tensor, hooks: list[str],
+                   attention_mask_BT: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Run the model only as far as the deepest hook; return `{hook: acts_BTD}`."""
+    n_layers = len(decoder_layers(model))
+    points = [parse_hook(h, n_layers) for h in hooks]
+    last = max(points, key=lambda p: (p.layer, p.kind == "resid_post"))
+    cache: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make(hp: HookPoint):
+        def hook(_mod, _inp, out):
+            cache[hp.name] = _first(out).detach()
+            if hp == last:
+                raise _StopForward
+
+        return hook
+
+    for hp in points:
+        handles.append(_module_for(model, hp).register_forward_hook(make(hp)))
+    try:
+        model(input_ids=input_ids_BT, attention_mask=attention_mask_BT, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return cache
+
+
+@contextmanager
+def splice(model: torch.nn.Module, hook: str, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """Replace the output at `hook` by `fn(acts_BTD)` for every forward inside the block."""
+    hp = parse_hook(hook, len(decoder_layers(model)))
+
+    def replace(_mod, _inp, out):
+        if isinstance(out, tuple):
+            return (fn(out[0]),) + tuple(out[1:])
+        return fn(out)
+
+    handle = _module_for(model, hp).register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def token_mask(input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor | None,
+               bos_id: int | None, drop_bos: bool) -> torch.Tensor:
+    """Bool mask of the positions that enter the data: real (non-pad) tokens, minus the BOS
+    at each row's first real position when `drop_bos`."""
+    mask = (torch.ones_like(input_ids_BT, dtype=torch.bool) if attention_mask_BT is None
+            else attention_mask_BT.bool())
+    if drop_bos and bos_id is not None:
+        first = mask.float().argmax(dim=1)
+        rows = torch.arange(input_ids_BT.shape[0])
+        is_bos = input_ids_BT[rows, first] == bos_id
+        mask[rows[is_bos], first[is_bos]] = False
+    return mask
+
+
+def check_finite(acts: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(acts).all():
+        bad = (~torch.isfinite(acts)).sum().item()
+        raise ValueError(
+            f"{bad} NaN/inf values in {what}: the model likely overflowed in its dtype; "
+            "load it with dtype='float32', or drop the offending inputs"
+        )
+
+
+@torch.no_grad()
+def harvest(lm, windows_NT: torch.Tensor, hooks: list[str], batch_size: int = 8,
+            drop_bos: bool = True, attention_mask_NT: torch.Tensor | None = None,
+            progress: bool = True) -> dict[str, torch.Tensor]:
+    """Activations of all non-pad tokens of `windows_NT` at `hooks`, in memory: `{hook: acts_ND}`."""
+    out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    for acts in _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, attention_mask_NT,
+                              progress, start=0):
+        for h in hooks:
+            out[h].append(acts[h])
+    return {h: torch.cat(v) for h, v in out.items()}
+
+
+def _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, attention_mask_NT, progress,
+                  start: int, stop: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    stop = windows_NT.shape[0] if stop is None else stop
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    bar = tqdm(total=stop - start, unit="win", desc="harvest", disable=not progress, leave=False)
+    for a in range(start, stop, batch_size):
+        b = min(a + batch_size, stop)
+        ids = windows_NT[a:b].to(lm.device)
+        am = None if attention_mask_NT is None else attention_mask_NT[a:b].to(lm.device)
+        cache = run_with_cache(lm.model, ids, hooks, am)
+        keep = token_mask(ids, am, bos, drop_bos)
+        result = {}
+        for h in hooks:
+            acts = cache[h][keep].float().cpu()
+            check_finite(acts, f"{h} of windows {a}-{b}")
+            result[h] = acts
+        bar.update(b - a)
+        yield result
+    bar.close()
+
+
+class ActivationCache:
+    """On-disk activations: `manifest.json` + `shard_XXXXX.safetensors`, one tensor per hook.
+
+    `build` writes shards of `windows_per_shard` windows each, every shard and then the manifest
+    atomically, so a killed harvest resumes at the first missing shard.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.manifest_path = self.folder / "manifest.json"
+        if not self.manifest_path.exists():
+            raise FileNotFoundError(f"no activation cache at {self.folder}: run ActivationCache.build")
+        self.manifest = read_json(self.manifest_path)
+
+    # ------------------------------------------------------------------ writing
+    @classmethod
+    def build(cls, folder: str | Path, lm, windows_NT: torch.Tensor, hooks: list[str],
+              batch_size: int = 8, windows_per_shard: int = 64, drop_bos: bool = True,
+              progress: bool = True) -> "ActivationCache":
+        folder = Path(folder)
+        for h in hooks:
+            parse_hook(h, lm.n_layers)  # validate before any compute
+        fp = _fingerprint(lm.name, windows_NT, hooks, drop_bos)
+        manifest_path = folder / "manifest.json"
+        if manifest_path.exists():
+            manifest = read_json(manifest_path)
+            if manifest.get("fingerprint") != fp:
+                raise ValueError(
+                    f"activation cache {folder} was built from other inputs (model, windows, hooks "
+                    "or drop_bos differ): delete the folder or pass another `cache_dir`"
+                )
+        else:
+            manifest = {"fingerprint": fp, "model": lm.name, "hooks": list(hooks),
+                        "d_model": lm.d_model, "n_windows": int(windows_NT.shape[0]),
+                        "seq_len": int(windows_NT.shape[1]), "drop_bos": drop_bos,
+                        "windows_per_shard": windows_per_shard, "shards": [], "complete": False}
+        wps = manifest["windows_per_shard"]
+        done = {s["start"] for s in manifest["shards"]}
+        n = windows_NT.shape[0]
+        todo = [a for a in range(0, n, wps) if a not in done]
+        bar = tqdm(total=n, initial=n - sum(min(wps, n - a) for a in todo), unit="win",
+                   desc=f"harvest {lm.name}", disable=not progress)
+        for a in todo:
+            b = min(a + wps, n)
+            parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+            for acts in _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, None,
+                                      False, start=a, stop=b):
+                for h in hooks:
+                    parts[h].append(acts[h])
+            tensors = {h: torch.cat(v).contiguous() for h, v in parts.items()}
+            name = f"shard_{a // wps:05d}.safetensors"
+            with atomic_path(folder / name) as tmp:
+                save_file(tensors, str(tmp))
+            manifest["shards"].append({"file": name, "start": a, "stop": b,
+                                       "n_tokens": int(tensors[hooks[0]].shape[0]),
+                                       "sha256": _sha256(folder / name)})
+            manifest["shards"].sort(key=lambda s: s["start"])
+            write_json(manifest_path, manifest)
+            bar.update(b - a)
+        bar.close()
+        manifest["complete"] = True
+        manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
+        write_json(manifest_path, manifest)
+        return cls(folder)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["hooks"])
+
+    def _check_hook(self, hook: str) -> None:
+        if hook not in self.hooks:
+            raise ValueError(f"hook {hook!r} is not in the cache {self.folder}: it has {self.hooks}")
+
+    def read_shard(self, shard: dict, hook: str, verify: bool = True) -> torch.Tensor:
+        path = self.folder / shard["file"]
+        problem = None
+        if not path.exists():
+            problem = "is missing"
+        elif verify and _sha256(path) != shard["sha256"]:
+            problem = "is corrupt or truncated (sha256 mismatch)"
+        if problem is None:
+            try:
+                acts = load_file(str(path))[hook]
+            except (SafetensorError, OSError) as err:
+                problem = f"cannot be read ({err})"
+        if problem is not None:
+            raise ValueError(
+                f"activation shard {path} {problem}: delete it and its entry in manifest.json "
+                "(or the whole folder) and rerun the harvest; finished shards are kept"
+            )
+        return acts
+
+    def load(self, hook: str, verify: bool = True) -> torch.Tensor:
+        """All activations at `hook`, in corpus order: `acts_ND`."""
+        self._check_hook(hook)
+        return torch.cat([self.read_shard(s, hook, verify) for s in self.manifest["shards"]])
+
+    def batches(self, hook: str, batch_size: int, seed: int = 0, epochs: int = 1,
+                buffer_tokens: int = 1 << 20) -> Iterator[torch.Tensor]:
+        """Shuffled `[batch_size, D]` batches: shards in random order, mixed in a buffer of about
+        `buffer_tokens` tokens; the last partial batch of each epoch is dropped."""
+        self._check_hook(hook)
+        gen = torch.Generator().manual_seed(seed)
+        shards = self.manifest["shards"]
+        for _ in range(epochs):
+            buf: list[torch.Tensor] = []
+            held = 0
+            order = torch.randperm(len(shards), generator=gen).tolist()
+            for i, idx in enumerate(order):
+                part = self.read_shard(shards[idx], hook)
+                buf.append(part)
+                held += part.shape[0]
+                if held < buffer_tokens and i < len(order) - 1:
+                    continue
+                pool = torch.cat(buf)
+                pool = pool[torch.randperm(pool.shape[0], generator=gen)]
+                n_full = pool.shape[0] // batch_size
+                for j in range(n_full):
+                    yield pool[j * batch_size:(j + 1) * batch_size]
+                rest = pool[n_full * batch_size:]
+                buf, held = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fingerprint(model: str, windows_NT: torch.Tensor, hooks: list[str], drop_bos: bool) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{model}|{sorted(hooks)}|{drop_bos}|{tuple(windows_NT.shape)}".encode())
+    digest.update(windows_NT.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

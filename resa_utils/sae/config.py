@@ -1,0 +1,132 @@
+"""SAE configs: `SAEConfig` describes a trained SAE (SAELens field names, so SAELens loads our
+files); `TrainConfig` holds the knobs of one training run, for every method."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+ARCHITECTURES = ("standard", "topk")
+"""Inference architectures (SAELens names): `standard` = ReLU (L1 and GBA train it), `topk`."""
+
+METHODS = ("topk", "relu_l1", "gba")
+"""Training methods; each has one trainer class in `resa_utils.sae.trainers`."""
+
+
+@dataclass
+class SAEConfig:
+    d_in: int
+    """Width of the activations the SAE reads."""
+    d_sae: int
+    """Number of latents."""
+    architecture: str = "standard"
+    """'standard' (ReLU) or 'topk'."""
+    k: int | None = None
+    """Active latents per token (topk only)."""
+    dtype: str = "float32"
+    device: str = "cpu"
+    apply_b_dec_to_input: bool = True
+    """Encode `x - b_dec` rather than `x` (always True here; kept for SAELens)."""
+    normalize_activations: str = "none"
+    """Input scaling is folded into the weights at the end of training, so always 'none'."""
+    reshape_activations: str = "none"
+    rescale_acts_by_decoder_norm: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Free-form provenance: model_name, hook_name, method, trainer settings, input_scale."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r} unknown: use one of {ARCHITECTURES}")
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"d_in={self.d_in} and d_sae={self.d_sae} must both be positive")
+        if self.architecture == "topk":
+            if self.k is None or not 0 < self.k <= self.d_sae:
+                raise ValueError(
+                    f"k={self.k} must be in 1..d_sae={self.d_sae}: lower k or widen the SAE"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.architecture != "topk":
+            out.pop("k")
+            out.pop("rescale_acts_by_decoder_norm")
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainConfig:
+    method: str = "topk"
+    """'topk' (with AuxK), 'relu_l1' (L1 penalty) or 'gba' (group bias adaptation, no penalty)."""
+    d_sae: int = 4096
+    """Number of latents."""
+    k: int = 32
+    """TopK: active latents per token."""
+    l1_coefficient: float = 1e-3
+    """relu_l1: weight of the L1 penalty on latent activations (inputs scaled to unit mean norm)."""
+    aux_k: int = 512
+    """TopK: latents used by the AuxK dead-latent loss (capped at the number of dead latents)."""
+    aux_coefficient: float = 1 / 32
+    """TopK: weight of the AuxK loss (Gao et al. 2024); 0 turns it off (as Resa's code does)."""
+    dead_tokens: int = 200_000
+    """A latent that has not fired for this many training tokens counts as dead (AuxK)."""
+    gba_groups: int = 10
+    """GBA: number of latent groups K."""
+    gba_p_high: float = 0.1
+    """GBA: target firing frequency of the first group (p_1)."""
+    gba_p_low: float = 0.001
+    """GBA: target firing frequency of the last group (p_K); the ladder is geometric."""
+    gba_gamma: float = 0.01
+    """GBA: bias step size γ."""
+    gba_interval: int = 50
+    """GBA: steps between bias updates; the statistics are buffered over those steps."""
+    gba_eps: float = 1e-6
+    """GBA: a latent firing on a smaller share of buffered tokens counts as nearly dead."""
+    lr: float = 1e-3
+    """Adam learning rate (TopK default follows sparsify: 2e-4 / sqrt(d_sae / 16384), ~4e-4 at 4k)."""
+    batch_size: int = 512
+    """Tokens per step."""
+    n_tokens: int = 1_000_000
+    """Training tokens in all (epochs over the data as needed)."""
+    normalize_inputs: bool = True
+    """Scale inputs to unit mean norm while training; the scale is folded into the saved weights."""
+    seed: int = 0
+    checkpoint_every: int = 500
+    """Steps between checkpoints when a checkpoint folder is given."""
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} unknown: use one of {METHODS}")
+        checks = [
+            (self.d_sae > 0, f"d_sae={self.d_sae} must be positive"),
+            (self.batch_size > 0, f"batch_size={self.batch_size} must be positive"),
+            (self.n_tokens >= self.batch_size,
+             f"n_tokens={self.n_tokens} is less than one batch of {self.batch_size}"),
+            (self.lr > 0, f"lr={self.lr} must be positive"),
+        ]
+        if self.method == "topk":
+            checks.append((0 < self.k <= self.d_sae,
+                           f"k={self.k} must be in 1..d_sae={self.d_sae}: lower k or raise d_sae"))
+        if self.method == "relu_l1":
+            checks.append((self.l1_coefficient >= 0,
+                           f"l1_coefficient={self.l1_coefficient} must be >= 0"))
+        if self.method == "gba":
+            checks += [
+                (1 <= self.gba_groups <= self.d_sae,
+                 f"gba_groups={self.gba_groups} must be in 1..d_sae={self.d_sae}"),
+                (1 >= self.gba_p_high >= self.gba_p_low > 0,
+                 f"need 1 >= gba_p_high ({self.gba_p_high}) >= gba_p_low ({self.gba_p_low}) > 0"),
+                (self.gba_interval >= 1, f"gba_interval={self.gba_interval} must be >= 1"),
+            ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_tokens // self.batch_size

@@ -1,0 +1,92 @@
+"""Group Bias Adaptation (Chen et al. 2025): a ReLU SAE trained on reconstruction alone, whose
+encoder biases get no gradient but are steered toward per-group target firing frequencies.
+
+Latents are split at random into K groups with targets on a geometric ladder p_1 > ... > p_K.
+Every `gba_interval` steps, from the pre-activations (bias included) buffered since the last
+update, each latent m of group k with firing frequency p_m and max pre-activation r_m gets
+`b_m <- max(b_m - γ r_m, -1)` if p_m > p_k, or `b_m <- min(b_m + γ s̄_k, 0)` if p_m < ε,
+with s̄_k the mean positive r in its group. Biases stay in [-1, 0]; inputs have unit mean norm.
+Group assignment and ε are not fixed by the paper's text we could read: both are parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .trainer import Trainer
+
+
+class GBATrainer(Trainer):
+    architecture = "standard"
+
+    def setup(self, sample_ND: torch.Tensor) -> None:
+        super().setup(sample_ND)
+        cfg, F = self.cfg, self.cfg.d_sae
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        perm = torch.randperm(F, generator=gen)
+        self.group_F = torch.empty(F, dtype=torch.long)
+        self.group_F[perm] = torch.arange(F) * cfg.gba_groups // F
+        self.group_F = self.group_F.to(self.device)
+        self.targets_K = torch.logspace(torch.log10(torch.tensor(cfg.gba_p_high)),
+                                        torch.log10(torch.tensor(cfg.gba_p_low)),
+                                        cfg.gba_groups).to(self.device)
+        self._reset_buffer()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        self.sae.b_enc.requires_grad_(False)
+        return [p for n, p in self.sae.named_parameters() if n != "b_enc"]
+
+    def _reset_buffer(self) -> None:
+        F = self.cfg.d_sae
+        self.fire_count_F = torch.zeros(F, device=self.device)
+        self.max_pre_F = torch.full((F,), float("-inf"), device=self.device)
+        self.buffered_tokens = 0
+
+    def loss(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        pre = self.sae.pre_acts(x_BD)
+        f = pre.relu()
+        x_hat = self.sae.decode(f)
+        mse = (x_BD - x_hat).pow(2).sum(1).mean()
+        with torch.no_grad():
+            active = pre > 0
+            self.fire_count_F += active.sum(0)
+            self.max_pre_F = torch.maximum(self.max_pre_F, pre.max(0).values)
+            self.buffered_tokens += x_BD.shape[0]
+        return mse, {"fvu": float(self.batch_fvu(x_BD, x_hat.detach())),
+                     "l0": float(active.sum(1).float().mean()), "fired_F": active.any(0)}
+
+    def after_step(self, stats: dict) -> None:
+        if (self.step + 1) % self.cfg.gba_interval == 0:
+            self.adapt_biases()
+
+    @torch.no_grad()
+    def adapt_biases(self) -> None:
+        """One GBA bias update from the buffered statistics, then clear the buffer."""
+        cfg = self.cfg
+        p_F = self.fire_count_F / max(self.buffered_tokens, 1)
+        r_F = self.max_pre_F
+        target_F = self.targets_K[self.group_F]
+        pos = (r_F > 0).float()
+        group_sum = torch.zeros(cfg.gba_groups, device=self.device).index_add_(
+            0, self.group_F, r_F.clamp_min(0))
+        group_n = torch.zeros(cfg.gba_groups, device=self.device).index_add_(0, self.group_F, pos)
+        global_mean = r_F.clamp_min(0).sum() / pos.sum().clamp_min(1)
+        s_bar_K = torch.where(group_n > 0, group_sum / group_n.clamp_min(1),
+                              global_mean if pos.sum() > 0 else torch.tensor(1.0, device=self.device))
+        b = self.sae.b_enc
+        too_often = p_F > target_F
+        nearly_dead = (p_F < cfg.gba_eps) & ~too_often
+        lowered = torch.clamp(b - cfg.gba_gamma * r_F.clamp_min(0), min=-1.0)
+        raised = torch.clamp(b + cfg.gba_gamma * s_bar_K[self.group_F], max=0.0)
+        b.copy_(torch.where(too_often, lowered, torch.where(nearly_dead, raised, b)))
+        self._reset_buffer()
+
+    def extra_state(self):
+        return ({"group_F": self.group_F, "fire_count_F": self.fire_count_F,
+                 "max_pre_F": self.max_pre_F}, {"buffered_tokens": self.buffered_tokens})
+
+    def load_extra_state(self, tensors, state) -> None:
+        self.group_F = tensors["group_F"].to(self.device)
+        self.fire_count_F = tensors["fire_count_F"].to(self.device)
+        self.max_pre_F = tensors["max_pre_F"].to(self.device)
+        self.buffered_tokens = state["buffered_tokens"]

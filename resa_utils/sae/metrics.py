@@ -1,0 +1,89 @@
+"""SAE quality metrics: FVU, L0, dead fraction, latent density, CE loss recovered."""
+
+from __future__ import annotations
+
+import torch
+
+from ..activations import splice
+from .model import SAE
+
+
+def fvu(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:
+    """‖x − x̂‖² / ‖x − mean(x)‖² over the whole set (variance around the mean, not zero)."""
+    x, xh = x_ND.double(), x_hat_ND.double()
+    return float((x - xh).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SAE, acts_ND: torch.Tensor, batch_size: int = 4096) -> dict:
+    """FVU, L0, dead fraction and per-latent density of `sae` on held-out `acts_ND`."""
+    if acts_ND.shape[0] == 0:
+        raise ValueError("evaluate_sae got no activations: pass a non-empty acts_ND")
+    device = sae.W_enc.device
+    err = torch.zeros((), dtype=torch.float64)
+    l0_sum = 0.0
+    fires_F = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    for a in range(0, acts_ND.shape[0], batch_size):
+        x = acts_ND[a:a + batch_size].to(device, torch.float32)
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+        err += (x - x_hat).double().pow(2).sum().cpu()
+        active = f > 0
+        l0_sum += float(active.sum())
+        fires_F += active.sum(0).double().cpu()
+    x64 = acts_ND.double()
+    total = (x64 - x64.mean(0)).pow(2).sum()
+    n = acts_ND.shape[0]
+    density = fires_F / n
+    return {"fvu": float(err / total.clamp_min(1e-30)), "l0": l0_sum / n,
+            "dead_frac": float((fires_F == 0).double().mean()), "density": density.float(),
+            "n_tokens": n}
+
+
+@torch.no_grad()
+def ce_loss_recovered(lm, sae: SAE, hook: str, windows_NT: torch.Tensor, batch_size: int = 4,
+                      keep_bos: bool = True) -> dict:
+    """(CE_zero − CE_sae) / (CE_zero − CE_clean) with the SAE spliced in at `hook`.
+
+    The SAE replaces the activations at every position except, with `keep_bos`, the BOS
+    position, which SAEs trained with BOS dropped never saw (the usual convention).
+    """
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    sae = sae.to(lm.device)
+
+    def patched(fn):
+        def apply(acts_BTD):
+            new = fn(acts_BTD)
+            if keep_bos and bos is not None:
+                at_bos = torch.zeros(acts_BTD.shape[:2], dtype=torch.bool, device=acts_BTD.device)
+                at_bos[:, 0] = current["ids"][:, 0] == bos
+                new = torch.where(at_bos[..., None], acts_BTD, new)
+            return new
+        return apply
+
+    current: dict = {}
+    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    count = 0
+    variants = {
+        "clean": None,
+        "sae": patched(lambda a: sae(a.float()).to(a.dtype)),
+        "zero": patched(torch.zeros_like),
+    }
+    for a in range(0, windows_NT.shape[0], batch_size):
+        ids = windows_NT[a:a + batch_size].to(lm.device)
+        current["ids"] = ids
+        for name, fn in variants.items():
+            if fn is None:
+                logits = lm.model(input_ids=ids, use_cache=False).logits
+            else:
+                with splice(lm.model, hook, fn):
+                    logits = lm.model(input_ids=ids, use_cache=False).logits
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                reduction="sum")
+            sums[name] += float(ce)
+        count += ids[:, 1:].numel()
+    ce = {k: v / count for k, v in sums.items()}
+    denom = ce["zero"] - ce["clean"]
+    return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"],
+            "ce_loss_recovered": (ce["zero"] - ce["sae"]) / denom if denom != 0 else float("nan")}

@@ -1,0 +1,42 @@
+"""TopK SAE (Gao et al. 2024) with the AuxK dead-latent loss; loss is FVU as in sparsify."""
+
+from __future__ import annotations
+
+import torch
+
+from .kernels import gather_encode, sparse_decode, topk_forward
+from .trainer import Trainer
+
+
+class TopKTrainer(Trainer):
+    architecture = "topk"
+
+    def loss(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        sae, k = self.sae, self.cfg.k
+        x_hat, vals, idx, pre = topk_forward(x_BD, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k)
+        fvu = self.batch_fvu(x_BD, x_hat)
+        loss = fvu
+        aux = self._auxk_loss(x_BD, x_hat, pre)
+        if aux is not None:
+            loss = loss + self.cfg.aux_coefficient * aux
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x_BD.device)
+        fired[idx[vals > 0]] = True
+        return loss, {"fvu": float(fvu.detach()), "l0": float((vals > 0).sum(1).float().mean()),
+                      "auxk": float(aux.detach()) if aux is not None else 0.0, "fired_F": fired}
+
+    def _auxk_loss(self, x_BD, x_hat_BD, pre_BF) -> torch.Tensor | None:
+        """Fit the main reconstruction's residual with the top `aux_k` dead latents."""
+        if self.cfg.aux_coefficient <= 0:
+            return None
+        dead = self.tokens_since_fired >= self.cfg.dead_tokens
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return None
+        sae = self.sae
+        k_aux = min(self.cfg.aux_k, n_dead)
+        masked = pre_BF.masked_fill(~dead, float("-inf"))
+        idx = masked.topk(k_aux, dim=-1, sorted=False).indices
+        vals = gather_encode(pre_BF, x_BD, sae.W_enc, sae.b_enc, sae.b_dec, idx).relu()
+        err = (x_BD - x_hat_BD).detach()
+        err_hat = sparse_decode(idx, vals, sae.W_dec)
+        return self.batch_fvu(err, err_hat)

@@ -1,0 +1,81 @@
+"""`train_sae`: one entry point for every method, with progress, checkpoints and resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..activations import check_finite
+from .config import TrainConfig
+from .gba import GBATrainer
+from .model import SAE
+from .relu_l1 import ReluL1Trainer
+from .topk import TopKTrainer
+from .trainer import Trainer, batch_stream, first_rows
+
+TRAINERS: dict[str, type[Trainer]] = {
+    "topk": TopKTrainer,
+    "relu_l1": ReluL1Trainer,
+    "gba": GBATrainer,
+}
+
+
+@dataclass
+class TrainResult:
+    sae: SAE
+    """The trained SAE, reading raw activations (input scale folded in)."""
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+def make_trainer(cfg: TrainConfig, d_in: int, device="cpu", metadata: dict | None = None) -> Trainer:
+    return TRAINERS[cfg.method](cfg, d_in, device=device, metadata=metadata)
+
+
+def train_sae(data, cfg: TrainConfig, device: str | torch.device = "cpu",
+              checkpoint_dir: str | Path | None = None, metadata: dict | None = None,
+              progress: bool = True) -> TrainResult:
+    """Train an SAE on `data`: an `acts_ND` tensor or an `(ActivationCache, hook)` pair.
+
+    With `checkpoint_dir`, state is saved every `cfg.checkpoint_every` steps and at the end,
+    and a rerun resumes from the last checkpoint (a finished run returns at once).
+    """
+    sample = first_rows(data, 16_384)
+    if sample.ndim != 2 or sample.shape[0] == 0:
+        raise ValueError(f"data must be [n_tokens, d] activations, got shape {tuple(sample.shape)}")
+    check_finite(sample, "the SAE training data")
+    trainer = make_trainer(cfg, sample.shape[1], device, metadata)
+    trainer.setup(sample)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and trainer.load_checkpoint(ckpt):
+        print(f"[resa_utils] resuming {cfg.method} SAE at step {trainer.step}/{cfg.n_steps}")
+    stream = batch_stream(data, cfg.batch_size, cfg.seed, trainer.step)
+    bar = tqdm(total=cfg.n_steps, initial=trainer.step, desc=f"train {cfg.method}",
+               disable=not progress, leave=False)
+    t0, start_step = time.perf_counter(), trainer.step
+    while trainer.step < cfg.n_steps:
+        x = next(stream)
+        if trainer.step == start_step:
+            check_finite(x, "the first training batch")
+        stats = trainer.train_step(x)
+        bar.update(1)
+        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.n_steps:
+            stats.update(step=trainer.step, tokens=trainer.step * cfg.batch_size,
+                         dead_frac=trainer.dead_fraction())
+            trainer.history.append(stats)
+            bar.set_postfix(fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}")
+            if not torch.isfinite(torch.tensor(stats["loss"])):
+                raise FloatingPointError(
+                    f"loss became {stats['loss']} at step {trainer.step}: lower lr (now {trainer.lr:g})")
+        if ckpt is not None and (trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.n_steps):
+            trainer.save_checkpoint(ckpt)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    done = (trainer.step - start_step) * cfg.batch_size
+    return TrainResult(sae=trainer.export(), history=trainer.history, seconds=seconds,
+                       tokens_per_s=done / seconds if seconds > 0 else 0.0)
