@@ -84,10 +84,19 @@ class TrainConfig:
     """GBA: bias step size γ."""
     gba_interval: int = 50
     """GBA: steps between bias updates; the statistics are buffered over those steps."""
+    gba_tied: bool = True
+    """GBA: encoder = decoder transpose (the paper's model: unit-norm w_m read and write, so
+    pre-activations stay O(1) and biases in [-1, 0] can control firing); False = untied."""
+    gba_train_b_dec: bool = False
+    """GBA: train the pre-bias b_dec by gradient. Off by default: it stays at the data mean,
+    since a trained b_dec drifts (norm 0.2 -> 5.5 in our toy runs) and lets latents escape the
+    [-1, 0] bias range, so frequencies stop following their targets."""
     gba_eps: float = 1e-6
     """GBA: a latent firing on a smaller share of buffered tokens counts as nearly dead."""
-    lr: float = 1e-3
-    """Adam learning rate (TopK default follows sparsify: 2e-4 / sqrt(d_sae / 16384), ~4e-4 at 4k)."""
+    lr: float | None = None
+    """Adam learning rate; None = sparsify's width-scaled 2e-4 / sqrt(d_sae / 16384)."""
+    lr_decay_frac: float = 0.2
+    """Share of the final steps over which the lr decays linearly to 0 (0 = constant lr)."""
     batch_size: int = 512
     """Tokens per step."""
     n_tokens: int = 1_000_000
@@ -107,7 +116,8 @@ class TrainConfig:
             (self.batch_size > 0, f"batch_size={self.batch_size} must be positive"),
             (self.n_tokens >= self.batch_size,
              f"n_tokens={self.n_tokens} is less than one batch of {self.batch_size}"),
-            (self.lr > 0, f"lr={self.lr} must be positive"),
+            (self.lr is None or self.lr > 0, f"lr={self.lr} must be positive (or None)"),
+            (0 <= self.lr_decay_frac <= 1, f"lr_decay_frac={self.lr_decay_frac} must be in [0, 1]"),
         ]
         if self.method == "topk":
             checks.append((0 < self.k <= self.d_sae,

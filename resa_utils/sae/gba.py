@@ -20,6 +20,8 @@ class GBATrainer(Trainer):
     architecture = "standard"
 
     def setup(self, sample_ND: torch.Tensor) -> None:
+        # tied mode: per-latent output scale a_m (the paper's model), trained by gradient
+        self.out_scale_F = torch.nn.Parameter(torch.ones(self.cfg.d_sae, device=self.device))
         super().setup(sample_ND)
         cfg, F = self.cfg, self.cfg.d_sae
         gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -33,8 +35,28 @@ class GBATrainer(Trainer):
         self._reset_buffer()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        self.sae.b_enc.requires_grad_(False)
-        return [p for n, p in self.sae.named_parameters() if n != "b_enc"]
+        frozen = {"b_enc", "W_enc"} if self.cfg.gba_tied else {"b_enc"}
+        if not self.cfg.gba_train_b_dec:
+            frozen.add("b_dec")
+        for name in frozen:
+            getattr(self.sae, name).requires_grad_(False)
+        params = [p for n, p in self.sae.named_parameters() if n not in frozen]
+        return params + ([self.out_scale_F] if self.cfg.gba_tied else [])
+
+    def _pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
+        sae = self.sae
+        W_enc = sae.W_dec.t() if self.cfg.gba_tied else sae.W_enc
+        return torch.addmm(sae.b_enc, x_BD - sae.b_dec, W_enc)
+
+    def export(self):
+        """Untie for inference: W_enc = unit directions, W_dec rows = a_m · direction."""
+        out = super().export()
+        if self.cfg.gba_tied:
+            with torch.no_grad():
+                unit = self.sae.W_dec.detach().cpu()
+                out.W_enc.copy_(unit.t() * self.input_scale)
+                out.W_dec.copy_(unit * self.out_scale_F.detach().cpu()[:, None] / self.input_scale)
+        return out
 
     def _reset_buffer(self) -> None:
         F = self.cfg.d_sae
@@ -43,9 +65,9 @@ class GBATrainer(Trainer):
         self.buffered_tokens = 0
 
     def loss(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        pre = self.sae.pre_acts(x_BD)
+        pre = self._pre_acts(x_BD)
         f = pre.relu()
-        x_hat = self.sae.decode(f)
+        x_hat = self.sae.decode(f * self.out_scale_F if self.cfg.gba_tied else f)
         mse = (x_BD - x_hat).pow(2).sum(1).mean()
         with torch.no_grad():
             active = pre > 0
@@ -83,10 +105,13 @@ class GBATrainer(Trainer):
 
     def extra_state(self):
         return ({"group_F": self.group_F, "fire_count_F": self.fire_count_F,
+                 "out_scale_F": self.out_scale_F.detach(),
                  "max_pre_F": self.max_pre_F}, {"buffered_tokens": self.buffered_tokens})
 
     def load_extra_state(self, tensors, state) -> None:
         self.group_F = tensors["group_F"].to(self.device)
+        with torch.no_grad():
+            self.out_scale_F.copy_(tensors["out_scale_F"])
         self.fire_count_F = tensors["fire_count_F"].to(self.device)
         self.max_pre_F = tensors["max_pre_F"].to(self.device)
         self.buffered_tokens = state["buffered_tokens"]

@@ -41,49 +41,55 @@ def evaluate_sae(sae: SAE, acts_ND: torch.Tensor, batch_size: int = 4096) -> dic
 
 
 @torch.no_grad()
-def ce_loss_recovered(lm, sae: SAE, hook: str, windows_NT: torch.Tensor, batch_size: int = 4,
-                      keep_bos: bool = True) -> dict:
-    """(CE_zero − CE_sae) / (CE_zero − CE_clean) with the SAE spliced in at `hook`.
+def ce_loss_recovered(lm, saes: SAE | dict[str, SAE], hook: str, windows_NT: torch.Tensor,
+                      batch_size: int = 4, keep_bos: bool = True) -> dict:
+    """(CE_zero − CE_sae) / (CE_zero − CE_clean) with each SAE spliced in at `hook`.
 
-    The SAE replaces the activations at every position except, with `keep_bos`, the BOS
-    position, which SAEs trained with BOS dropped never saw (the usual convention).
+    `saes` is one SAE (returns one dict) or `{name: SAE}` (returns `{name: dict}`; the clean and
+    zero-ablated passes run once for all). The SAE replaces the activations at every position
+    except, with `keep_bos`, the BOS, which SAEs trained with BOS dropped never saw.
     """
+    single = isinstance(saes, SAE)
+    named = {"sae": saes} if single else dict(saes)
     bos = getattr(lm.tokenizer, "bos_token_id", None)
-    sae = sae.to(lm.device)
+    ids_now: dict[str, torch.Tensor] = {}
 
     def patched(fn):
         def apply(acts_BTD):
             new = fn(acts_BTD)
             if keep_bos and bos is not None:
                 at_bos = torch.zeros(acts_BTD.shape[:2], dtype=torch.bool, device=acts_BTD.device)
-                at_bos[:, 0] = current["ids"][:, 0] == bos
+                at_bos[:, 0] = ids_now["ids"][:, 0] == bos
                 new = torch.where(at_bos[..., None], acts_BTD, new)
             return new
         return apply
 
-    current: dict = {}
-    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    def reconstruct(sae):
+        sae = sae.to(lm.device)
+        return patched(lambda a: sae(a.float()).to(a.dtype))
+
+    variants = {"clean": None, "zero": patched(torch.zeros_like)}
+    variants.update({f"sae:{name}": reconstruct(sae) for name, sae in named.items()})
+    sums = dict.fromkeys(variants, 0.0)
     count = 0
-    variants = {
-        "clean": None,
-        "sae": patched(lambda a: sae(a.float()).to(a.dtype)),
-        "zero": patched(torch.zeros_like),
-    }
     for a in range(0, windows_NT.shape[0], batch_size):
         ids = windows_NT[a:a + batch_size].to(lm.device)
-        current["ids"] = ids
+        ids_now["ids"] = ids
         for name, fn in variants.items():
             if fn is None:
                 logits = lm.model(input_ids=ids, use_cache=False).logits
             else:
                 with splice(lm.model, hook, fn):
                     logits = lm.model(input_ids=ids, use_cache=False).logits
-            ce = torch.nn.functional.cross_entropy(
+            sums[name] += float(torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                reduction="sum")
-            sums[name] += float(ce)
+                reduction="sum"))
         count += ids[:, 1:].numel()
     ce = {k: v / count for k, v in sums.items()}
     denom = ce["zero"] - ce["clean"]
-    return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"],
-            "ce_loss_recovered": (ce["zero"] - ce["sae"]) / denom if denom != 0 else float("nan")}
+    out = {}
+    for name in named:
+        ce_sae = ce[f"sae:{name}"]
+        out[name] = {"ce_clean": ce["clean"], "ce_sae": ce_sae, "ce_zero": ce["zero"],
+                     "ce_loss_recovered": (ce["zero"] - ce_sae) / denom if denom else float("nan")}
+    return out["sae"] if single else out

@@ -7,13 +7,27 @@ import torch
 from .kernels import gather_encode, sparse_decode, topk_forward
 from .trainer import Trainer
 
+SPARSE_MIN_LATENTS = 1024
+"""From this width on, the sparse kernels beat dense autograd on CPU (measured: ~3x slower
+than dense at 512 latents, d=42; ~4x faster at 8192 latents, d=640)."""
+
 
 class TopKTrainer(Trainer):
     architecture = "topk"
 
+    @property
+    def sparse(self) -> bool:
+        return self.cfg.d_sae >= SPARSE_MIN_LATENTS
+
     def loss(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, dict]:
         sae, k = self.sae, self.cfg.k
-        x_hat, vals, idx, pre = topk_forward(x_BD, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k)
+        if self.sparse:
+            x_hat, vals, idx, pre = topk_forward(x_BD, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k)
+        else:
+            pre = sae.pre_acts(x_BD)
+            top = pre.topk(k, dim=-1, sorted=False)
+            vals, idx = top.values.relu(), top.indices
+            x_hat = sparse_decode(idx, vals, sae.W_dec) + sae.b_dec
         fvu = self.batch_fvu(x_BD, x_hat)
         loss = fvu
         aux = self._auxk_loss(x_BD, x_hat, pre)
@@ -34,9 +48,10 @@ class TopKTrainer(Trainer):
             return None
         sae = self.sae
         k_aux = min(self.cfg.aux_k, n_dead)
-        masked = pre_BF.masked_fill(~dead, float("-inf"))
-        idx = masked.topk(k_aux, dim=-1, sorted=False).indices
-        vals = gather_encode(pre_BF, x_BD, sae.W_enc, sae.b_enc, sae.b_dec, idx).relu()
+        idx = pre_BF.detach().masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False).indices
+        if self.sparse:
+            vals = gather_encode(pre_BF, x_BD, sae.W_enc, sae.b_enc, sae.b_dec, idx)
+        else:
+            vals = pre_BF.gather(1, idx)
         err = (x_BD - x_hat_BD).detach()
-        err_hat = sparse_decode(idx, vals, sae.W_dec)
-        return self.batch_fvu(err, err_hat)
+        return self.batch_fvu(err, sparse_decode(idx, vals.relu(), sae.W_dec))

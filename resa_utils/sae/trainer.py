@@ -54,6 +54,11 @@ class Trainer:
         self.sae.init_weights(gen, (sample * self.input_scale).mean(0).cpu())
         self.sae.to(self.device)
         self.opt = torch.optim.Adam(self.trainable_parameters(), lr=self.lr)
+        decay_steps = max(1, int(self.cfg.lr_decay_frac * self.cfg.n_steps))
+        decay_start = self.cfg.n_steps - decay_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: 1.0 if s < decay_start or self.cfg.lr_decay_frac == 0
+            else max(0.0, (self.cfg.n_steps - s) / decay_steps))
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.sae.parameters())
@@ -73,6 +78,7 @@ class Trainer:
         loss.backward()
         self._project_decoder_grad()
         self.opt.step()
+        self.sched.step()
         self._normalize_decoder()
         fired = stats.pop("fired_F")
         self.tokens_since_fired += x_BD.shape[0]
@@ -152,6 +158,9 @@ class Trainer:
                     st["step"] = st["step"].cpu()
                 self.opt.state[p] = st
         self.step, self.input_scale = state["step"], state["input_scale"]
+        self.sched.last_epoch = self.step
+        for group, lr in zip(self.opt.param_groups, self.sched.get_lr()):
+            group["lr"] = lr
         self.history = state["history"]
         self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")},
                               state["extra"])

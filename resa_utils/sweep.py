@@ -1,0 +1,53 @@
+"""Resumable sweeps: each finished configuration's result row is appended to a JSONL file at
+once, so a killed notebook reruns only what had not finished."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+
+def config_key(config: dict) -> str:
+    """Stable short hash of a JSON-serialisable configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_rows(path: str | Path) -> dict[str, dict]:
+    """Finished rows by key; a torn last line (killed mid-write) is ignored."""
+    rows: dict[str, dict] = {}
+    path = Path(path)
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["_key"]] = row
+    return rows
+
+
+def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
+              desc: str = "sweep") -> pd.DataFrame:
+    """Run `fn(config)` for each config not already in `path`; return every row as a DataFrame
+    (config columns + result columns), in `configs` order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = read_rows(path)
+    keys = [config_key(c) for c in configs]
+    todo = [(k, c) for k, c in zip(keys, configs) if k not in done]
+    for key, config in tqdm(todo, desc=desc, unit="run"):
+        row = {**config, **fn(config), "_key": key}
+        line = json.dumps(row, sort_keys=True, default=str)
+        with open(path, "a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        done[key] = row
+    return pd.DataFrame([done[k] for k in keys]).drop(columns="_key")
