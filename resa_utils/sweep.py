@@ -40,6 +40,7 @@ def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_rows(path)
+    _end_with_newline(path)
     keys = [config_key(c) for c in configs]
     todo = [(k, c) for k, c in zip(keys, configs) if k not in done]
     for key, config in tqdm(todo, desc=desc, unit="run"):
@@ -51,3 +52,12 @@ def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
             os.fsync(fh.fileno())
         done[key] = row
     return pd.DataFrame([done[k] for k in keys]).drop(columns="_key")
+
+
+def _end_with_newline(path: Path) -> None:
+    """After a write torn by a kill, start the next row on a fresh line."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")

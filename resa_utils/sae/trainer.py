@@ -56,9 +56,9 @@ class Trainer:
         self.opt = torch.optim.Adam(self.trainable_parameters(), lr=self.lr)
         decay_steps = max(1, int(self.cfg.lr_decay_frac * self.cfg.n_steps))
         decay_start = self.cfg.n_steps - decay_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: 1.0 if s < decay_start or self.cfg.lr_decay_frac == 0
-            else max(0.0, (self.cfg.n_steps - s) / decay_steps))
+        self._lr_factor = (lambda s: 1.0 if s < decay_start or self.cfg.lr_decay_frac == 0
+                           else max(0.0, (self.cfg.n_steps - s) / decay_steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.sae.parameters())
@@ -159,8 +159,8 @@ class Trainer:
                 self.opt.state[p] = st
         self.step, self.input_scale = state["step"], state["input_scale"]
         self.sched.last_epoch = self.step
-        for group, lr in zip(self.opt.param_groups, self.sched.get_lr()):
-            group["lr"] = lr
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            group["lr"] = base * self._lr_factor(self.step)
         self.history = state["history"]
         self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")},
                               state["extra"])

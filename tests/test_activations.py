@@ -1,0 +1,130 @@
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from resa_utils.activations import (ActivationCache, check_finite, harvest, parse_hook,
+                                    resid_hook, run_with_cache, splice, token_mask)
+from resa_utils.models import load_model
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-llama", "tiny-qwen2"])
+def test_resid_hook_equals_hidden_states(name):
+    lm = load_model(name)
+    ids = torch.randint(3, 200, (2, 12))
+    with torch.no_grad():
+        hs = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    for layer in range(lm.n_layers - 1):  # HF's last entry is after the final norm
+        got = run_with_cache(lm.model, ids, [resid_hook(layer)])[resid_hook(layer)]
+        assert torch.allclose(got, hs[layer + 1], atol=1e-5), layer
+
+
+def test_forward_stops_after_deepest_hook(tiny_lm):
+    calls = []
+    handle = tiny_lm.model.model.layers[3].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = run_with_cache(tiny_lm.model, torch.randint(3, 200, (1, 8)),
+                             [resid_hook(1), "blocks.0.hook_mlp_out"])
+    finally:
+        handle.remove()
+    assert calls == [] and set(out) == {resid_hook(1), "blocks.0.hook_mlp_out"}
+
+
+def test_bad_hooks_name_the_fix(tiny_lm):
+    with pytest.raises(ValueError, match="out of range.*0..3"):
+        parse_hook(resid_hook(4), tiny_lm.n_layers)
+    with pytest.raises(ValueError, match="not understood"):
+        parse_hook("layer9", 4)
+
+
+def test_padding_and_bos_never_enter_the_data(tiny_lm):
+    tok = tiny_lm.tokenizer
+    tok.padding_side = "left"
+    batch = tok(["short", "a much longer piece of text here"], return_tensors="pt", padding=True)
+    mask = token_mask(batch.input_ids, batch.attention_mask, tok.bos_token_id, drop_bos=True)
+    assert int(mask.sum()) == int(batch.attention_mask.sum()) - 2
+    acts = harvest(tiny_lm, batch.input_ids, [resid_hook(1)], attention_mask_NT=batch.attention_mask,
+                   progress=False)[resid_hook(1)]
+    assert acts.shape == (int(mask.sum()), tiny_lm.d_model)
+    # the short row's real tokens give the same activations as running it alone, unpadded
+    alone = tok(["short"], return_tensors="pt")
+    solo = harvest(tiny_lm, alone.input_ids, [resid_hook(1)], progress=False)[resid_hook(1)]
+    n_short = solo.shape[0]
+    assert torch.allclose(acts[:n_short], solo, atol=1e-4)
+
+
+def test_nan_activations_are_refused():
+    with pytest.raises(ValueError, match="NaN/inf"):
+        check_finite(torch.tensor([[1.0, float("nan")]]), "test acts")
+
+
+def test_splice_replaces_the_block_output(tiny_lm):
+    ids = torch.randint(3, 200, (1, 6))
+    with torch.no_grad():
+        clean = tiny_lm.model(input_ids=ids).logits
+        with splice(tiny_lm.model, resid_hook(1), lambda a: a):
+            same = tiny_lm.model(input_ids=ids).logits
+        with splice(tiny_lm.model, resid_hook(1), torch.zeros_like):
+            zeroed = tiny_lm.model(input_ids=ids).logits
+    assert torch.allclose(clean, same) and not torch.allclose(clean, zeroed)
+
+
+def _counting(lm):
+    """Count windows the model is run on."""
+    seen = []
+    handle = lm.model.model.layers[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    return seen, handle
+
+
+def test_cache_roundtrip_and_resume(tmp_path, tiny_lm, tiny_windows):
+    hooks = [resid_hook(1), resid_hook(2)]
+    direct = harvest(tiny_lm, tiny_windows, hooks, progress=False)
+    cache = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows, hooks, windows_per_shard=5,
+                                  progress=False)
+    assert cache.n_tokens == direct[hooks[0]].shape[0]
+    for h in hooks:
+        assert torch.equal(cache.load(h), direct[h])
+    # simulate a harvest killed after 3 of 5 shards: only the missing windows are recomputed
+    manifest = json.loads(cache.manifest_path.read_text())
+    dropped = manifest["shards"][3:]
+    manifest["shards"] = manifest["shards"][:3]
+    manifest["complete"] = False
+    cache.manifest_path.write_text(json.dumps(manifest))
+    for s in dropped:
+        (tmp_path / "c" / s["file"]).unlink()
+    seen, handle = _counting(tiny_lm)
+    try:
+        resumed = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows, hooks,
+                                        windows_per_shard=5, progress=False)
+    finally:
+        handle.remove()
+    assert sum(seen) == sum(s["stop"] - s["start"] for s in dropped)
+    assert torch.equal(resumed.load(hooks[1]), direct[hooks[1]])
+
+
+def test_cache_refuses_other_inputs_and_corrupt_shards(tmp_path, tiny_lm, tiny_windows):
+    cache = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows, [resid_hook(1)],
+                                  windows_per_shard=8, progress=False)
+    with pytest.raises(ValueError, match="built from other inputs"):
+        ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows[:10], [resid_hook(1)], progress=False)
+    shard = tmp_path / "c" / cache.manifest["shards"][1]["file"]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match="corrupt or truncated.*rerun the harvest"):
+        cache.load(resid_hook(1))
+    with pytest.raises(ValueError, match="not in the cache"):
+        cache.load(resid_hook(3))
+
+
+def test_cache_batches_are_shuffled_and_complete(tmp_path, tiny_lm, tiny_windows):
+    cache = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows, [resid_hook(0)],
+                                  windows_per_shard=4, progress=False)
+    full = cache.load(resid_hook(0))
+    batches = list(cache.batches(resid_hook(0), batch_size=31, seed=1, buffer_tokens=200))
+    got = torch.cat(batches)
+    assert all(b.shape == (31, tiny_lm.d_model) for b in batches)
+    assert full.shape[0] - got.shape[0] < 31 * 6  # at most one partial batch per buffer flush
+    assert not torch.equal(got[:50], full[:50])  # shuffled
+    # every served row is a real row, and no row is served more often than it occurs
+    count = lambda t: Counter(tuple(r.tolist()) for r in t)
+    assert not count(got) - count(full)

@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from resa_utils.activations import resid_hook
+from resa_utils.sae import SAE, SAEConfig, ce_loss_recovered
+
+
+def _identity_sae(d: int) -> SAE:
+    """relu(x) - relu(-x) = x: a ReLU SAE that reconstructs perfectly."""
+    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_ce_loss_recovered_closed_forms(tiny_lm, tiny_windows):
+    d = tiny_lm.d_model
+    zero = SAE(SAEConfig(d_in=d, d_sae=4)).init_weights()
+    with torch.no_grad():
+        zero.W_dec.zero_()
+    out = ce_loss_recovered(tiny_lm, {"perfect": _identity_sae(d), "zero": zero}, resid_hook(1),
+                            tiny_windows[:4])
+    assert out["perfect"]["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert out["perfect"]["ce_sae"] == pytest.approx(out["perfect"]["ce_clean"], abs=1e-4)
+    assert out["zero"]["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+    single = ce_loss_recovered(tiny_lm, _identity_sae(d), resid_hook(1), tiny_windows[:4])
+    assert single["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)

