@@ -3,6 +3,8 @@ reconstruction-sparsity frontier and seed consistency on real activations."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .sae import SAE, TrainConfig, evaluate_sae, train_sae
@@ -23,9 +25,11 @@ def synthetic_recovery(syn: SyntheticConfig, train: TrainConfig,
 
 
 def train_and_evaluate(train_ND: torch.Tensor, eval_ND: torch.Tensor, cfg: TrainConfig,
-                       metadata: dict | None = None) -> tuple[SAE, dict]:
-    """Train on `train_ND`, evaluate on held-out `eval_ND`: `(sae, metrics row)`."""
-    result = train_sae(train_ND, cfg, metadata=metadata, progress=True)
+                       metadata: dict | None = None,
+                       checkpoint_dir: str | Path | None = None) -> tuple[SAE, dict]:
+    """Train on `train_ND` (resuming from `checkpoint_dir` if given), evaluate on held-out
+    `eval_ND`: `(sae, metrics row)`."""
+    result = train_sae(train_ND, cfg, metadata=metadata, progress=True, checkpoint_dir=checkpoint_dir)
     ev = evaluate_sae(result.sae, eval_ND)
     return result.sae, {"fvu": ev["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"],
                         "tokens_per_s": result.tokens_per_s, "seconds": result.seconds}

@@ -67,7 +67,7 @@ class TrainConfig:
     k: int = 32
     """TopK: active latents per token."""
     l1_coefficient: float = 1e-3
-    """relu_l1: weight of the L1 penalty on latent activations (inputs scaled to unit mean norm)."""
+    """relu_l1: weight of the L1 penalty on latent activations (in the normalised input space)."""
     aux_k: int = 512
     """TopK: latents used by the AuxK dead-latent loss (capped at the number of dead latents)."""
     aux_coefficient: float = 1 / 32
@@ -102,7 +102,8 @@ class TrainConfig:
     n_tokens: int = 1_000_000
     """Training tokens in all (epochs over the data as needed)."""
     normalize_inputs: bool = True
-    """Scale inputs to unit mean norm while training; the scale is folded into the saved weights."""
+    """Scale inputs so the centred data has unit mean norm while training (the SAE reads
+    x - b_dec, b_dec starting at the data mean); the scale is folded into the saved weights."""
     seed: int = 0
     checkpoint_every: int = 500
     """Steps between checkpoints when a checkpoint folder is given."""

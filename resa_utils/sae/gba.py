@@ -5,7 +5,7 @@ Latents are split at random into K groups with targets on a geometric ladder p_1
 Every `gba_interval` steps, from the pre-activations (bias included) buffered since the last
 update, each latent m of group k with firing frequency p_m and max pre-activation r_m gets
 `b_m <- max(b_m - γ r_m, -1)` if p_m > p_k, or `b_m <- min(b_m + γ s̄_k, 0)` if p_m < ε,
-with s̄_k the mean positive r in its group. Biases stay in [-1, 0]; inputs have unit mean norm.
+with s̄_k the mean positive r in its group. Biases stay in [-1, 0]; the centred inputs have unit mean norm.
 Group assignment and ε are not fixed by the paper's text we could read: both are parameters.
 """
 
@@ -64,18 +64,22 @@ class GBATrainer(Trainer):
         self.max_pre_F = torch.full((F,), float("-inf"), device=self.device)
         self.buffered_tokens = 0
 
-    def loss(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def loss(self, x_BD: torch.Tensor, stats: bool) -> tuple[torch.Tensor, dict]:
+        B = x_BD.shape[0]
         pre = self._pre_acts(x_BD)
         f = pre.relu()
         x_hat = self.sae.decode(f * self.out_scale_F if self.cfg.gba_tied else f)
-        mse = (x_BD - x_hat).pow(2).sum(1).mean()
+        mse = (x_BD - x_hat).pow(2).sum() / B
         with torch.no_grad():
             active = pre > 0
-            self.fire_count_F += active.sum(0)
-            self.max_pre_F = torch.maximum(self.max_pre_F, pre.max(0).values)
-            self.buffered_tokens += x_BD.shape[0]
-        return mse, {"fvu": float(self.batch_fvu(x_BD, x_hat.detach())),
-                     "l0": float(active.sum(1).float().mean()), "fired_F": active.any(0)}
+            fires_F = active.sum(0, dtype=torch.float32)
+            self.fire_count_F += fires_F
+            torch.maximum(self.max_pre_F, pre.amax(0), out=self.max_pre_F)
+            self.buffered_tokens += B
+        out = {"fired_F": fires_F > 0}
+        if stats:
+            out.update(fvu=self.batch_fvu(x_BD, x_hat.detach()), l0=fires_F.sum() / B)
+        return mse, out
 
     def after_step(self, stats: dict) -> None:
         if (self.step + 1) % self.cfg.gba_interval == 0:

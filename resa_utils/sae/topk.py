@@ -19,7 +19,7 @@ class TopKTrainer(Trainer):
     def sparse(self) -> bool:
         return self.cfg.d_sae >= SPARSE_MIN_LATENTS
 
-    def loss(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def loss(self, x_BD: torch.Tensor, stats: bool) -> tuple[torch.Tensor, dict]:
         sae, k = self.sae, self.cfg.k
         if self.sparse:
             x_hat, vals, idx, pre = topk_forward(x_BD, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k)
@@ -35,8 +35,11 @@ class TopKTrainer(Trainer):
             loss = loss + self.cfg.aux_coefficient * aux
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x_BD.device)
         fired[idx[vals > 0]] = True
-        return loss, {"fvu": float(fvu.detach()), "l0": float((vals > 0).sum(1).float().mean()),
-                      "auxk": float(aux.detach()) if aux is not None else 0.0, "fired_F": fired}
+        out = {"fired_F": fired}
+        if stats:
+            out.update(fvu=fvu.detach(), l0=(vals.detach() > 0).sum() / x_BD.shape[0],
+                       auxk=aux.detach() if aux is not None else torch.zeros(()))
+        return loss, out
 
     def _auxk_loss(self, x_BD, x_hat_BD, pre_BF) -> torch.Tensor | None:
         """Fit the main reconstruction's residual with the top `aux_k` dead latents."""

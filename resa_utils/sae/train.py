@@ -62,9 +62,11 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device = "cpu",
         x = next(stream)
         if trainer.step == start_step:
             check_finite(x, "the first training batch")
-        stats = trainer.train_step(x)
+        log_now = (trainer.step + 1) % cfg.log_every == 0 or trainer.step + 1 == cfg.n_steps
+        stats = trainer.train_step(x, stats=log_now)
         bar.update(1)
-        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.n_steps:
+        if log_now:
+            stats = {k: float(v) for k, v in stats.items()}
             stats.update(step=trainer.step, tokens=trainer.step * cfg.batch_size,
                          dead_frac=trainer.dead_fraction())
             trainer.history.append(stats)

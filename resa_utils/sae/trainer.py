@@ -48,12 +48,14 @@ class Trainer:
     def setup(self, sample_ND: torch.Tensor) -> None:
         """Fix the input scale and initialise weights from a data sample (before step 0)."""
         sample = sample_ND.to(self.device, torch.float32)
-        if self.cfg.normalize_inputs:
-            self.input_scale = float(1.0 / sample.norm(dim=-1).mean().clamp_min(1e-12))
+        if self.cfg.normalize_inputs:  # the SAE reads x - b_dec, so scale the centred data
+            centred = sample - sample.mean(0)
+            self.input_scale = float(1.0 / centred.norm(dim=-1).mean().clamp_min(1e-12))
         gen = torch.Generator().manual_seed(self.cfg.seed)
         self.sae.init_weights(gen, (sample * self.input_scale).mean(0).cpu())
         self.sae.to(self.device)
-        self.opt = torch.optim.Adam(self.trainable_parameters(), lr=self.lr)
+        # fused Adam: one pass per tensor (16 ms vs 92 ms for foreach at 8192x640 on our CPU)
+        self.opt = torch.optim.Adam(self.trainable_parameters(), lr=self.lr, fused=True)
         decay_steps = max(1, int(self.cfg.lr_decay_frac * self.cfg.n_steps))
         decay_start = self.cfg.n_steps - decay_steps
         self._lr_factor = (lambda s: 1.0 if s < decay_start or self.cfg.lr_decay_frac == 0
@@ -64,16 +66,18 @@ class Trainer:
         return list(self.sae.parameters())
 
     # ------------------------------------------------------------------ one step
-    def loss(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Return the loss and stats: at least `fvu`, `l0`, and `fired_F` (bool per latent)."""
+    def loss(self, x_BD: torch.Tensor, stats: bool) -> tuple[torch.Tensor, dict]:
+        """Return the loss and `{"fired_F": bool per latent}`, plus `fvu` and `l0` when `stats`
+        (computed only on logging steps: each extra pass over the batch costs)."""
         raise NotImplementedError
 
     def after_step(self, stats: dict) -> None:
         """Hook for methods with non-gradient updates (GBA's bias adaptation)."""
 
-    def train_step(self, x_BD: torch.Tensor) -> dict:
+    def train_step(self, x_BD: torch.Tensor, stats: bool = True) -> dict:
+        """One optimisation step on raw activations `x_BD`; returns stats (see `loss`)."""
         x_BD = x_BD.to(self.device, torch.float32) * self.input_scale
-        loss, stats = self.loss(x_BD)
+        loss, stats = self.loss(x_BD, stats)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._project_decoder_grad()
@@ -85,7 +89,7 @@ class Trainer:
         self.tokens_since_fired[fired] = 0
         self.after_step(stats)
         self.step += 1
-        stats["loss"] = float(loss.detach())
+        stats["loss"] = loss.detach()
         return stats
 
     @torch.no_grad()
@@ -93,12 +97,12 @@ class Trainer:
         """Remove the gradient component along each unit-norm decoder row."""
         W, g = self.sae.W_dec, self.sae.W_dec.grad
         if g is not None:
-            g.sub_((g * W).sum(dim=1, keepdim=True) * W)
+            g.addcmul_(W, torch.einsum("fd,fd->f", g, W).unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def _normalize_decoder(self) -> None:
         W = self.sae.W_dec
-        W.div_(W.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        W.div_(torch.linalg.vector_norm(W, dim=1, keepdim=True).clamp_min(1e-12))
 
     @staticmethod
     def batch_fvu(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> torch.Tensor:
