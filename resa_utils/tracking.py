@@ -83,8 +83,10 @@ class Run:
 
         Weights go to `folder` (default: the W&B run's files, not `results/`, to keep it small).
         """
+        from .models import cache_dir
+
         base = folder or (Path(self.wandb.dir) if self.wandb is not None
-                          else self.out_dir.parent.parent / ".cache" / "saes" / self.notebook)
+                          else cache_dir() / "saes" / self.notebook)
         path = sae.save(Path(base) / "saes" / name)
         if self.wandb is not None:
             import wandb
@@ -117,6 +119,16 @@ class Run:
         if self.wandb is not None:
             self.wandb.finish()
         return path
+
+
+_PARAM_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
+
+
+def notebook_params(namespace: dict) -> dict:
+    """The parameters a notebook ran with: the plain-valued globals defined so far (call it
+    right after the parameters cell), leaving out IPython's own (`In`, `Out`, `_...`)."""
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and k not in ("In", "Out") and isinstance(v, _PARAM_TYPES)}
 
 
 def start_run(notebook: str, params: dict, project: str = "resa-replications",

@@ -53,3 +53,17 @@ def test_local_folder_loads_like_a_hub_model(tmp_path):
     again = load_model(str(tmp_path))
     ids = torch.tensor([[1, 5, 9, 12]])
     assert torch.allclose(lm.model(input_ids=ids).logits, again.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_layer_is_checked_without_loading_the_model():
+    assert models.check_layer("gemma-3-270m", -1) == 9
+    assert models.check_layer("tiny-llama", 3) == 3
+    with pytest.raises(ValueError, match="layer=18 is out of range.*0..17"):
+        models.check_layer("gemma-3-270m", 18)
+    assert models.model_n_layers("org/not-cached-anywhere") is None
+
+
+def test_registry_depths_match_the_models():
+    for name, spec in REGISTRY.items():
+        if spec.build_tiny is not None:
+            assert load_model(name).n_layers == spec.n_layers

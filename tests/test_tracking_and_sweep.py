@@ -56,3 +56,11 @@ def test_sweep_resumes_and_ignores_a_torn_line(tmp_path):
     assert calls == [0, 1, 2, 3]
     assert df.y.tolist() == [0, 1, 4, 9]
     assert run_sweep(path, configs, fn).y.tolist() == [0, 1, 4, 9] and calls == [0, 1, 2, 3]
+
+
+def test_notebook_params_keeps_plain_values_only():
+    from resa_utils.tracking import notebook_params
+
+    ns = {"lr": 0.1, "widths": [1, 2], "name": "x", "In": ["code"], "Out": {}, "_hidden": 1,
+          "pd": pd, "fn": len}
+    assert notebook_params(ns) == {"lr": 0.1, "widths": [1, 2], "name": "x"}

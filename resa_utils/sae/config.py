@@ -68,8 +68,9 @@ class TrainConfig:
     """TopK: active latents per token."""
     l1_coefficient: float = 1e-3
     """relu_l1: weight of the L1 penalty on latent activations (in the normalised input space)."""
-    aux_k: int = 512
-    """TopK: latents used by the AuxK dead-latent loss (capped at the number of dead latents)."""
+    aux_k: int | None = None
+    """TopK: latents used by the AuxK dead-latent loss, capped at the number of dead latents;
+    None = d_in // 2, the heuristic of Gao et al. (App. B.1) that sparsify also uses."""
     aux_coefficient: float = 1 / 32
     """TopK: weight of the AuxK loss (Gao et al. 2024); 0 turns it off (as Resa's code does)."""
     dead_tokens: int = 200_000

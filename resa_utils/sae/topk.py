@@ -50,7 +50,7 @@ class TopKTrainer(Trainer):
         if n_dead == 0:
             return None
         sae = self.sae
-        k_aux = min(self.cfg.aux_k, n_dead)
+        k_aux = min(self.cfg.aux_k or self.sae.cfg.d_in // 2, n_dead)
         idx = pre_BF.detach().masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False).indices
         if self.sparse:
             vals = gather_encode(pre_BF, x_BD, sae.W_enc, sae.b_enc, sae.b_dec, idx)
