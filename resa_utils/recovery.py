@@ -3,12 +3,13 @@ reconstruction-sparsity frontier and seed consistency on real activations."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
 from .sae import SAE, TrainConfig, evaluate_sae, train_sae
-from .synthetic import SyntheticConfig, make_dataset, recovery_rate, seed_consistency
+from .synthetic import SyntheticConfig, make_dataset, max_cosines, recovery_rate
 
 THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
 
@@ -30,21 +31,32 @@ def train_and_evaluate(train_ND: torch.Tensor, eval_ND: torch.Tensor, cfg: Train
     """Train on `train_ND` (resuming from `checkpoint_dir` if given), evaluate on held-out
     `eval_ND`: `(sae, metrics row)`."""
     result = train_sae(train_ND, cfg, metadata=metadata, progress=True, checkpoint_dir=checkpoint_dir)
+    if checkpoint_dir is not None:  # finished: the caller keeps the SAE, not the resume state
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     ev = evaluate_sae(result.sae, eval_ND)
     return result.sae, {"fvu": ev["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"],
                         "tokens_per_s": result.tokens_per_s, "seconds": result.seconds}
 
 
-def pairwise_consistency(saes: list[SAE], threshold: float = 0.9,
-                         eval_ND: torch.Tensor | None = None) -> float:
-    """Mean over ordered seed pairs of the share of A's (alive, if `eval_ND`) latents whose best
-    decoder match in B has cosine > `threshold`."""
-    scores = []
+def pairwise_consistency(saes: list[SAE], thresholds: tuple[float, ...] = (0.9, 0.7),
+                         eval_ND: torch.Tensor | None = None) -> dict[str, float]:
+    """Seed consistency over ordered pairs (A, B) of SAEs: the share of A's latents (alive on
+    `eval_ND`, if given) whose best decoder match in B has cosine > τ, averaged over pairs,
+    for each τ; plus the median best-match cosine."""
+    shares: dict[float, list[float]] = {t: [] for t in thresholds}
+    medians = []
     for i, a in enumerate(saes):
-        alive = None
+        dec_a = a.W_dec.detach()
         if eval_ND is not None:
-            alive = evaluate_sae(a, eval_ND)["density"] > 0
+            dec_a = dec_a[evaluate_sae(a, eval_ND)["density"] > 0]
         for j, b in enumerate(saes):
-            if i != j:
-                scores.append(seed_consistency(a.W_dec.detach(), b.W_dec.detach(), threshold, alive))
-    return float(sum(scores) / len(scores)) if scores else float("nan")
+            if i == j:
+                continue
+            best = max_cosines(dec_a, b.W_dec.detach())
+            medians.append(float(best.median()))
+            for t in thresholds:
+                shares[t].append(float((best > t).float().mean()))
+    nan = float("nan")
+    out = {f"consistency@{t}": sum(v) / len(v) if v else nan for t, v in shares.items()}
+    out["median_max_cos"] = sum(medians) / len(medians) if medians else nan
+    return out

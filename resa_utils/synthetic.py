@@ -73,13 +73,3 @@ def recovery_rate(true_FD: torch.Tensor, learned_MD: torch.Tensor,
     cosine ≥ τ, for each τ."""
     best = max_cosines(true_FD, learned_MD)
     return {float(t): float((best >= t).float().mean()) for t in thresholds}
-
-
-def seed_consistency(dec_a_MD: torch.Tensor, dec_b_MD: torch.Tensor, threshold: float = 0.9,
-                     alive_a: torch.Tensor | None = None) -> float:
-    """Share of SAE A's latents whose best match among SAE B's decoder directions has cosine
-    > `threshold` (paper 5's max-cosine-similarity consistency). `alive_a` restricts A's set."""
-    a = dec_a_MD if alive_a is None else dec_a_MD[alive_a]
-    if a.shape[0] == 0:
-        return float("nan")
-    return float((max_cosines(a, dec_b_MD) > threshold).float().mean())

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from resa_utils.synthetic import (SyntheticConfig, make_dataset, recovery_rate, sample_codes,
-                                  seed_consistency)
+from resa_utils.recovery import pairwise_consistency
+from resa_utils.sae import SAE, SAEConfig
+from resa_utils.synthetic import SyntheticConfig, make_dataset, recovery_rate, sample_codes
 
 
 def test_codes_have_exact_sparsity_and_equal_feature_frequency():
@@ -34,12 +35,25 @@ def test_recovery_rate_closed_forms():
 
 def test_seed_consistency_closed_forms():
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(50, 64, generator=g)
-    assert seed_consistency(a, a[torch.randperm(50, generator=g)]) == 1.0
-    assert seed_consistency(a, torch.randn(50, 64, generator=g)) == 0.0
-    alive = torch.zeros(50, dtype=torch.bool)
-    alive[:10] = True
-    assert seed_consistency(a, a[:10], alive_a=alive) == 1.0
+    a = SAE(SAEConfig(d_in=64, d_sae=50)).init_weights(g)
+    permuted = SAE(SAEConfig(d_in=64, d_sae=50))
+    perm = torch.randperm(50, generator=g)
+    permuted.load_state_dict({"W_enc": a.W_enc[:, perm], "b_enc": a.b_enc[perm],
+                              "W_dec": a.W_dec[perm], "b_dec": a.b_dec})
+    other = SAE(SAEConfig(d_in=64, d_sae=50)).init_weights(g)
+    same = pairwise_consistency([a, permuted])
+    assert same["consistency@0.9"] == 1.0 and same["median_max_cos"] == pytest.approx(1.0)
+    rand = pairwise_consistency([a, other])
+    assert rand["consistency@0.9"] == 0.0 and rand["median_max_cos"] < 0.6
+    # dead latents on the evaluation data are left out of A's set
+    x = torch.randn(200, 64, generator=g)
+    with torch.no_grad():
+        other.W_dec[:25] = a.W_dec[:25]
+        other.b_enc[25:] = -1e4  # latents 25.. never fire
+        other.W_enc[:, :25] = a.W_dec[:25].t()
+    mixed = pairwise_consistency([other, a], (0.9,), eval_ND=x)
+    # other -> a: its 25 alive latents all match (1.0); a -> other: 25 of a's 50 do (0.5)
+    assert mixed["consistency@0.9"] == pytest.approx(0.75)
 
 
 def test_bad_synthetic_config():
