@@ -227,7 +227,7 @@ def bench_sae(quick: bool) -> list[Goal]:
         Row("resa topk (sparse, AuxK off)", ours_step("topk", sample, aux_coefficient=0.0),
             sparse_flops),
         Row("resa topk (AuxK, all dead)", ours_step("topk", sample, dead_tokens=0),
-            note="aux_k=512 dead latents every step"),
+            note="aux_k = d_in//2 = 320 dead latents every step"),
         Row("sparsify SparseCoder", sparsify_step(sample)),
         Row("SAELens TopK (dense acts)", saelens_step(sparse_acts=False)),
         Row("SAELens TopK (sparse acts)", saelens_step(sparse_acts=True),

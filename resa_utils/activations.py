@@ -21,6 +21,9 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, read_json, write_json
 
+PROGRESS_INTERVAL_S = 2.0
+"""Seconds between progress-bar refreshes: notebooks keep every refresh in their outputs."""
+
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|mlp_out)$")
 
 
@@ -164,7 +167,8 @@ def _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, attention_mask_NT
                   start: int, stop: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     stop = windows_NT.shape[0] if stop is None else stop
     bos = getattr(lm.tokenizer, "bos_token_id", None)
-    bar = tqdm(total=stop - start, unit="win", desc="harvest", disable=not progress, leave=False)
+    bar = tqdm(total=stop - start, unit="win", desc="harvest", disable=not progress, leave=False,
+               mininterval=PROGRESS_INTERVAL_S)
     for a in range(start, stop, batch_size):
         b = min(a + batch_size, stop)
         ids = windows_NT[a:b].to(lm.device)
@@ -222,7 +226,7 @@ class ActivationCache:
         n = windows_NT.shape[0]
         todo = [a for a in range(0, n, wps) if a not in done]
         bar = tqdm(total=n, initial=n - sum(min(wps, n - a) for a in todo), unit="win",
-                   desc=f"harvest {lm.name}", disable=not progress)
+                   desc=f"harvest {lm.name}", disable=not progress, mininterval=PROGRESS_INTERVAL_S)
         for a in todo:
             b = min(a + wps, n)
             parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..activations import check_finite
+from ..activations import PROGRESS_INTERVAL_S, check_finite
 from .config import TrainConfig
 from .gba import GBATrainer
 from .model import SAE
@@ -56,7 +56,7 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device = "cpu",
         print(f"[resa_utils] resuming {cfg.method} SAE at step {trainer.step}/{cfg.n_steps}")
     stream = batch_stream(data, cfg.batch_size, cfg.seed, trainer.step)
     bar = tqdm(total=cfg.n_steps, initial=trainer.step, desc=f"train {cfg.method}",
-               disable=not progress, leave=False)
+               disable=not progress, leave=False, mininterval=PROGRESS_INTERVAL_S)
     t0, start_step = time.perf_counter(), trainer.step
     while trainer.step < cfg.n_steps:
         x = next(stream)
