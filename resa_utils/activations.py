@@ -2,7 +2,8 @@
 resumable on-disk cache (safetensors shards + JSON manifest) that serves shuffled batches.
 
 Hook names follow TransformerLens: ``blocks.{l}.hook_resid_post`` is decoder block l's output
-(HF ``hidden_states[l + 1]``), ``blocks.{l}.hook_mlp_out`` is block l's MLP output.
+(HF ``hidden_states[l + 1]``), ``blocks.{l}.hook_mlp_out`` is the output of block l's `mlp`
+module (for Gemma 2/3 that is before the post-feedforward norm, unlike TransformerLens).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path, read_json, write_json
+from .atomic import atomic_path, read_json, sha256_file, write_json
 
 PROGRESS_INTERVAL_S = 2.0
 """Seconds between progress-bar refreshes: notebooks keep every refresh in their outputs."""
@@ -240,7 +241,7 @@ class ActivationCache:
                 save_file(tensors, str(tmp))
             manifest["shards"].append({"file": name, "start": a, "stop": b,
                                        "n_tokens": int(tensors[hooks[0]].shape[0]),
-                                       "sha256": _sha256(folder / name)})
+                                       "sha256": sha256_file(folder / name)})
             manifest["shards"].sort(key=lambda s: s["start"])
             write_json(manifest_path, manifest)
             bar.update(b - a)
@@ -259,7 +260,7 @@ class ActivationCache:
     def hooks(self) -> list[str]:
         return list(self.manifest["hooks"])
 
-    def _check_hook(self, hook: str) -> None:
+    def check_hook(self, hook: str) -> None:
         if hook not in self.hooks:
             raise ValueError(f"hook {hook!r} is not in the cache {self.folder}: it has {self.hooks}")
 
@@ -268,7 +269,7 @@ class ActivationCache:
         problem = None
         if not path.exists():
             problem = "is missing"
-        elif verify and _sha256(path) != shard["sha256"]:
+        elif verify and sha256_file(path) != shard["sha256"]:
             problem = "is corrupt or truncated (sha256 mismatch)"
         if problem is None:
             try:
@@ -284,14 +285,14 @@ class ActivationCache:
 
     def load(self, hook: str, verify: bool = True) -> torch.Tensor:
         """All activations at `hook`, in corpus order: `acts_ND`."""
-        self._check_hook(hook)
+        self.check_hook(hook)
         return torch.cat([self.read_shard(s, hook, verify) for s in self.manifest["shards"]])
 
     def batches(self, hook: str, batch_size: int, seed: int = 0, epochs: int = 1,
                 buffer_tokens: int = 1 << 20) -> Iterator[torch.Tensor]:
         """Shuffled `[batch_size, D]` batches: shards in random order, mixed in a buffer of about
         `buffer_tokens` tokens; the last partial batch of each epoch is dropped."""
-        self._check_hook(hook)
+        self.check_hook(hook)
         gen = torch.Generator().manual_seed(seed)
         shards = self.manifest["shards"]
         for _ in range(epochs):
@@ -311,14 +312,6 @@ class ActivationCache:
                     yield pool[j * batch_size:(j + 1) * batch_size]
                 rest = pool[n_full * batch_size:]
                 buf, held = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fingerprint(model: str, windows_NT: torch.Tensor, hooks: list[str], drop_bos: bool) -> str:

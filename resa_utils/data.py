@@ -67,7 +67,7 @@ def _read_file(path: Path, text_field: str) -> list[str]:
                 )
             out.append(str(row[text_field]))
         return out
-    return [block for block in path.read_text().split("\n\n")]
+    return path.read_text().split("\n\n")
 
 
 def _load_hf_dataset(name: str, text_field: str, split: str, max_docs: int | None) -> list[str]:

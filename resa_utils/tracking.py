@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, read_json, write_json
+from .atomic import atomic_path, write_json
 
 RESULTS_ENV = "RESA_RESULTS_DIR"
 
@@ -144,7 +144,8 @@ def start_run(notebook: str, params: dict, project: str = "resa-replications",
         try:
             import wandb
 
-            wandb_dir = Path(os.environ.get("WANDB_DIR", repo_root() / "wandb"))
+            # W&B writes under <dir>/wandb/: by default <repo>/wandb/offline-run-*
+            wandb_dir = Path(os.environ.get("WANDB_DIR", repo_root()))
             wandb_dir.mkdir(parents=True, exist_ok=True)
             wandb_run = wandb.init(project=project, name=notebook, group=notebook,
                                    config=_flatten(params), dir=str(wandb_dir), reinit="finish_previous")
@@ -152,10 +153,6 @@ def start_run(notebook: str, params: dict, project: str = "resa-replications",
             warnings.warn(f"W&B unavailable ({type(err).__name__}: {err}); logging to "
                           f"{out} only")
     return Run(notebook, params, out, wandb_run)
-
-
-def load_metrics(notebook: str) -> dict:
-    return read_json(results_root() / notebook / "metrics.json")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -175,7 +172,7 @@ def _scalars(d: dict) -> dict:
     for key, value in d.items():
         if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
             value = value.item()
-        if isinstance(value, bool) or isinstance(value, (int, str)):
+        if isinstance(value, (int, str)):  # bool is an int
             out[key] = value
         elif isinstance(value, float):
             out[key] = value if math.isfinite(value) else str(value)

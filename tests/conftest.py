@@ -10,10 +10,17 @@ import torch
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_env(tmp_path_factory):
-    """Results and W&B go to a temp folder; the model cache stays shared (real models are slow
-    to convert) unless RESA_CACHE_DIR is already set."""
+    """Results, W&B and the activation/SAE caches go to a temp folder, so no state leaks in from
+    earlier runs; only the converted real models (slow to rebuild) are shared, by a link."""
+    from resa_utils.models import cache_dir
+
     root = tmp_path_factory.mktemp("resa")
-    old = {k: os.environ.get(k) for k in ("RESA_RESULTS_DIR", "WANDB_MODE", "WANDB_DIR")}
+    models = cache_dir() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (root / "cache").mkdir()
+    (root / "cache" / "models").symlink_to(models, target_is_directory=True)
+    old = {k: os.environ.get(k) for k in ("RESA_RESULTS_DIR", "RESA_CACHE_DIR", "WANDB_MODE", "WANDB_DIR")}
+    os.environ["RESA_CACHE_DIR"] = str(root / "cache")
     os.environ["RESA_RESULTS_DIR"] = str(root / "results")
     os.environ["WANDB_MODE"] = "offline"
     os.environ["WANDB_DIR"] = str(root / "wandb")

@@ -10,7 +10,7 @@ ARCHITECTURES = ("standard", "topk")
 """Inference architectures (SAELens names): `standard` = ReLU (L1 and GBA train it), `topk`."""
 
 METHODS = ("topk", "relu_l1", "gba")
-"""Training methods; each has one trainer class in `resa_utils.sae.trainers`."""
+"""Training methods; each has one trainer class (registry: `resa_utils.sae.train.TRAINERS`)."""
 
 
 @dataclass
@@ -120,10 +120,17 @@ class TrainConfig:
              f"n_tokens={self.n_tokens} is less than one batch of {self.batch_size}"),
             (self.lr is None or self.lr > 0, f"lr={self.lr} must be positive (or None)"),
             (0 <= self.lr_decay_frac <= 1, f"lr_decay_frac={self.lr_decay_frac} must be in [0, 1]"),
+            (self.log_every >= 1, f"log_every={self.log_every} must be >= 1"),
+            (self.checkpoint_every >= 1, f"checkpoint_every={self.checkpoint_every} must be >= 1"),
+            (self.dead_tokens >= 1, f"dead_tokens={self.dead_tokens} must be >= 1"),
         ]
         if self.method == "topk":
-            checks.append((0 < self.k <= self.d_sae,
-                           f"k={self.k} must be in 1..d_sae={self.d_sae}: lower k or raise d_sae"))
+            checks += [
+                (0 < self.k <= self.d_sae,
+                 f"k={self.k} must be in 1..d_sae={self.d_sae}: lower k or raise d_sae"),
+                (self.aux_k is None or self.aux_k >= 1, f"aux_k={self.aux_k} must be >= 1 (or None)"),
+                (self.aux_coefficient >= 0, f"aux_coefficient={self.aux_coefficient} must be >= 0"),
+            ]
         if self.method == "relu_l1":
             checks.append((self.l1_coefficient >= 0,
                            f"l1_coefficient={self.l1_coefficient} must be >= 0"))
@@ -134,6 +141,9 @@ class TrainConfig:
                 (1 >= self.gba_p_high >= self.gba_p_low > 0,
                  f"need 1 >= gba_p_high ({self.gba_p_high}) >= gba_p_low ({self.gba_p_low}) > 0"),
                 (self.gba_interval >= 1, f"gba_interval={self.gba_interval} must be >= 1"),
+                (self.gba_gamma > 0, f"gba_gamma={self.gba_gamma} must be > 0"),
+                (0 <= self.gba_eps < self.gba_p_low,
+                 f"gba_eps={self.gba_eps} must be in [0, gba_p_low={self.gba_p_low})"),
             ]
         for ok, msg in checks:
             if not ok:

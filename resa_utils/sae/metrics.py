@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..activations import splice
@@ -65,7 +67,7 @@ def ce_loss_recovered(lm, saes: SAE | dict[str, SAE], hook: str, windows_NT: tor
         return apply
 
     def reconstruct(sae):
-        sae = sae.to(lm.device)
+        sae = copy.deepcopy(sae).to(lm.device)  # leave the caller's SAE where it is
         return patched(lambda a: sae(a.float()).to(a.dtype))
 
     variants = {"clean": None, "zero": patched(torch.zeros_like)}

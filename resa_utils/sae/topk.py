@@ -1,4 +1,5 @@
-"""TopK SAE (Gao et al. 2024) with the AuxK dead-latent loss; loss is FVU as in sparsify."""
+"""TopK SAE (Gao et al. 2024): loss is the batch FVU (as in sparsify) plus the AuxK dead-latent
+loss, the FVU of the main residual's reconstruction by the top dead latents (as in Gao et al.)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ class TopKTrainer(Trainer):
         if n_dead == 0:
             return None
         sae = self.sae
-        k_aux = min(self.cfg.aux_k or self.sae.cfg.d_in // 2, n_dead)
+        aux_k = self.sae.cfg.d_in // 2 if self.cfg.aux_k is None else self.cfg.aux_k
+        k_aux = min(aux_k, n_dead)
         idx = pre_BF.detach().masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False).indices
         if self.sparse:
             vals = gather_encode(pre_BF, x_BD, sae.W_enc, sae.b_enc, sae.b_dec, idx)

@@ -157,9 +157,7 @@ class Trainer:
         for i, p in enumerate(self.trainable_parameters()):
             st = {k.split(".", 2)[2]: v.to(self.device) for k, v in tensors.items()
                   if k.startswith(f"opt.{i}.")}
-            if st:
-                if "step" in st:
-                    st["step"] = st["step"].cpu()
+            if st:  # fused Adam keeps `step` on the parameter's device, as loaded above
                 self.opt.state[p] = st
         self.step, self.input_scale = state["step"], state["input_scale"]
         self.sched.last_epoch = self.step
@@ -211,6 +209,7 @@ def first_rows(data, n: int) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         return data[:n]
     cache, hook = data
+    cache.check_hook(hook)
     rows, held = [], 0
     for shard in cache.manifest["shards"]:
         rows.append(cache.read_shard(shard, hook))
