@@ -151,7 +151,7 @@ def start_run(notebook: str, params: dict, project: str = "resa-replications",
                                    config=_flatten(params), dir=str(wandb_dir), reinit="finish_previous")
         except Exception as err:  # tracking must never stop the science
             warnings.warn(f"W&B unavailable ({type(err).__name__}: {err}); logging to "
-                          f"{out} only")
+                          f"{out} only", stacklevel=2)
     return Run(notebook, params, out, wandb_run)
 
 

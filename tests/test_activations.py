@@ -4,8 +4,16 @@ from collections import Counter
 import pytest
 import torch
 
-from resa_utils.activations import (ActivationCache, check_finite, harvest, parse_hook,
-                                    resid_hook, run_with_cache, splice, token_mask)
+from resa_utils.activations import (
+    ActivationCache,
+    check_finite,
+    harvest,
+    parse_hook,
+    resid_hook,
+    run_with_cache,
+    splice,
+    token_mask,
+)
 from resa_utils.models import load_model
 
 
@@ -126,5 +134,7 @@ def test_cache_batches_are_shuffled_and_complete(tmp_path, tiny_lm, tiny_windows
     assert full.shape[0] - got.shape[0] < 31 * 6  # at most one partial batch per buffer flush
     assert not torch.equal(got[:50], full[:50])  # shuffled
     # every served row is a real row, and no row is served more often than it occurs
-    count = lambda t: Counter(tuple(r.tolist()) for r in t)
+    def count(rows):
+        return Counter(tuple(r.tolist()) for r in rows)
+
     assert not count(got) - count(full)

@@ -124,8 +124,8 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"sae.{k}": v.detach().cpu().contiguous() for k, v in self.sae.state_dict().items()}
         tensors["tokens_since_fired"] = self.tokens_since_fired.cpu()
-        for i, (p, st) in enumerate(self._opt_states()):
-            for key, val in st.items():
+        for i, p in enumerate(self.trainable_parameters()):
+            for key, val in self.opt.state.get(p, {}).items():
                 tensors[f"opt.{i}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
         extra_t, extra_j = self.extra_state()
         tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in extra_t.items()})
@@ -134,10 +134,6 @@ class Trainer:
         write_json(folder / CKPT_STATE, {"step": self.step, "input_scale": self.input_scale,
                                          "history": self.history, "cfg": asdict(self.cfg),
                                          "extra": extra_j})
-
-    def _opt_states(self):
-        for p in self.trainable_parameters():
-            yield p, self.opt.state.get(p, {})
 
     def load_checkpoint(self, folder: Path) -> bool:
         """Restore a checkpoint if one exists and matches this config; return whether it did."""
