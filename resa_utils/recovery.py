@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from .models import default_device
 from .sae import SAE, TrainConfig, evaluate_sae, train_sae
 from .synthetic import SyntheticConfig, make_dataset, max_cosines, recovery_rate
 
@@ -20,7 +19,7 @@ def synthetic_recovery(syn: SyntheticConfig, train: TrainConfig,
     """Train one SAE on synthetic data; return recovery at each τ plus FVU, L0, dead fraction
     (measured on the first 20k training samples: the generator is the distribution)."""
     x_ND, features = make_dataset(syn)
-    result = train_sae(x_ND, train, progress=False, device=device or default_device())
+    result = train_sae(x_ND, train, progress=False, device=device)
     ev = evaluate_sae(result.sae, x_ND[:20_000])
     rec = recovery_rate(features, result.sae.W_dec.detach(), thresholds)
     return {**{f"recovery@{t}": r for t, r in rec.items()}, "fvu": ev["fvu"], "l0": ev["l0"],
@@ -36,7 +35,7 @@ def train_and_evaluate(train_ND: torch.Tensor, eval_ND: torch.Tensor, cfg: Train
     save_dir = Path(save_dir)
     ckpt = save_dir.with_name(save_dir.name + ".ckpt")
     result = train_sae(train_ND, cfg, metadata=metadata, progress=True, checkpoint_dir=ckpt,
-                       device=device or default_device())
+                       device=device)
     result.sae.save(save_dir)
     shutil.rmtree(ckpt, ignore_errors=True)
     ev = evaluate_sae(result.sae, eval_ND)

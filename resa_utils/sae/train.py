@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations import PROGRESS_INTERVAL_S, check_finite
+from ..models import default_device
 from .config import TrainConfig
 from .gba import GBATrainer
 from .model import SAE
@@ -37,14 +38,16 @@ def make_trainer(cfg: TrainConfig, d_in: int, device="cpu", metadata: dict | Non
     return TRAINERS[cfg.method](cfg, d_in, device=device, metadata=metadata)
 
 
-def train_sae(data, cfg: TrainConfig, device: str | torch.device = "cpu",
+def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
               checkpoint_dir: str | Path | None = None, metadata: dict | None = None,
               progress: bool = True) -> TrainResult:
     """Train an SAE on `data`: an `acts_ND` tensor or an `(ActivationCache, hook)` pair.
 
     With `checkpoint_dir`, state is saved every `cfg.checkpoint_every` steps and at the end,
     and a rerun resumes from the last checkpoint (a finished run returns at once).
+    `device` defaults to CUDA when present, else CPU.
     """
+    device = device if device is not None else default_device()
     sample = first_rows(data, 16_384)
     if sample.ndim != 2 or sample.shape[0] == 0:
         raise ValueError(f"data must be [n_tokens, d] activations, got shape {tuple(sample.shape)}")
