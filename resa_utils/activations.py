@@ -18,12 +18,10 @@ from typing import Callable, Iterator
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from .atomic import atomic_path, read_json, sha256_file, write_json
+from .progress import PROGRESS_INTERVAL_S, tqdm
 
-PROGRESS_INTERVAL_S = 2.0
-"""Seconds between progress-bar refreshes: notebooks keep every refresh in their outputs."""
 
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|mlp_out)$")
 

@@ -12,6 +12,11 @@ import torch
 DEFAULT_CORPUS = "pydoc"
 
 
+def corpus_names() -> list[str]:
+    """The corpora `load_texts` knows by name (besides local paths and `datasets` names)."""
+    return [DEFAULT_CORPUS]
+
+
 def default_corpus_texts() -> list[str]:
     """English prose of Python's bundled documentation (`pydoc_data.topics`), ~465k chars.
 

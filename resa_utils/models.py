@@ -214,28 +214,40 @@ REGISTRY: dict[str, ModelSpec] = {
 
 
 def resolve_model_name(name: str) -> str:
-    """Check a model name before any compute: a registry name, a local path or a hub id."""
+    """Check a model name before any compute: a registry name, an existing local folder, or a
+    hub id ('org/name'). A path that does not exist is refused here, naming the choices."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
-    if name in REGISTRY or Path(name).expanduser().exists() or "/" in name:
+    if name in REGISTRY:
         return name
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"model folder {path} has no config.json: point it at a folder "
+                             "written by save_pretrained()")
+        return name
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name  # a hub id
     raise ValueError(
-        f"unknown model {name!r}: use one of {sorted(REGISTRY)}, a local model folder, "
+        f"unknown model {name!r}: use one of {sorted(REGISTRY)}, an existing local model folder, "
         "or a hub id such as 'google/gemma-2-2b'"
     )
 
 
-def model_n_layers(name: str) -> int | None:
+def model_n_layers(name: str, local_only: bool = False) -> int | None:
     """Depth of a model without loading its weights: registry facts, else the local or cached
-    config; None when it cannot be known offline."""
+    config (the hub only when reachable and not `local_only`); None when it cannot be known."""
     name = resolve_model_name(name)
     if name in REGISTRY:
         return REGISTRY[name].n_layers
+    from .params import hub_reachable
+
     try:
         from transformers import AutoConfig
 
-        return int(AutoConfig.from_pretrained(name).num_hidden_layers)
-    except Exception:  # offline hub id: checked again once the model is loaded
+        offline = local_only or not hub_reachable() or Path(name).expanduser().exists()
+        return int(AutoConfig.from_pretrained(name, local_files_only=offline).num_hidden_layers)
+    except Exception:  # not cached and no hub: checked again once the model is loaded
         return None
 
 
@@ -254,10 +266,12 @@ def load_model(
     name: str,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    verify: bool = False,
 ) -> LoadedModel:
     """Load a registry model, a local folder or a hub id, in eval mode on `device`.
 
-    Defaults: CUDA if present else CPU; bf16 on CUDA, fp32 on CPU.
+    Defaults: CUDA if present else CPU; bf16 on CUDA, fp32 on CPU. `verify` re-hashes every
+    file of a converted model's cache (sizes and mtimes are checked on every load).
     """
     name = resolve_model_name(name)
     device = torch.device(device) if device is not None else default_device()
@@ -268,7 +282,7 @@ def load_model(
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = str(cached_model_dir(spec)) if spec is not None else name
+        path = str(cached_model_dir(spec, verify=verify)) if spec is not None else name
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model = model.to(device=device, dtype=dtype).eval()
@@ -286,16 +300,69 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return value
 
 
-def cached_model_dir(spec: ModelSpec) -> Path:
-    """Folder with the dequantised model (safetensors + config + tokenizer); built on first use."""
+MANIFEST = "resa_source.json"
+"""Written last into a converted model folder: source GGUF, and size/SHA256 of every file."""
+VERIFY_ENV = "RESA_VERIFY_MODELS"
+
+
+def cached_model_dir(spec: ModelSpec, verify: bool = False,
+                     build: Callable[[Path], None] | None = None) -> Path:
+    """Folder with the dequantised model (safetensors + config + tokenizer); built on first use.
+
+    Every load checks each file's size and mtime against the manifest; the full SHA256 is
+    checked on the first load after conversion, when a file's mtime changed, and on demand
+    (`verify=True` or $RESA_VERIFY_MODELS=1). A damaged folder is rebuilt, naming the file.
+    `build(folder)` writes the model files (default: dequantise the registry GGUF).
+    """
     out = cache_dir() / "models" / spec.name
-    marker = out / "resa_source.json"
+    marker = out / MANIFEST
     if marker.exists() and read_json(marker).get("sha256") == spec.sha256:
-        return out
-    gguf = spec.locate_gguf()
-    check_gguf(gguf, spec)
-    _convert_gguf(gguf, out, spec)
+        full = verify or os.environ.get(VERIFY_ENV, "") in ("1", "true")
+        problems = verify_model_dir(out, full=full)
+        if not problems:
+            return out
+        import warnings
+
+        warnings.warn(f"cached model {spec.name!r} in {out} is damaged ({'; '.join(problems)}): "
+                      "rebuilding it from its source", stacklevel=2)
+    if build is None:
+        gguf = spec.locate_gguf()
+        check_gguf(gguf, spec)
+        build = lambda folder: _convert_gguf(gguf, folder)  # noqa: E731
+        source = gguf.name
+    else:
+        source = getattr(build, "__name__", "build")
+    _build_cache(out, spec, build, source)
     return out
+
+
+def verify_model_dir(folder: Path, full: bool = False) -> list[str]:
+    """Problems with a converted model folder, `[]` if none. Sizes always; SHA256 when `full`,
+    on the first check after conversion, or for a file whose mtime changed since its last check
+    (which is then recorded, so the next load is cheap)."""
+    manifest = read_json(folder / MANIFEST)
+    files = manifest.get("files")
+    if not files:
+        return ["no file checksums recorded (converted by an older resa_utils)"]
+    full = full or not manifest.get("verified", False)
+    problems, changed = [], False
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        st = path.stat()
+        if st.st_size != info["size"]:
+            problems.append(f"{name} has {st.st_size} bytes, expected {info['size']}")
+        elif full or st.st_mtime_ns != info["mtime_ns"]:
+            if sha256_file(path) != info["sha256"]:
+                problems.append(f"{name} has the wrong SHA256 (changed since conversion)")
+            elif st.st_mtime_ns != info["mtime_ns"]:
+                info["mtime_ns"], changed = st.st_mtime_ns, True
+    if not problems and (changed or not manifest.get("verified", False)):
+        manifest["verified"] = True
+        write_json(folder / MANIFEST, manifest)
+    return problems
 
 
 def check_gguf(path: Path, spec: ModelSpec) -> None:
@@ -310,29 +377,40 @@ def check_gguf(path: Path, spec: ModelSpec) -> None:
         )
 
 
-def _convert_gguf(gguf: Path, out: Path, spec: ModelSpec) -> None:
-    """Dequantise the GGUF once and save it as a plain transformers folder, atomically."""
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"[resa_utils] dequantising {gguf.name} once (40-60 s); cached in {out}")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+def _build_cache(out: Path, spec: ModelSpec, build: Callable[[Path], None], source: str) -> None:
+    """Build the model folder in a temp dir, record every file's size and SHA256, then swap it in."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=out.parent))
     try:
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        if model.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)  # tied to the embeddings; safetensors refuses aliases
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        model.config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "resa_source.json", {"gguf": gguf.name, "sha256": spec.sha256})
+        build(tmp)
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            st = path.stat()
+            files[str(path.relative_to(tmp))] = {"size": st.st_size, "sha256": sha256_file(path),
+                                                 "mtime_ns": st.st_mtime_ns}
+        write_json(tmp / MANIFEST, {"source": source, "sha256": spec.sha256, "files": files,
+                                    "verified": False})
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantise the GGUF once and save it as a plain transformers folder into `folder`."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[resa_utils] dequantising {gguf.name} once (40-60 s); cached in {folder.parent}")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied to the embeddings; safetensors refuses aliases
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(folder)
+    tok.save_pretrained(folder)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-from tqdm.auto import tqdm
+
+from .progress import PROGRESS_INTERVAL_S, tqdm
 
 
 def config_key(config: dict) -> str:
@@ -34,16 +35,19 @@ def read_rows(path: str | Path) -> dict[str, dict]:
 
 
 def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
-              desc: str = "sweep") -> pd.DataFrame:
+              desc: str = "sweep", valid: Callable[[dict], bool] | None = None) -> pd.DataFrame:
     """Run `fn(config)` for each config not already in `path`; return every row as a DataFrame
-    (config columns + result columns), in `configs` order."""
+    (config columns + result columns), in `configs` order. A stored row for which
+    `valid(row)` is False (say, its SAE weights are gone from the cache) is computed again."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_rows(path)
+    if valid is not None:
+        done = {k: row for k, row in done.items() if valid(row)}
     _end_with_newline(path)
     keys = [config_key(c) for c in configs]
     todo = [(k, c) for k, c in zip(keys, configs) if k not in done]
-    for key, config in tqdm(todo, desc=desc, unit="run"):
+    for key, config in tqdm(todo, desc=desc, unit="run", mininterval=PROGRESS_INTERVAL_S):
         row = {**config, **fn(config), "_key": key}
         line = json.dumps(row, sort_keys=True, default=str)
         with open(path, "a") as fh:

@@ -1,20 +1,40 @@
-"""Experiment tracking: one `start_run(notebook, params)` that opens a W&B run (offline unless
-the user chose another `WANDB_MODE`) and mirrors everything under `results/<notebook>/`:
-`metrics.json`, `figures/*.png` and `tables/*.csv`, each written atomically."""
+"""Experiment tracking: `start_run(notebook, params)` opens a W&B run (offline unless the user
+chose another `WANDB_MODE`) and a results folder for the run's profile.
+
+Results by profile: only the reference profile (`cpu`) writes the committed folder
+`results/<notebook>/`; every other profile writes `results/<profile>/<notebook>/` (git-ignored).
+A run writes into a staging folder, `results/.staging/<profile>/<notebook>/`, which replaces the
+published folder only when the notebook calls `Run.finish()`; a failed or interrupted run keeps
+its partial output there (git-ignored) and the next run of that notebook and profile resumes
+from it. Every file is written atomically.
+"""
 
 from __future__ import annotations
 
+import ast
+import atexit
 import math
 import os
 import platform
+import shutil
+import subprocess
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, read_json, write_json
 
 RESULTS_ENV = "RESA_RESULTS_DIR"
+NOTEBOOKS_ENV = "RESA_NOTEBOOKS_DIR"
+PROFILE_ENV = "RESA_PROFILE"
+REFERENCE_PROFILE = "cpu"
+"""The profile whose finished runs replace the committed results in `results/<notebook>/`."""
+CUSTOM_PROFILE = "custom"
+"""Label of a run whose parameters differ from its profile's (edited in JupyterLab, say)."""
+STAGING = ".staging"
+COMPARISON_COLUMNS = ["claim", "metric", "paper", "ours", "held", "note"]
+HELD_VALUES = ("yes", "partly", "no", "not tested")
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -26,21 +46,151 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
+def notebooks_dir() -> Path:
+    """$RESA_NOTEBOOKS_DIR (tests), else `<repo>/notebooks`: the notebooks and `params/`."""
+    env = os.environ.get(NOTEBOOKS_ENV)
+    return Path(env).expanduser() if env else repo_root() / "notebooks"
+
+
 def results_root() -> Path:
     """$RESA_RESULTS_DIR, else `<repo>/results`."""
     env = os.environ.get(RESULTS_ENV)
     return Path(env).expanduser() if env else repo_root() / "results"
 
 
-class Run:
-    """A W&B run plus its mirror folder `results/<notebook>/`."""
+def results_dir(notebook: str, profile: str = REFERENCE_PROFILE) -> Path:
+    """Published results of `notebook` under `profile`: `results/<notebook>/` for the reference
+    profile, `results/<profile>/<notebook>/` for the others."""
+    root = results_root()
+    return root / notebook if profile == REFERENCE_PROFILE else root / profile / notebook
 
-    def __init__(self, notebook: str, params: dict, out_dir: Path, wandb_run=None):
+
+def staging_dir(notebook: str, profile: str = REFERENCE_PROFILE) -> Path:
+    """Where an unfinished run of `notebook` under `profile` writes (git-ignored)."""
+    return results_root() / STAGING / profile / notebook
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def git_state(root: Path | None = None) -> dict:
+    """`{"sha", "dirty"}` of the repository (sha 'unknown' outside git)."""
+    root = root or repo_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=root, capture_output=True, text=True, timeout=10).stdout
+        return {"sha": sha, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": "unknown", "dirty": None}
+
+
+def versions() -> dict:
+    """Versions of the libraries a result depends on."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "resa_utils", "wandb", "sae-lens", "peft"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def model_hashes(params: dict) -> dict:
+    """SHA256 of the weight files behind every registry model named in `params`."""
+    from .models import REGISTRY
+
+    out = {}
+    for key, value in params.items():
+        names = value if isinstance(value, (list, tuple)) else [value]
+        for name in names:
+            if isinstance(name, str) and name in REGISTRY and REGISTRY[name].sha256:
+                out[name] = REGISTRY[name].sha256
+    return out
+
+
+def reference_params(notebook: str, profile: str) -> dict | None:
+    """The parameters a run of `notebook` under `profile` has: the parameters cell's defaults
+    overridden by `notebooks/params/<profile>/<notebook>.yaml`; None if either is unreadable."""
+    import nbformat
+    import yaml
+
+    nb_dir = notebooks_dir()
+    try:
+        nb = nbformat.read(str(nb_dir / f"{notebook}.ipynb"), as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        out = {}
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                    and isinstance(node.targets[0], ast.Name):
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+        path = nb_dir / "params" / profile / f"{notebook}.yaml"
+        out.update(yaml.safe_load(path.read_text()) or {})
+        return out
+    except (OSError, StopIteration, ValueError, SyntaxError):
+        return None
+
+
+def effective_profile(notebook: str, params: dict) -> str:
+    """The run's profile label: `params['profile']` (else $RESA_PROFILE, else `cpu`), or
+    `custom` when the parameters differ from that profile's, so an edited interactive run
+    never replaces a profile's results."""
+    profile = str(params.get("profile") or os.environ.get(PROFILE_ENV) or REFERENCE_PROFILE)
+    ref = reference_params(notebook, profile)
+    if ref is None:
+        return profile
+    ours = {k: v for k, v in params.items() if k != "profile"}
+    differ = sorted(k for k in ours if k not in ref or _norm(ours[k]) != _norm(ref[k]))
+    if differ:
+        warnings.warn(f"{notebook}: parameters {differ} differ from profile {profile!r}, so this "
+                      f"run is labelled {CUSTOM_PROFILE!r} and writes to "
+                      f"{results_dir(notebook, CUSTOM_PROFILE)}", stacklevel=3)
+        return CUSTOM_PROFILE
+    return profile
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_norm(v) for v in value]
+    if isinstance(value, list):
+        return [_norm(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    """A W&B run plus its results folder (staged until `finish`)."""
+
+    def __init__(self, notebook: str, params: dict, profile: str, wandb_run=None):
         self.notebook = notebook
         self.params = dict(params)
-        self.out_dir = out_dir
+        self.profile = profile
+        self.final_dir = results_dir(notebook, profile)
+        self.out_dir = staging_dir(notebook, profile)
         self.wandb = wandb_run
         self.metrics: dict[str, Any] = {}
+        self.status = "running"
+        self.error: str | None = None
+        self.started = datetime.now(timezone.utc)
+        self.provenance = {"profile": profile, "git": git_state(), "versions": versions(),
+                           "model_sha256": model_hashes(params)}
+
+    # ------------------------------------------------------------------ folders
+    @property
+    def sweep_dir(self) -> Path:
+        """Resumable sweep rows (JSONL) of this run."""
+        return self.out_dir / "sweeps"
+
+    def cache_dir(self, kind: str) -> Path:
+        """A cache folder for large artefacts of this notebook and profile (e.g. `saes`)."""
+        from .models import cache_dir
+
+        return cache_dir() / kind / self.profile / self.notebook
 
     # ------------------------------------------------------------------ logging
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -54,7 +204,28 @@ class Run:
         if self.wandb is not None:
             for key, value in _scalars(_flatten(metrics)).items():
                 self.wandb.summary[key] = value
-        self._write_metrics(status="running")
+        self._write_metrics()
+
+    def log_curves(self, group: str, curves: dict[str, list[dict]]) -> Path | None:
+        """Training curves `{training name: [{step, loss, ...}, ...]}`: each as W&B line series
+        against its own step (`curves/<group>/<name>/<metric>`), all in `curves/<group>.csv`."""
+        import pandas as pd
+
+        frames = [pd.DataFrame(rows).assign(training=name) for name, rows in curves.items() if rows]
+        if not frames:
+            return None
+        df = pd.concat(frames, ignore_index=True)
+        df = df[["training"] + [c for c in df.columns if c != "training"]]
+        path = self.out_dir / "curves" / f"{group}.csv"
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+        if self.wandb is not None:
+            for name, rows in curves.items():
+                prefix = f"curves/{group}/{name}"
+                self.wandb.define_metric(f"{prefix}/*", step_metric=f"{prefix}/step")
+                for row in rows:
+                    self.wandb.log({f"{prefix}/{k}": v for k, v in _scalars(row).items()})
+        return path
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
         """Save `fig` as `figures/<name>.png` and log it to W&B."""
@@ -78,15 +249,20 @@ class Run:
             self.wandb.log({f"tables/{name}": wandb.Table(dataframe=df.reset_index(drop=True))})
         return path
 
+    def save_paper_comparison(self, rows: list[dict]):
+        """Write `tables/paper_comparison.csv` in the common schema (claim, metric, paper, ours,
+        held, note; held one of yes / partly / no / not tested); returns the DataFrame."""
+        df = comparison_frame(rows)
+        self.save_table(df, "paper_comparison")
+        return df
+
     def log_sae(self, sae, name: str, folder: Path | None = None) -> Path:
         """Save an SAE (cfg.json + sae_weights.safetensors) and log it as a W&B artifact.
 
-        Weights go to `folder` (default: the W&B run's files, not `results/`, to keep it small).
+        Weights go to `folder` (default: the W&B run's files, else this run's SAE cache; never
+        `results/`, to keep it small).
         """
-        from .models import cache_dir
-
-        base = folder or (Path(self.wandb.dir) if self.wandb is not None
-                          else cache_dir() / "saes" / self.notebook)
+        base = folder or (Path(self.wandb.dir) if self.wandb is not None else self.cache_dir("saes"))
         path = sae.save(Path(base) / "saes" / name)
         if self.wandb is not None:
             import wandb
@@ -99,47 +275,126 @@ class Run:
         return path
 
     # ------------------------------------------------------------------ closing
-    def _write_metrics(self, status: str) -> Path:
+    def _write_metrics(self) -> Path:
+        now = datetime.now(timezone.utc)
         payload = {
             "notebook": self.notebook,
-            "status": status,
+            "profile": self.profile,
+            "status": self.status,
+            "error": self.error,
             "params": self.params,
             "metrics": self.metrics,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(),
+            "started": self.started.isoformat(timespec="seconds"),
+            "updated": now.isoformat(timespec="seconds"),
+            "runtime_s": round((now - self.started).total_seconds(), 1),
+            "provenance": self.provenance,
             "wandb": None if self.wandb is None else {
                 "mode": os.environ.get("WANDB_MODE", "offline"), "id": self.wandb.id,
-                "dir": str(self.wandb.dir), "project": self.wandb.project},
+                "name": self.wandb.name, "dir": str(self.wandb.dir), "project": self.wandb.project},
         }
         return write_json(self.out_dir / "metrics.json", payload)
 
-    def finish(self) -> Path:
-        """Write the final `metrics.json` and close the W&B run."""
-        path = self._write_metrics(status="finished")
+    def mark_failed(self, error: str) -> None:
+        """Note an error (a failed cell): `metrics.json` says so, and unless the notebook still
+        reaches `finish()`, the W&B run ends with a non-zero exit code."""
+        if self.status == "finished":
+            return
+        self.status, self.error = "failed", error
         if self.wandb is not None:
-            self.wandb.finish()
-        return path
+            self.wandb.summary["status"] = "failed"
+        self._write_metrics()
+
+    def _close_unfinished(self) -> None:
+        """At interpreter exit (kernel shutdown): an unfinished run ends as failed."""
+        if self.status == "finished":
+            return
+        if self.status == "running":
+            self.status, self.error = "interrupted", self.error or "ended before finish()"
+        try:
+            self._write_metrics()
+        except OSError:
+            pass
+        if self.wandb is not None:
+            self.wandb.summary["status"] = self.status
+            self.wandb.finish(exit_code=1)
+            self.wandb = None
+
+    def finish(self) -> Path:
+        """Write the final `metrics.json`, publish the staged folder (replacing the previous
+        results of this notebook and profile) and close the W&B run. Returns the published folder."""
+        self.status, self.error = "finished", None
+        self._write_metrics()
+        publish(self.out_dir, self.final_dir)
+        if self.wandb is not None:
+            self.wandb.summary["status"] = "finished"
+            self.wandb.finish(exit_code=0)
+            self.wandb = None
+        return self.final_dir
+
+
+def publish(stage: Path, final: Path) -> None:
+    """Replace `final` by `stage` with two renames, so readers see the old or the new folder."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(stage, final)
+    except OSError:
+        if old.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def comparison_frame(rows: list[dict]):
+    """Rows of the common paper-comparison schema as a DataFrame, checked."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    missing = [c for c in COMPARISON_COLUMNS if c not in df.columns]
+    extra = [c for c in df.columns if c not in COMPARISON_COLUMNS]
+    if missing or extra or df.empty:
+        raise ValueError(f"paper comparison needs exactly the columns {COMPARISON_COLUMNS} and at "
+                         f"least one row; missing {missing}, extra {extra}")
+    bad = sorted(set(df.held) - set(HELD_VALUES))
+    if bad:
+        raise ValueError(f"paper comparison: held must be one of {HELD_VALUES}, got {bad}")
+    return df[COMPARISON_COLUMNS].astype(str)  # a text table: numbers and prose share columns
 
 
 _PARAM_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
+_ACTIVE: list[Run] = []
 
 
 def notebook_params(namespace: dict) -> dict:
     """The parameters a notebook ran with: the plain-valued globals defined so far (call it
     right after the parameters cell), leaving out IPython's own (`In`, `Out`, `_...`)."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and k not in ("In", "Out") and isinstance(v, _PARAM_TYPES)}
+            if not k.startswith("_") and k not in ("In", "Out", "get_ipython", "exit", "quit")
+            and isinstance(v, _PARAM_TYPES)}
 
 
-def start_run(notebook: str, params: dict, project: str = "resa-replications",
-              out_dir: str | Path | None = None) -> Run:
-    """Open a W&B run for `notebook` (offline by default; `WANDB_MODE` decides otherwise) and
-    the results folder `results/<notebook>/`. Never waits on the network in offline mode."""
-    out = Path(out_dir) if out_dir is not None else results_root() / notebook
-    out.mkdir(parents=True, exist_ok=True)
+def _run_name(notebook: str, profile: str, sha: str) -> str:
+    return f"{notebook}-{profile}-{sha[:7]}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def start_run(notebook: str, params: dict, project: str = "resa-replications") -> Run:
+    """Open the W&B run and staging folder of `notebook`, resuming an unfinished run's staged
+    output (or starting from the published sweep rows). Never waits on the network offline."""
+    for old in _ACTIVE:  # a re-run of this cell in the same kernel
+        old._close_unfinished()
+    _ACTIVE.clear()
+    profile = effective_profile(notebook, params)
+    stage = staging_dir(notebook, profile)
+    if not stage.exists():
+        stage.mkdir(parents=True)
+        published = results_dir(notebook, profile) / "sweeps"
+        if published.is_dir():  # finished rows of the last published run: reused, not redone
+            shutil.copytree(published, stage / "sweeps")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    wandb_run = None
+    run = Run(notebook, params, profile)
     if os.environ["WANDB_MODE"] != "disabled":
         try:
             import wandb
@@ -147,12 +402,39 @@ def start_run(notebook: str, params: dict, project: str = "resa-replications",
             # W&B writes under <dir>/wandb/: by default <repo>/wandb/offline-run-*
             wandb_dir = Path(os.environ.get("WANDB_DIR", repo_root()))
             wandb_dir.mkdir(parents=True, exist_ok=True)
-            wandb_run = wandb.init(project=project, name=notebook, group=notebook,
-                                   config=_flatten(params), dir=str(wandb_dir), reinit="finish_previous")
+            models = sorted({v for k, v in params.items() if "model" in k and isinstance(v, str)})
+            seeds = {k: v for k, v in params.items() if "seed" in k}
+            config = {**_flatten(params), **_flatten({"meta": {**run.provenance, "seeds": seeds}})}
+            run.wandb = wandb.init(
+                project=project, name=_run_name(notebook, profile, run.provenance["git"]["sha"]),
+                group=notebook, job_type=profile, tags=[profile, *models][:20], config=config,
+                dir=str(wandb_dir), reinit="finish_previous")
         except Exception as err:  # tracking must never stop the science
             warnings.warn(f"W&B unavailable ({type(err).__name__}: {err}); logging to "
-                          f"{out} only", stacklevel=2)
-    return Run(notebook, params, out, wandb_run)
+                          f"{stage} only", stacklevel=2)
+    run._write_metrics()
+    _ACTIVE.append(run)
+    atexit.register(run._close_unfinished)  # after wandb's own hook, so it runs first
+    _watch_cells(run)
+    return run
+
+
+def _watch_cells(run: Run) -> None:
+    """In IPython, a cell that raises (or is interrupted) marks the run failed."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+
+    def post_run_cell(result) -> None:
+        err = result.error_in_exec or result.error_before_exec
+        if err is not None and run in _ACTIVE:
+            run.mark_failed(f"{type(err).__name__}: {err}")
+
+    ip.events.register("post_run_cell", post_run_cell)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -177,3 +459,9 @@ def _scalars(d: dict) -> dict:
         elif isinstance(value, float):
             out[key] = value if math.isfinite(value) else str(value)
     return out
+
+
+def read_metrics(folder: Path) -> dict | None:
+    """A results folder's `metrics.json`, or None."""
+    path = Path(folder) / "metrics.json"
+    return read_json(path) if path.exists() else None

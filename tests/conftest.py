@@ -1,35 +1,84 @@
-"""Shared fixtures: an isolated cache/results folder per session and tiny random models."""
+"""Shared set-up: an isolated cache/results/W&B folder per test session, tiny random models, and
+the notebooks as nbval tests.
+
+With `--nbval-lax` (as `make test` runs), every notebook is copied into `tests/_smoke_notebooks/`
+with its `smoke` profile written into its parameters cell, and nbval runs each code cell of each
+copy as a test item (`tests/_smoke_notebooks/05_gba_recovery.ipynb::Cell 4`), on the project's
+kernel `resa`. Those items are marked `slow`, so `pytest -m "not slow"` is the fast unit loop.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
+SMOKE_DIR = Path(__file__).parent / "_smoke_notebooks"
+_ENV_KEYS = ("RESA_RESULTS_DIR", "RESA_CACHE_DIR", "WANDB_MODE", "WANDB_DIR", "HF_HUB_OFFLINE",
+             "RESA_PROGRESS", "RESA_PROFILE")
+_saved: dict[str, str | None] = {}
 
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_env(tmp_path_factory):
+
+def pytest_configure(config):
     """Results, W&B and the activation/SAE caches go to a temp folder, so no state leaks in from
-    earlier runs; only the converted real models (slow to rebuild) are shared, by a link."""
+    earlier runs (the notebooks' kernels inherit it too); only the converted real models (slow
+    to rebuild) are shared, by a link. The hub is off: nothing waits on network time-outs."""
     from resa_utils.models import cache_dir
 
-    root = tmp_path_factory.mktemp("resa")
+    root = Path(tempfile.mkdtemp(prefix="resa-tests-"))
+    config._resa_tmp = root
     models = cache_dir() / "models"
     models.mkdir(parents=True, exist_ok=True)
     (root / "cache").mkdir()
     (root / "cache" / "models").symlink_to(models, target_is_directory=True)
-    old = {k: os.environ.get(k) for k in ("RESA_RESULTS_DIR", "RESA_CACHE_DIR", "WANDB_MODE", "WANDB_DIR")}
-    os.environ["RESA_CACHE_DIR"] = str(root / "cache")
-    os.environ["RESA_RESULTS_DIR"] = str(root / "results")
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ["WANDB_DIR"] = str(root / "wandb")
-    yield
-    for k, v in old.items():
+    _saved.update({k: os.environ.get(k) for k in _ENV_KEYS})
+    os.environ.update({"RESA_CACHE_DIR": str(root / "cache"), "RESA_RESULTS_DIR": str(root / "results"),
+                       "WANDB_MODE": "offline", "WANDB_DIR": str(root / "wandb"),
+                       "HF_HUB_OFFLINE": "1", "RESA_PROGRESS": "text", "RESA_PROFILE": "smoke"})
+    if getattr(config.option, "nbval_lax", False) or getattr(config.option, "nbval", False):
+        write_smoke_notebooks()
+
+
+def pytest_unconfigure(config):
+    for k, v in _saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    shutil.rmtree(getattr(config, "_resa_tmp", ""), ignore_errors=True)
+
+
+def write_smoke_notebooks() -> list[Path]:
+    """Copies of every notebook with the smoke profile's values appended to its parameters cell
+    (so the copy's cells line up with the original's)."""
+    import nbformat
+    from papermill.translators import translate_parameters
+
+    from resa_utils import run
+
+    shutil.rmtree(SMOKE_DIR, ignore_errors=True)
+    SMOKE_DIR.mkdir()
+    out = []
+    for name in run.list_notebooks():
+        nb = nbformat.read(str(run.notebooks_dir() / f"{name}.ipynb"), as_version=4)
+        params = run.load_params("smoke", name)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        cell.source += "\n" + translate_parameters("python", "python", params,
+                                                   "# smoke profile (written by tests/conftest.py)")
+        path = SMOKE_DIR / f"{name}.ipynb"
+        nbformat.write(nb, str(path))
+        out.append(path)
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if type(item).__name__ == "IPyNbCell":
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,9 @@ def test_unknown_model_name_names_the_choices():
 
 def test_hub_ids_and_local_paths_pass_through(tmp_path):
     assert resolve_model_name("google/gemma-2-2b") == "google/gemma-2-2b"
+    with pytest.raises(ValueError, match="no config.json"):
+        resolve_model_name(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model_name(str(tmp_path)) == str(tmp_path)
 
 
@@ -67,3 +70,44 @@ def test_registry_depths_match_the_models():
     for name, spec in REGISTRY.items():
         if spec.build_tiny is not None:
             assert load_model(name).n_layers == spec.n_layers
+
+
+def _tiny_builder(folder):
+    lm = load_model("tiny-qwen2")
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+
+
+def test_converted_cache_is_integrity_checked_and_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESA_CACHE_DIR", str(tmp_path))
+    spec = models.ModelSpec("cache-test", "tiny model behind the conversion cache", sha256="t" * 64)
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        _tiny_builder(folder)
+
+    out = models.cached_model_dir(spec, build=build)
+    manifest = models.read_json(out / models.MANIFEST)
+    assert "model.safetensors" in manifest["files"] and not manifest["verified"]
+    assert models.cached_model_dir(spec, build=build) == out and len(calls) == 1
+    assert models.read_json(out / models.MANIFEST)["verified"]  # first load hashed everything
+    ids = torch.tensor([[1, 5, 9, 12]])
+    from transformers import AutoModelForCausalLM
+
+    clean = AutoModelForCausalLM.from_pretrained(out).eval()(input_ids=ids).logits
+    weights = out / "model.safetensors"
+    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size, zero-filled
+    assert any("model.safetensors" in p for p in models.verify_model_dir(out))
+    with pytest.warns(UserWarning, match=r"damaged \(model.safetensors has the wrong SHA256"):
+        models.cached_model_dir(spec, build=build)
+    assert len(calls) == 2  # rebuilt
+    again = AutoModelForCausalLM.from_pretrained(out).eval()(input_ids=ids).logits
+    assert torch.allclose(clean, again)
+    (out / "config.json").write_text("{}")  # a different size is caught without hashing
+    assert any("config.json has" in p for p in models.verify_model_dir(out))
+
+
+def test_missing_local_model_path_is_named():
+    with pytest.raises(ValueError, match="unknown model './no/such/folder'.*existing local"):
+        resolve_model_name("./no/such/folder")

@@ -13,23 +13,43 @@ from resa_utils.sweep import run_sweep  # noqa: E402
 from resa_utils.tracking import start_run  # noqa: E402
 
 
-def test_start_run_writes_results_and_an_offline_wandb_run(tmp_path):
-    run = start_run("99_test", {"lr": 0.1, "nested": {"k": 3}}, out_dir=tmp_path / "r")
+def test_start_run_stages_then_publishes_with_an_offline_wandb_run(monkeypatch):
+    from resa_utils.tracking import results_dir, staging_dir
+
+    monkeypatch.setenv("RESA_PROFILE", "smoke")
+    run = start_run("99_test", {"lr": 0.1, "nested": {"k": 3}})
     assert run.wandb is not None and os.environ["WANDB_MODE"] == "offline"
+    assert run.out_dir == staging_dir("99_test", "smoke") and run.final_dir == results_dir("99_test", "smoke")
     run.log({"loss": 1.0}, step=1)
     run.record(fvu=0.25, bad=float("nan"))
+    assert json.loads((run.out_dir / "metrics.json").read_text())["status"] == "running"
+    assert not run.final_dir.exists()  # nothing is published before finish()
     fig, ax = plt.subplots()
     ax.plot([1, 2])
-    png = run.save_figure(fig, "curve")
-    csv = run.save_table(pd.DataFrame({"a": [1, 2]}), "table")
-    run.finish()
-    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    run.save_figure(fig, "curve")
+    run.save_table(pd.DataFrame({"a": [1, 2]}), "table")
+    curves = run.log_curves("train", {"a": [{"step": 1, "loss": 2.0}], "b": [{"step": 1, "loss": 3.0}]})
+    assert pd.read_csv(curves).training.tolist() == ["a", "b"]
+    final = run.finish()
+    metrics = json.loads((final / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["metrics"]["fvu"] == 0.25
     assert metrics["metrics"]["bad"] is None  # NaN is not JSON
-    assert metrics["params"]["nested"]["k"] == 3
-    assert png.read_bytes()[:4] == b"\x89PNG" and csv.exists()
+    assert metrics["params"]["nested"]["k"] == 3 and metrics["profile"] == "smoke"
+    assert (final / "figures" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "offline-run" in metrics["wandb"]["dir"]
-    assert not list((tmp_path / "r").rglob("*.tmp"))  # atomic writes leave no temp files
+    assert not run.out_dir.exists()
+    assert not list(final.rglob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_paper_comparison_schema_is_enforced():
+    from resa_utils.tracking import comparison_frame
+
+    ok = {"claim": "c", "metric": "m", "paper": 1.0, "ours": "x", "held": "partly", "note": ""}
+    assert list(comparison_frame([ok]).columns) == ["claim", "metric", "paper", "ours", "held", "note"]
+    with pytest.raises(ValueError, match="held must be one of"):
+        comparison_frame([{**ok, "held": "maybe"}])
+    with pytest.raises(ValueError, match="missing \\['note'\\]"):
+        comparison_frame([{k: v for k, v in ok.items() if k != "note"}])
 
 
 def test_write_json_is_atomic_on_failure(tmp_path):

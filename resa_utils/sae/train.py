@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from ..activations import PROGRESS_INTERVAL_S, check_finite
+from ..activations import check_finite
+from ..progress import PROGRESS_INTERVAL_S, tqdm
 from ..models import default_device
 from .config import TrainConfig
 from .gba import GBATrainer
@@ -71,7 +71,7 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
         if log_now:
             stats = {k: float(v) for k, v in stats.items()}
             stats.update(step=trainer.step, tokens=trainer.step * cfg.batch_size,
-                         dead_frac=trainer.dead_fraction())
+                         dead_frac=trainer.dead_fraction(), lr=trainer.opt.param_groups[0]["lr"])
             trainer.history.append(stats)
             bar.set_postfix(fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}")
             if not torch.isfinite(torch.tensor(stats["loss"])):

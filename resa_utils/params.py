@@ -1,0 +1,319 @@
+"""Notebook parameter checks, run in each notebook's first cell after `parameters`, before any
+model load or training: every parameter gets a check, and a bad value stops the notebook with
+an error that names the parameter and says how to fix it.
+
+    from resa_utils import params as P
+    P.validate("05_gba_recovery", notebook_params(globals()), {
+        "seed": P.integer(min=0),
+        "model_name": P.model(),
+        "layer": P.layer("model_name"),
+        ...
+    })
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+Check = Callable[[str, Any, dict], None]
+"""`check(name, value, all_params)` raises `ParameterError` (through `fail`) on a bad value."""
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has a bad value; the message names it and the fix."""
+
+
+def fail(name: str, value: Any, problem: str, fix: str | None = None) -> None:
+    msg = f"parameter `{name}` = {value!r}: {problem}."
+    msg += f" Fix: {fix}" if fix else (f" Fix: set `{name}` in the parameters cell, or pass "
+                                       f"`-p {name}=...` to `python -m resa_utils.run`")
+    raise ParameterError(msg)
+
+
+def validate(notebook: str, params: dict, checks: dict[str, Check],
+             extra: Callable[[dict], None] | None = None) -> None:
+    """Check every parameter of `notebook`: each one needs an entry in `checks`; then run the
+    cross-parameter checks in `extra(params)`."""
+    missing = sorted(set(params) - set(checks))
+    if missing:
+        raise ParameterError(f"{notebook}: parameters {missing} have no check: add them to the "
+                             "notebook's validate() call")
+    for name, check in checks.items():
+        if name not in params:
+            raise ParameterError(f"{notebook}: parameter `{name}` is checked but not defined in "
+                                 "the parameters cell")
+        try:
+            check(name, params[name], params)
+        except ParameterError as err:
+            raise ParameterError(f"{notebook}: {err}") from None
+    if extra is not None:
+        try:
+            extra(params)
+        except ParameterError as err:
+            raise ParameterError(f"{notebook}: {err}") from None
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _range_text(min=None, max=None, gt=None, lt=None) -> str:
+    parts = []
+    if min is not None:
+        parts.append(f">= {min}")
+    if gt is not None:
+        parts.append(f"> {gt}")
+    if max is not None:
+        parts.append(f"<= {max}")
+    if lt is not None:
+        parts.append(f"< {lt}")
+    return " and ".join(parts)
+
+
+def _in_range(v, min=None, max=None, gt=None, lt=None) -> bool:
+    return ((min is None or v >= min) and (max is None or v <= max)
+            and (gt is None or v > gt) and (lt is None or v < lt))
+
+
+def integer(min: int | None = None, max: int | None = None, allow: tuple = ()) -> Check:
+    """An int (not a bool) in [min, max], or one of the special values in `allow`."""
+    def check(name, v, _p):
+        if v in allow and (_is_int(v) or v is None):
+            return
+        if not _is_int(v):
+            fail(name, v, "must be an integer" + (f" ({_range_text(min, max)})" if min is not None
+                                                  or max is not None else ""),
+                 f"write a whole number such as {min if min is not None else 1}"
+                 " (YAML reads 1e6 as text: write 1000000)")
+        if not _in_range(v, min, max):
+            special = f", or one of {list(allow)}" if allow else ""
+            fail(name, v, f"must be {_range_text(min, max)}{special}")
+    return check
+
+
+def real(min: float | None = None, max: float | None = None, gt: float | None = None,
+         lt: float | None = None) -> Check:
+    """A number (int or float, not a bool) in the given range."""
+    def check(name, v, _p):
+        if not _is_real(v):
+            fail(name, v, f"must be a number ({_range_text(min, max, gt, lt)})",
+                 "write a number such as 0.1 (in YAML write 1.0e-3, not 1e-3)")
+        if not _in_range(v, min, max, gt, lt):
+            fail(name, v, f"must be {_range_text(min, max, gt, lt)}")
+    return check
+
+
+def boolean() -> Check:
+    def check(name, v, _p):
+        if not isinstance(v, bool):
+            fail(name, v, "must be True or False", f"write -p {name}=true (or false)")
+    return check
+
+
+def choice(options: list | tuple) -> Check:
+    """One of `options`."""
+    def check(name, v, _p):
+        if v not in options:
+            fail(name, v, f"must be one of {list(options)}")
+    return check
+
+
+def profile() -> Check:
+    """A parameter profile: a folder of `notebooks/params/` (set by the runner)."""
+    def check(name, v, _p):
+        from .tracking import notebooks_dir
+
+        options = sorted(p.name for p in (notebooks_dir() / "params").iterdir() if p.is_dir())
+        if v not in options:
+            fail(name, v, f"must be one of the profiles {options}",
+                 "leave it to the runner (`--profile NAME`), or set one of those")
+    return check
+
+
+def string(nonempty: bool = True) -> Check:
+    def check(name, v, _p):
+        if not isinstance(v, str) or (nonempty and not v.strip()):
+            fail(name, v, "must be a non-empty string")
+    return check
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def list_of(item: Check, min_len: int = 1, max_len: int | None = None,
+            unique: bool = False) -> Check:
+    """A list (or tuple) whose every element passes `item`."""
+    def check(name, v, p):
+        if not isinstance(v, (list, tuple)):
+            fail(name, v, f"must be a list (at least {min_len} item(s))",
+                 f"write a list such as -p '{name}=[...]'")
+        if len(v) < min_len or (max_len is not None and len(v) > max_len):
+            size = f"{min_len}..{max_len}" if max_len is not None else f"at least {min_len}"
+            fail(name, v, f"must hold {size} item(s), not {len(v)}")
+        for i, x in enumerate(v):
+            item(f"{name}[{i}]", x, p)
+        if unique and len({repr(x) for x in v}) != len(v):
+            fail(name, v, "must not repeat a value")
+    return check
+
+
+def pair(first: Check, second: Check | None = None,
+         relation: Callable[[Any, Any], bool] | None = None, relation_text: str = "") -> Check:
+    """A 2-item list `[a, b]`, each checked, optionally with `relation(a, b)`."""
+    second = second or first
+
+    def check(name, v, p):
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            fail(name, v, "must be a pair [a, b]")
+        first(f"{name}[0]", v[0], p)
+        second(f"{name}[1]", v[1], p)
+        if relation is not None and not relation(v[0], v[1]):
+            fail(name, v, f"must satisfy {relation_text}")
+    return check
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def require(ok: bool, name: str, value: Any, problem: str, fix: str | None = None) -> None:
+    """A cross-parameter condition (use inside `validate(extra=...)`)."""
+    if not ok:
+        fail(name, value, problem, fix)
+
+
+_HUB: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: False at once under `HF_HUB_OFFLINE=1`,
+    else one TCP connection attempt bounded by `timeout` seconds (cached)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if "hub" in _HUB:
+        return _HUB["hub"]
+    result = {"ok": False}
+
+    def probe():
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            result["ok"] = True
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)  # DNS can hang past the socket timeout: never wait longer
+    _HUB["hub"] = result["ok"]
+    return _HUB["hub"]
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("/", "./", "../", "~")) or s.count("/") != 1 or Path(s).expanduser().exists()
+
+
+def _hub_cached(repo_id: str, filename: str = "config.json") -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    except Exception:
+        return False
+
+
+def model() -> Check:
+    """A registry model, a local model folder (with config.json), or a hub id (refused at once
+    when the hub is unreachable and the model is not in the local hub cache)."""
+    def check(name, v, _p):
+        from .models import REGISTRY
+
+        choices = sorted(REGISTRY)
+        if not isinstance(v, str) or not v.strip():
+            fail(name, v, f"must be a model name: one of {choices}, a local folder or a hub id")
+        if v in REGISTRY:
+            return
+        if _looks_like_path(v):
+            path = Path(v).expanduser()
+            if not path.is_dir():
+                fail(name, v, f"is neither a registry model ({choices}) nor an existing folder",
+                     f"use a registry name, or the path of a folder with config.json")
+            if not (path / "config.json").exists():
+                fail(name, v, f"folder {path} has no config.json, so it is not a transformers model",
+                     "point it at a folder written by save_pretrained()")
+            return
+        if "/" not in v:
+            fail(name, v, f"is not a registry model: use one of {choices}, a local folder, "
+                 "or a hub id such as 'google/gemma-2-2b'")
+        if not hub_reachable() and not _hub_cached(v):
+            fail(name, v, "is a hub id, but the Hugging Face hub is unreachable (offline, or "
+                 "HF_HUB_OFFLINE=1) and the model is not in the local hub cache",
+                 f"use a registry model ({choices}) or a local folder with the weights")
+    return check
+
+
+def layer(model_param: str, allow_middle: bool = True) -> Check:
+    """A decoder-block index valid for the model in parameter `model_param` (-1 = middle)."""
+    def check(name, v, p):
+        from .models import model_n_layers
+
+        if not _is_int(v):
+            fail(name, v, "must be an integer block index")
+        if allow_middle and v == -1:
+            return
+        n = model_n_layers(p[model_param], local_only=True)
+        if v < 0 or (n is not None and v >= n):
+            hint = f"0..{n - 1}" if n is not None else "a non-negative index"
+            fail(name, v, f"is out of range for {p[model_param]!r} ({n} layers)",
+                 f"use {hint}" + (", or -1 for the middle block" if allow_middle else ""))
+    return check
+
+
+def layers(model_param: str) -> Check:
+    """A non-empty list of distinct block indices valid for the model in `model_param`."""
+    one = layer(model_param, allow_middle=False)
+    return list_of(one, unique=True)
+
+
+def corpus(known: tuple[str, ...] = ()) -> Check:
+    """A named corpus, a local .txt/.jsonl file or folder, or a `datasets` hub name such as
+    'org/name' (refused at once when the hub is unreachable)."""
+    def check(name, v, _p):
+        from .data import corpus_names
+
+        names = sorted(set(corpus_names()) | set(known))
+        if not isinstance(v, str) or not v.strip():
+            fail(name, v, f"must be a corpus: one of {names}, a local .txt/.jsonl path or folder")
+        if v in names:
+            return
+        path = Path(v).expanduser()
+        if path.exists():
+            if path.is_file() and path.suffix not in (".txt", ".jsonl"):
+                fail(name, v, "is a file but not .txt or .jsonl")
+            return
+        if _looks_like_path(v):
+            fail(name, v, f"is not a named corpus ({names}) nor an existing file or folder",
+                 f"use one of {names} or the path of a .txt/.jsonl file")
+        if not hub_reachable():
+            fail(name, v, f"is not a named corpus ({names}) nor a local path, and the dataset "
+                 "hub is unreachable", f"use one of {names} or a local .txt/.jsonl file")
+    return check
+
+
+def gpu_or_allowed(allow_cpu: bool) -> None:
+    """Refuse a GPU-sized profile on a machine without CUDA unless `allow_cpu`."""
+    import torch
+
+    if not allow_cpu and not torch.cuda.is_available():
+        fail("allow_cpu", allow_cpu, "this profile is sized for a GPU and no CUDA device is "
+             "visible, so it would run for hours on the CPU",
+             "run it on a GPU machine, or pass `-p allow_cpu=true` (or --allow-cpu) to run anyway")

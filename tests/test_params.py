@@ -1,0 +1,89 @@
+"""Every parameter of every notebook is checked before any compute: each notebook's check cell,
+given one bad value per parameter (on top of its smoke profile), stops with an error that names
+that parameter, and no model is loaded and no SAE trained before it."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from resa_utils import params as P
+from resa_utils import run
+
+WRONG_TYPE = {bool: "maybe", int: "big", float: "big", str: 3, list: "x", tuple: "x"}
+"""A value of the wrong type for a parameter whose default has this type."""
+OUT_OF_RANGE = {int: -3, float: -1.5, str: "no-such-value-xyz", list: []}
+"""A value of the right type that no parameter of that type accepts."""
+
+
+def _cases():
+    for nb in run.list_notebooks():
+        for name, default in run.notebook_parameters(nb).items():
+            kind = type(ast.literal_eval(default))
+            for label, table in (("type", WRONG_TYPE), ("range", OUT_OF_RANGE)):
+                if kind in table:
+                    yield pytest.param(nb, name, table[kind], id=f"{nb}-{name}-{label}")
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Loading a model or training an SAE during the checks fails the test."""
+    import resa_utils.models
+    import resa_utils.sae.train
+
+    def refuse(*_a, **_k):
+        raise AssertionError("compute started before the parameters were checked")
+
+    monkeypatch.setattr(resa_utils.models, "load_model", refuse)
+    monkeypatch.setattr(resa_utils.sae.train, "train_sae", refuse)
+
+
+@pytest.mark.parametrize("notebook,name,bad", list(_cases()))
+def test_bad_value_is_named_before_compute(notebook, name, bad, no_compute):
+    good = run.load_params("smoke", notebook)
+    run.check_params(notebook, good)  # the smoke profile itself passes
+    with pytest.raises(P.ParameterError, match=rf"parameter `{name}(\[\d+\])?` = "):
+        run.check_params(notebook, {**good, name: bad})
+
+
+def test_every_parameter_of_every_notebook_has_a_case():
+    covered = {(c.values[0], c.values[1]) for c in _cases()}
+    for nb in run.list_notebooks():
+        for name in run.notebook_parameters(nb):
+            assert (nb, name) in covered, f"{nb}: no bad value for parameter {name}"
+
+
+def test_checks_refuse_what_they_should():
+    with pytest.raises(P.ParameterError, match="must be an integer"):
+        P.integer(min=1)("n", True, {})  # a bool is not an int
+    with pytest.raises(P.ParameterError, match=r"n\[1\]"):
+        P.list_of(P.integer(min=1))("n", [1, 0], {})
+    with pytest.raises(P.ParameterError, match="p_high >= p_low"):
+        P.pair(P.real(gt=0), relation=lambda a, b: a >= b, relation_text="p_high >= p_low")(
+            "ladder", [0.1, 0.5], {})
+    P.integer(min=0, allow=(-1,))("layer", -1, {})
+
+
+def test_model_checks_are_offline_and_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check = P.model()
+    check("m", "tiny-llama", {})
+    with pytest.raises(P.ParameterError, match="neither a registry model"):
+        check("m", str(tmp_path / "missing"), {})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(P.ParameterError, match="no config.json"):
+        check("m", str(tmp_path / "empty"), {})
+    with pytest.raises(P.ParameterError, match="hub is unreachable"):
+        check("m", "org/not-cached-anywhere", {})
+    with pytest.raises(P.ParameterError, match="out of range.*0..3"):
+        P.layer("model")("layer", 4, {"model": "tiny-llama"})
+
+
+def test_gpu_profile_refuses_cpu_unless_allowed(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(P.ParameterError, match="allow_cpu"):
+        P.gpu_or_allowed(False)
+    P.gpu_or_allowed(True)
