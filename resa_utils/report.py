@@ -61,7 +61,7 @@ def render(notebooks: list[str]) -> str:
         metrics = read_metrics(folder)
         status = "no committed run" if metrics is None else metrics.get("status", "?")
         runtime = _runtime(metrics.get("runtime_s")) if metrics else "-"
-        out.append(f"| [{nb}](#{nb.replace('_', '-')}) | {paper} | {runtime} | {status} |")
+        out.append(f"| [{nb}](#{nb}) | {paper} | {runtime} | {status} |")
         lines = [f"\n## {nb}\n", f"{paper}\n"]
         if metrics is not None:
             figs = sorted((folder / "figures").glob("*.png"))

@@ -1,5 +1,6 @@
 """Resumable sweeps: each finished configuration's result row is appended to a JSONL file at
-once, so a killed notebook reruns only what had not finished."""
+once, so a killed notebook reruns only what had not finished. A finished sweep leaves the file
+holding exactly its own rows."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable
 
 import pandas as pd
 
+from .atomic import atomic_path
 from .progress import PROGRESS_INTERVAL_S, tqdm
 
 
@@ -55,7 +57,16 @@ def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
             fh.flush()
             os.fsync(fh.fileno())
         done[key] = row
+    _compact(path, [done[k] for k in keys])
     return pd.DataFrame([done[k] for k in keys]).drop(columns="_key", errors="ignore")
+
+
+def _compact(path: Path, rows: list[dict]) -> None:
+    """Rewrite the file with exactly this sweep's rows (stale or superseded rows go), atomically."""
+    text = "".join(json.dumps(row, sort_keys=True, default=str) + "\n" for row in rows)
+    if path.read_text() != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
 
 
 def _end_with_newline(path: Path) -> None:

@@ -84,3 +84,18 @@ def test_notebook_params_keeps_plain_values_only():
     ns = {"lr": 0.1, "widths": [1, 2], "name": "x", "In": ["code"], "Out": {}, "_hidden": 1,
           "pd": pd, "fn": len}
     assert notebook_params(ns) == {"lr": 0.1, "widths": [1, 2], "name": "x"}
+
+
+def test_sweep_recomputes_invalid_rows_and_keeps_only_its_own(tmp_path):
+    calls = []
+
+    def fn(c):
+        calls.append(c["x"])
+        return {"y": c["x"] + len(calls)}
+
+    path = tmp_path / "s.jsonl"
+    run_sweep(path, [{"x": 0}, {"x": 1}, {"x": 2}], fn)
+    df = run_sweep(path, [{"x": 0}, {"x": 1}], fn, valid=lambda row: row["x"] != 1)
+    assert calls == [0, 1, 2, 1] and df.y.tolist() == [1, 5]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["x"] for r in rows] == [0, 1]  # the stale x=2 row and the superseded x=1 row are gone

