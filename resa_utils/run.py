@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -137,6 +139,9 @@ def check_params(notebook: str, params: dict) -> None:
 # --------------------------------------------------------------------------- execution
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class _Progress:
     """Terminal lines for long cells: the cell, elapsed time and the last progress bar line
     the notebook printed (the runner makes the kernel's bars plain text)."""
@@ -145,21 +150,27 @@ class _Progress:
         self.notebook, self.every = notebook, every
         self.cell: tuple[int, int, str] | None = None
         self.started = time.monotonic()
-        self.last_line = ""
+        self.bars: dict[str, str] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     # stderr_file protocol for papermill: the kernel's stderr stream
     def write(self, text: str) -> None:
-        lines = [ln.strip() for ln in text.replace("\r", "\n").split("\n") if ln.strip()]
-        if lines:
-            self.last_line = lines[-1][:160]
+        text = _ANSI.sub("", text)  # nested bars move the cursor with escape codes
+        for line in (ln.strip() for ln in text.replace("\r", "\n").split("\n")):
+            if line:  # one entry per bar (its description), so nested bars show together
+                self.bars.pop(line.split(":")[0], None)
+                self.bars[line.split(":")[0]] = line[:100]
+
+    @property
+    def last_line(self) -> str:
+        return " | ".join(list(self.bars.values())[-2:])
 
     def flush(self) -> None:
         pass
 
     def cell_start(self, index: int, total: int, source: str) -> None:
-        self.cell, self.started, self.last_line = (index, total, _first_line(source)), time.monotonic(), ""
+        self.cell, self.started, self.bars = (index, total, _first_line(source)), time.monotonic(), {}
 
     def cell_done(self) -> None:
         if self.cell is not None:
@@ -267,12 +278,17 @@ def run_notebook(notebook: str, profile: str = DEFAULT_PROFILE, overrides: dict 
     os.environ.setdefault("RESA_PROGRESS", "text")
     progress = _Progress(notebook, heartbeat_s)
     progress.thread.start()
+    started = time.time()
     try:
         papermill.execute_notebook(
             str(notebooks_dir() / f"{notebook}.ipynb"), str(running), parameters=params,
             kernel_name=KERNEL, engine_name=_register_engine(progress), cwd=str(notebooks_dir()),
             progress_bar=False, stderr_file=progress, request_save_on_cell_execute=True,
         )
+    except KeyboardInterrupt:
+        if running.exists():
+            os.replace(running, stage_root / f"{notebook}.interrupted.ipynb")
+        raise
     except PapermillExecutionError as err:
         import nbformat
 
@@ -290,11 +306,18 @@ def run_notebook(notebook: str, profile: str = DEFAULT_PROFILE, overrides: dict 
             f"  executed copy with the traceback: {failed}\n"
             f"  the published results in {results_dir(notebook, label)} are unchanged"
         ) from None
+    except Exception as err:  # the kernel died (out of memory, killed), or papermill broke
+        if running.exists():
+            os.replace(running, stage_root / f"{notebook}.failed.ipynb")
+        raise NotebookFailed(f"{notebook} (profile {label}) stopped: {type(err).__name__}: {err}; "
+                             f"the published results in {results_dir(notebook, label)} are "
+                             "unchanged") from None
     finally:
         progress.stop.set()
     final = results_dir(notebook, label)
     metrics = read_metrics(final)
-    if metrics is None or metrics.get("status") != "finished":
+    fresh = metrics is not None and datetime.fromisoformat(metrics["updated"]).timestamp() >= started - 1
+    if not fresh or metrics.get("status") != "finished":
         raise NotebookFailed(f"{notebook} ran to its end but never called run.finish(): "
                              f"nothing was published to {final}")
     from .atomic import atomic_path
@@ -369,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             path = run_notebook(name, args.profile, overrides)
             print(f"      done in {_fmt(time.monotonic() - t0)}: {path}", flush=True)
     except KeyboardInterrupt:
+        import logging
+
+        # the interrupted cell's pending task would be logged at exit with a long traceback
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         hint = f" {current}" if current else ""
         print(f"\ninterrupted{(' in ' + current) if current else ''}: finished work is kept "
               f"(sweep rows, checkpoints, staged results); resume with `python -m resa_utils.run "

@@ -19,15 +19,15 @@ from wandb_log import summary as wandb_summary
 
 TINY = "90_tiny"
 CELLS = [
-    ("code", 'profile = "cpu"\nfail = False\nx = 1', ["parameters"]),
+    ("code", 'profile = "cpu"\nfail = False\nx = 1\nsleep = 0', ["parameters"]),
     ("code", "from resa_utils import params as P\nfrom resa_utils.tracking import notebook_params\n"
              "params = notebook_params(globals())\n"
              "P.validate('90_tiny', params, {'profile': P.profile(), 'fail': P.boolean(), "
-             "'x': P.integer(min=0, max=100)})", []),
+             "'x': P.integer(min=0, max=100), 'sleep': P.integer(min=0)})", []),
     ("code", "from resa_utils.tracking import start_run\nrun = start_run('90_tiny', params)\n"
              "run.record(x=x)\nrun.log_curves('train', {'a': [{'step': 1, 'loss': 2.0}, "
              "{'step': 2, 'loss': 1.0}]})", []),
-    ("code", "if fail:\n    raise RuntimeError('boom')", []),
+    ("code", "if fail:\n    raise RuntimeError('boom')\nimport time\ntime.sleep(sleep)", []),
     ("code", "run.save_paper_comparison([{'claim': 'c', 'metric': 'm', 'paper': 1, 'ours': x, "
              "'held': 'yes', 'note': ''}])\nrun.finish()", []),
 ]
@@ -142,3 +142,30 @@ def test_every_profile_has_every_notebook():
     for profile in ("smoke", "cpu", "paper"):
         for nb in run.list_notebooks():
             run.load_params(profile, nb)
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_marks_the_run_failed(tiny_repo):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    yaml_path = Path(os.environ["RESA_NOTEBOOKS_DIR"]) / "params" / "smoke" / f"{TINY}.yaml"
+    yaml_path.write_text("x: 2\nsleep: 120\n")
+    proc = subprocess.Popen([sys.executable, "-m", "resa_utils.run", "--profile", "smoke", TINY],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staged = results_root() / ".staging" / "smoke" / TINY / "metrics.json"
+    deadline = time.monotonic() + 120
+    while not staged.exists() and time.monotonic() < deadline:  # wait for the sleeping cell
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    lines = [ln for ln in err.splitlines() if ln.strip() and "IPKernelApp" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("interrupted in 90_tiny") and "resume" in lines[0], err
+    assert "Traceback" not in err
+    assert json.loads(staged.read_text())["status"] in ("failed", "interrupted")
+    assert _last_wandb(tiny_repo)["exit_code"] not in (0, None)
+    assert not (results_root() / "smoke" / TINY).exists()
