@@ -251,13 +251,15 @@ def model_n_layers(name: str, local_only: bool = False) -> int | None:
         return None
 
 
-def check_layer(name: str, layer: int) -> int:
-    """Validate a decoder-block index for `name` before any compute; -1 means the middle block."""
-    n = model_n_layers(name)
+def check_layer(name: str, layer: int, local_only: bool = False) -> int:
+    """Validate a decoder-block index for `name` before any compute; -1 means the middle block.
+    With `local_only` the depth comes from the registry or local files, never the hub."""
+    n = model_n_layers(name, local_only=local_only)
     if layer == -1:
         return -1 if n is None else n // 2
-    if n is not None and not 0 <= layer < n:
-        raise ValueError(f"layer={layer} is out of range for {name!r} ({n} layers): use 0..{n - 1}, "
+    if layer < -1 or (n is not None and layer >= n):
+        hint = f"0..{n - 1}" if n is not None else "a non-negative index"
+        raise ValueError(f"layer={layer} is out of range for {name!r} ({n} layers): use {hint}, "
                          "or -1 for the middle block")
     return layer
 

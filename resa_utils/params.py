@@ -235,46 +235,33 @@ def model() -> Check:
     """A registry model, a local model folder (with config.json), or a hub id (refused at once
     when the hub is unreachable and the model is not in the local hub cache)."""
     def check(name, v, _p):
-        from .models import REGISTRY
+        from .models import REGISTRY, resolve_model_name
 
-        choices = sorted(REGISTRY)
-        if not isinstance(v, str) or not v.strip():
-            fail(name, v, f"must be a model name: one of {choices}, a local folder or a hub id")
-        if v in REGISTRY:
+        try:
+            resolve_model_name(v)
+        except ValueError as err:
+            fail(name, v, str(err), "use a registry name, or the path of a folder with config.json")
+        if v in REGISTRY or Path(v).expanduser().exists():
             return
-        if _looks_like_path(v):
-            path = Path(v).expanduser()
-            if not path.is_dir():
-                fail(name, v, f"is neither a registry model ({choices}) nor an existing folder",
-                     f"use a registry name, or the path of a folder with config.json")
-            if not (path / "config.json").exists():
-                fail(name, v, f"folder {path} has no config.json, so it is not a transformers model",
-                     "point it at a folder written by save_pretrained()")
-            return
-        if "/" not in v:
-            fail(name, v, f"is not a registry model: use one of {choices}, a local folder, "
-                 "or a hub id such as 'google/gemma-2-2b'")
         if not hub_reachable() and not _hub_cached(v):
             fail(name, v, "is a hub id, but the Hugging Face hub is unreachable (offline, or "
                  "HF_HUB_OFFLINE=1) and the model is not in the local hub cache",
-                 f"use a registry model ({choices}) or a local folder with the weights")
+                 f"use a registry model ({sorted(REGISTRY)}) or a local folder with the weights")
     return check
 
 
 def layer(model_param: str, allow_middle: bool = True) -> Check:
     """A decoder-block index valid for the model in parameter `model_param` (-1 = middle)."""
     def check(name, v, p):
-        from .models import model_n_layers
+        from .models import check_layer
 
-        if not _is_int(v):
-            fail(name, v, "must be an integer block index")
-        if allow_middle and v == -1:
-            return
-        n = model_n_layers(p[model_param], local_only=True)
-        if v < 0 or (n is not None and v >= n):
-            hint = f"0..{n - 1}" if n is not None else "a non-negative index"
-            fail(name, v, f"is out of range for {p[model_param]!r} ({n} layers)",
-                 f"use {hint}" + (", or -1 for the middle block" if allow_middle else ""))
+        if not _is_int(v) or (v == -1 and not allow_middle):
+            fail(name, v, "must be a non-negative integer block index"
+                 + (" (or -1 for the middle block)" if allow_middle else ""))
+        try:
+            check_layer(p[model_param], v, local_only=True)
+        except ValueError as err:
+            fail(name, v, str(err))
     return check
 
 

@@ -69,7 +69,7 @@ def test_model_checks_are_offline_and_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     check = P.model()
     check("m", "tiny-llama", {})
-    with pytest.raises(P.ParameterError, match="neither a registry model"):
+    with pytest.raises(P.ParameterError, match="unknown model"):
         check("m", str(tmp_path / "missing"), {})
     (tmp_path / "empty").mkdir()
     with pytest.raises(P.ParameterError, match="no config.json"):
