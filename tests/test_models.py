@@ -111,3 +111,49 @@ def test_converted_cache_is_integrity_checked_and_rebuilt(tmp_path, monkeypatch)
 def test_missing_local_model_path_is_named():
     with pytest.raises(ValueError, match="unknown model './no/such/folder'.*existing local"):
         resolve_model_name("./no/such/folder")
+
+
+def _tiny_gguf(path, arch="qwen2", layers=4, vocab=10):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(layers)
+    w.add_token_list([f"t{i}" for i in range(vocab)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_header_is_checked(tmp_path):
+    spec = models.ModelSpec("hdr", "x", header={"arch": "qwen2", "n_layers": 4, "vocab": 10})
+    models.check_gguf_header(_tiny_gguf(tmp_path / "ok.gguf"), spec)
+    with pytest.raises(ValueError, match=r"n_layers 3 != 4.*vocab 12 != 10"):
+        models.check_gguf_header(_tiny_gguf(tmp_path / "bad.gguf", layers=3, vocab=12), spec)
+    with pytest.raises(ValueError, match="arch 'llama' != 'qwen2'"):
+        models.check_gguf_header(_tiny_gguf(tmp_path / "arch.gguf", arch="llama"), spec)
+
+
+def test_split_gguf_is_assembled_in_order(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("RESA_CACHE_DIR", str(tmp_path / "cache"))
+    blob = bytes(range(256)) * 40
+    for i, chunk in enumerate([blob[:3000], blob[3000:7000], blob[7000:]], 1):
+        pkg = tmp_path / "site" / f"fake_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "data" / "p.bin").write_bytes(chunk)
+        (pkg / "__init__.py").write_text("import os\ndef get_part_path():\n"
+                                         "    return os.path.join(os.path.dirname(__file__), 'data', 'p.bin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    locate = models.split_gguf("fake", ["fake_part1", "fake_part2", "fake_part3"], len(blob), "fake-part1..3")
+    out = locate()
+    assert out.read_bytes() == blob and locate() == out
+    with pytest.raises(ValueError, match="hold .* bytes, expected"):
+        out.unlink()
+        models.split_gguf("fake", ["fake_part1", "fake_part2"], len(blob), "fake-part1..3")()
+    with pytest.raises(ImportError, match="missing: fake_part9"):
+        models.split_gguf("fake2", ["fake_part9"], 1, "fake-part9")()
+    for mod in ("fake_part1", "fake_part2", "fake_part3"):
+        sys.modules.pop(mod, None)
