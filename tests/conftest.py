@@ -59,6 +59,7 @@ def write_smoke_notebooks() -> list[Path]:
     from papermill.translators import translate_parameters
 
     from resa_utils import run
+    from resa_utils.tracking import parameters_cell
 
     shutil.rmtree(SMOKE_DIR, ignore_errors=True)
     SMOKE_DIR.mkdir()
@@ -66,7 +67,7 @@ def write_smoke_notebooks() -> list[Path]:
     for name in run.list_notebooks():
         nb = nbformat.read(str(run.notebooks_dir() / f"{name}.ipynb"), as_version=4)
         params = run.load_params("smoke", name)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        cell = nb.cells[parameters_cell(nb)]
         cell.source += "\n" + translate_parameters("python", "python", params,
                                                    "# smoke profile (written by tests/conftest.py)")
         path = SMOKE_DIR / f"{name}.ipynb"
