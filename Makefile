@@ -60,6 +60,7 @@ smoke: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_foundation.py
+	$(PY) benchmarks/bench_reasoning.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

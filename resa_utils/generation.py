@@ -10,13 +10,31 @@ import torch
 from .progress import PROGRESS_INTERVAL_S, tqdm
 
 
+def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
+    """`user` (and `system`) in the model's chat template, ready for the assistant's turn; plain
+    text where the tokenizer has no template. The template's leading BOS is dropped when the
+    tokenizer adds one itself, so the prompt is not tokenized with two."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}]
+    if not getattr(tokenizer, "chat_template", None):
+        return (system + "\n\n" if system else "") + user + "\n"
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    adds_bos = bool(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    return text[len(bos):] if adds_bos and text.startswith(bos) else text
+
+
 @torch.no_grad()
 def generate(lm, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 16,
-             stop: tuple[str, ...] = (), progress: bool = False) -> list[dict]:
-    """Greedy continuations of `prompts`, `batch_size` at a time (left-padded, one KV cache per
-    batch). Each result: `{"text", "n_tokens"}`, the text cut after the first stop string."""
+             stop: tuple[str, ...] = (), progress: bool = False, temperature: float = 0.0,
+             seed: int = 0) -> list[dict]:
+    """Continuations of `prompts`, `batch_size` at a time (left-padded, one KV cache per batch):
+    greedy, or sampled at `temperature` > 0 (batch i seeded with `seed + i`, so a rerun of a
+    batch repeats it). Each result: `{"text", "n_tokens"}`, the text cut after the first stop."""
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be >= 1")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
     tok = lm.tokenizer
     empty = [i for i, p in enumerate(prompts) if not tok(p, add_special_tokens=False)["input_ids"]]
     if empty:
@@ -29,7 +47,12 @@ def generate(lm, prompts: list[str], max_new_tokens: int = 256, batch_size: int 
                       leave=False, mininterval=PROGRESS_INTERVAL_S):
             enc = tok(prompts[a:a + batch_size], return_tensors="pt", padding=True).to(lm.device)
             kwargs = dict(stop_strings=list(stop), tokenizer=tok) if stop else {}
-            ids = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+            if temperature > 0:
+                torch.manual_seed(seed + a // batch_size)
+                kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+            ids = lm.model.generate(**enc, max_new_tokens=max_new_tokens,
                                     pad_token_id=tok.pad_token_id, **kwargs)
             for row in ids[:, enc.input_ids.shape[1]:]:
                 keep = row[row != tok.pad_token_id] if tok.pad_token_id != tok.eos_token_id else row
@@ -56,10 +79,13 @@ def _cut(text: str, stop: tuple[str, ...]) -> str:
 
 def evaluate(lm, problems: list, make_prompt, path: str | Path, setup: dict,
              max_new_tokens: int = 256, batch_size: int = 16,
-             stop: tuple[str, ...] = ("</answer>",)):
+             stop: tuple[str, ...] = ("</answer>",), temperature: float = 0.0, seed: int = 0,
+             desc: str = "evaluate"):
     """Generate for every problem and grade it: a DataFrame with one row per problem (uid,
-    correct, generated text, n_tokens, reflection counts). Batches are sweep rows in `path`
-    (keyed by `setup` and the batch's problems), so a killed evaluation resumes."""
+    correct, lenient, generated text, n_tokens, reflection counts). `correct` needs the answer
+    in the asked format; `lenient` takes the last number anywhere. Batches are sweep rows in
+    `path` (keyed by `setup` and the batch's problems), so a killed evaluation resumes.
+    With `temperature` > 0 each problem is sampled once per occurrence in `problems`."""
     import pandas as pd
 
     from .sweep import run_sweep
@@ -68,17 +94,20 @@ def evaluate(lm, problems: list, make_prompt, path: str | Path, setup: dict,
     if not problems:
         raise ValueError("evaluate got no problems")
     configs = [{"setup": setup, "uids": [p.uid for p in problems[a:a + batch_size]],
-                "max_new_tokens": max_new_tokens, "stop": list(stop)}
+                "max_new_tokens": max_new_tokens, "stop": list(stop),
+                "temperature": temperature, "seed": seed + a}
                for a in range(0, len(problems), batch_size)]
     by_uid = {p.uid: p for p in problems}
 
     def run_batch(c: dict) -> dict:
         batch = [by_uid[u] for u in c["uids"]]
-        gens = generate(lm, [make_prompt(p) for p in batch], max_new_tokens, len(batch), stop)
+        gens = generate(lm, [make_prompt(p) for p in batch], max_new_tokens, len(batch), stop,
+                        temperature=temperature, seed=c["seed"])
         return {"results": [{"uid": p.uid, "answer": p.answer, "text": g["text"],
                              "n_tokens": g["n_tokens"], "correct": is_correct(g["text"], p.answer),
+                             "lenient": is_correct(g["text"], p.answer, lenient=True),
                              **reflection_counts(g["text"])} for p, g in zip(batch, gens)]}
 
-    rows = run_sweep(path, configs, run_batch, desc="evaluate")
-    columns = ["uid", "answer", "correct", "n_tokens", "text", *REFLECTION_PHRASES]
+    rows = run_sweep(path, configs, run_batch, desc=desc)
+    columns = ["uid", "answer", "correct", "lenient", "n_tokens", "text", *REFLECTION_PHRASES]
     return pd.DataFrame([r for batch in rows.results for r in batch])[columns]

@@ -7,6 +7,7 @@ passes `loss_fn`.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,30 +122,43 @@ def add_lora(model: torch.nn.Module, cfg: LoraTrainConfig):
 
 
 def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_dir: str | Path,
-               loss_fn: Callable | None = None, progress: bool = True) -> LoraResult:
+               loss_fn: Callable | None = None, progress: bool = True,
+               init_adapter: str | Path | None = None, callbacks: list | None = None) -> LoraResult:
     """Train LoRA adapters on `lm.model` and save them to `out_dir/adapter`; checkpoints in
-    `out_dir/checkpoints` make a rerun resume (a finished run returns at once).
+    `out_dir/checkpoints` make a rerun resume (a run finished on the same examples and config
+    returns at once; other examples or config start afresh).
 
     `loss_fn(model, inputs) -> loss` replaces the response-only CE (inputs hold input_ids,
-    attention_mask and labels). The adapters stay attached to `lm.model` afterwards.
+    attention_mask and labels). `init_adapter` starts from a saved adapter of the same rank
+    (continued training, e.g. rejection sampling on top of a distilled reasoner). The adapters
+    stay attached to `lm.model` afterwards, in eval mode.
     """
     from transformers import Trainer, TrainingArguments
 
-    from .atomic import read_json, write_json
+    from .atomic import read_json, sha256_file, write_json
 
     out_dir = Path(out_dir)
     adapter = out_dir / "adapter"
     done = out_dir / "result.json"
     rows = tokenize_examples(lm.tokenizer, examples, cfg.max_length)
+    torch.manual_seed(cfg.seed)  # the adapters' initialisation depends on cfg alone
     model = add_lora(lm.model, cfg)
-    if done.exists() and read_json(done).get("cfg") == _cfg_json(cfg):
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(str(adapter / "adapter_model.safetensors")))
-        lm.model = model
+    key = {"cfg": _cfg_json(cfg), "data": _fingerprint(rows),
+           "init": (sha256_file(Path(init_adapter) / "adapter_model.safetensors")[:16]
+                    if init_adapter else None)}
+    if done.exists() and {k: read_json(done).get(k) for k in key} == key:
+        _load_adapter_weights(model, adapter)
+        lm.model = model.eval()
         info = read_json(done)
         return LoraResult(adapter, info["history"], info["seconds"], info["tokens"], info["flops"])
+    marker = out_dir / "run_key.json"
+    if marker.exists() and read_json(marker) != key:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # another run's checkpoints
+    done.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, key)
+    if init_adapter:
+        _load_adapter_weights(model, Path(init_adapter))
 
     class _Trainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -163,7 +177,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
         disable_tqdm=not progress, remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
     )
-    trainer = _Trainer(model=model, args=args, train_dataset=rows,
+    trainer = _Trainer(model=model, args=args, train_dataset=rows, callbacks=callbacks,
                        data_collator=_collate(lm.tokenizer.pad_token_id))
     resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
     t0 = time.perf_counter()
@@ -177,13 +191,113 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))}
                for row in trainer.state.log_history if "loss" in row]
     result = LoraResult(adapter, history, seconds, tokens, 4.0 * n_params * tokens)
-    write_json(done, {"cfg": _cfg_json(cfg), "history": history, "seconds": seconds,
+    write_json(done, {**key, "history": history, "seconds": seconds,
                       "tokens": tokens, "flops": result.flops})
-    lm.model = model
+    lm.model = model.eval()  # Trainer leaves it in train mode (LoRA dropout on)
     return result
+
+
+def lora_tokens_per_s(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, steps: int = 3) -> dict:
+    """Measured LoRA training speed of `lm` on `examples` through `train_lora` (the real path):
+    non-padding tokens per second over `steps` optimizer steps after one untimed warm-up."""
+    import tempfile
+    from dataclasses import replace
+
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter())
+
+    cfg = replace(cfg, max_steps=steps + 1, save_steps=10 ** 9, logging_steps=10 ** 9, grad_accum=1)
+    rows = tokenize_examples(lm.tokenizer, examples, cfg.max_length)
+    per_example = sum(len(r["input_ids"]) for r in rows) / len(rows)
+    timer = Timer()
+    timer.times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        train_lora(lm, examples, cfg, tmp, progress=False, callbacks=[timer])
+    seconds = timer.times[-1] - timer.times[0]
+    return {"tokens/s": per_example * cfg.batch_size * steps / seconds,
+            "tokens_per_example": per_example, "seconds_per_step": seconds / steps}
+
+
+def _load_adapter_weights(model, folder: Path) -> None:
+    """Copy a saved adapter's weights into `model`'s fresh adapters (same targets and rank)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    except RuntimeError as err:  # shapes differ: another rank or another base
+        raise ValueError(f"adapter in {folder} does not fit this model: {str(err)[:300]}") from None
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise ValueError(f"adapter in {folder} does not fit this model ({len(missing)} LoRA "
+                         f"weights missing, e.g. {missing[0]}): check its base model and rank")
+
+
+def _fingerprint(obj) -> str:
+    """Short SHA256 of a JSON-able object (training data, a path)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _cfg_json(cfg: LoraTrainConfig) -> dict:
     d = asdict(cfg)
     d["targets"] = list(d["targets"])
     return d
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def save_examples(path: str | Path, examples: list[tuple[str, str]], cfg: LoraTrainConfig) -> Path:
+    """Write `examples` (JSONL of prompt/response) and `cfg` (`<path>.config.json`) for the
+    command line below, so a notebook's training stage can be rerun under `accelerate launch`."""
+    import json
+
+    from .atomic import atomic_path, write_json
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for prompt, response in examples:
+                f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
+    write_json(path.with_suffix(".config.json"), _cfg_json(cfg))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`[accelerate launch] python -m resa_utils.lora --model M --examples X.jsonl --out DIR`:
+    the same training path from the shell; under `accelerate launch` it runs data-parallel on
+    every GPU (Trainer picks up the distributed setup)."""
+    import argparse
+    import json
+
+    from .models import load_model
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--model", required=True, help="registry name, local folder or hub id")
+    ap.add_argument("--examples", required=True, help="JSONL with prompt and response fields")
+    ap.add_argument("--config", help="LoraTrainConfig JSON (default: <examples>.config.json)")
+    ap.add_argument("--out", required=True, help="output folder (adapter/, checkpoints/)")
+    ap.add_argument("--init-adapter", help="continue from this saved adapter")
+    args = ap.parse_args(argv)
+    examples_path = Path(args.examples)
+    rows = [json.loads(line) for line in examples_path.read_text().splitlines() if line.strip()]
+    cfg_path = Path(args.config) if args.config else examples_path.with_suffix(".config.json")
+    fields = json.loads(cfg_path.read_text())
+    fields["targets"] = tuple(fields.get("targets", LORA_TARGETS))
+    cfg = LoraTrainConfig(**fields)
+    lm = load_model(args.model, device="cpu" if not torch.cuda.is_available() else None)
+    res = train_lora(lm, [(r["prompt"], r["response"]) for r in rows], cfg, args.out,
+                     init_adapter=args.init_adapter)
+    print(f"adapter: {res.adapter_dir} ({res.tokens:,} tokens, {res.seconds:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

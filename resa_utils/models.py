@@ -54,6 +54,8 @@ class LoadedModel:
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
+    base_name: str = ""
+    """For an adapter model (`<base>-reasoner`): the registry model it is built on."""
 
     @property
     def n_layers(self) -> int:
@@ -306,9 +308,14 @@ def resolve_model_name(name: str) -> str:
     hub id ('org/name'). A path that does not exist is refused here, naming the choices."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
-    if name in REGISTRY:
+    from . import adapters
+
+    if name in REGISTRY or adapters.is_registered(name):
         return name
     path = Path(name).expanduser()
+    hint = None if path.exists() else adapters.missing_hint(name)
+    if hint:
+        raise ValueError(hint)
     if path.exists():
         if not (path / "config.json").exists():
             raise ValueError(f"model folder {path} has no config.json: point it at a folder "
@@ -317,7 +324,8 @@ def resolve_model_name(name: str) -> str:
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return name  # a hub id
     raise ValueError(
-        f"unknown model {name!r}: use one of {sorted(REGISTRY)}, an existing local model folder, "
+        f"unknown model {name!r}: use one of {sorted(REGISTRY) + adapters.registered()}, an "
+        "existing local model folder, "
         "or a hub id such as 'google/gemma-2-2b'"
     )
 
@@ -325,7 +333,11 @@ def resolve_model_name(name: str) -> str:
 def model_n_layers(name: str, local_only: bool = False) -> int | None:
     """Depth of a model without loading its weights: registry facts, else the local or cached
     config (the hub only when reachable and not `local_only`); None when it cannot be known."""
+    from . import adapters
+
     name = resolve_model_name(name)
+    if adapters.is_registered(name):
+        name = adapters.base_of(name)
     if name in REGISTRY:
         return REGISTRY[name].n_layers
     from .params import hub_reachable
@@ -358,12 +370,17 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     verify: bool = False,
 ) -> LoadedModel:
-    """Load a registry model, a local folder or a hub id, in eval mode on `device`.
+    """Load a registry model, a registered adapter model (base + LoRA, merged), a local folder
+    or a hub id, in eval mode on `device`.
 
     Defaults: CUDA if present else CPU; bf16 on CUDA, fp32 on CPU. `verify` re-hashes every
     file of a converted model's cache (sizes and mtimes are checked on every load).
     """
+    from . import adapters
+
     name = resolve_model_name(name)
+    if name not in REGISTRY and adapters.is_registered(name):
+        return adapters.load_adapter_model(name, device=device, dtype=dtype, verify=verify)
     device = torch.device(device) if device is not None else default_device()
     dtype = _as_dtype(dtype) if dtype is not None else default_dtype(device)
     spec = REGISTRY.get(name)
@@ -375,10 +392,22 @@ def load_model(
         path = str(cached_model_dir(spec, verify=verify)) if spec is not None else name
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        _drop_gguf_quantizer(model)
     model = model.to(device=device, dtype=dtype).eval()
     if getattr(tok, "pad_token", None) is None:
         tok.pad_token = tok.eos_token
     return LoadedModel(name=name, model=model, tokenizer=tok, device=device, dtype=dtype)
+
+
+def _drop_gguf_quantizer(model: torch.nn.Module) -> None:
+    """Forget the GGUF `quantization_config` a dequantised model inherits: its weights are
+    plain floats, and transformers' Trainer refuses to train a model marked GGUF-quantised."""
+    qc = getattr(model.config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if str(getattr(method, "value", method)).lower() == "gguf":
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -505,6 +534,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
+    _drop_gguf_quantizer(model)  # the weights are plain fp32 now
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # tied to the embeddings; safetensors refuses aliases

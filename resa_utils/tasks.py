@@ -46,9 +46,9 @@ class Problem:
     uid: str = ""
 
 
-def _dataset(task: str, size: int, seed: int, difficulty: int):
-    import reasoning_gym as rg
-
+def check_task(task: str, difficulty: int = 1) -> dict:
+    """The reasoning-gym config of `task` at `difficulty`; a clear error for an unknown task
+    (listing the valid ones) or a difficulty out of range."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use one of {sorted(TASKS)}")
     cfg = dict(TASKS[task])
@@ -59,8 +59,14 @@ def _dataset(task: str, size: int, seed: int, difficulty: int):
         cfg[terms] = cfg[terms] + difficulty - 1
         cfg[digits] = cfg[digits] + (difficulty - 1) // 2
     elif difficulty != 1:
-        raise ValueError(f"task {task!r} has one difficulty (1), got {difficulty}")
-    return rg.create_dataset(task, size=size, seed=seed, **cfg)
+        raise ValueError(f"task {task!r} has one difficulty (1), got difficulty={difficulty}")
+    return cfg
+
+
+def _dataset(task: str, size: int, seed: int, difficulty: int):
+    import reasoning_gym as rg
+
+    return rg.create_dataset(task, size=size, seed=seed, **check_task(task, difficulty))
 
 
 def _steps(task: str, entry: dict) -> list[str]:
@@ -177,11 +183,19 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 REFLECTION_PHRASES = ("Wait", "Alternatively", "Therefore", "However")
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a generation: the last number inside the last `<answer>` block,
-    else after the last 'answer is' / 'Answer:', else None. Never raises."""
+def extract_answer(text: str, lenient: bool = False) -> str | None:
+    """The final answer of a generation: the first number inside the last `<answer>` block,
+    else the first after the last 'answer is' / 'Answer:', else None. `lenient` falls back to
+    the last number anywhere (a format-free reading, to tell format from arithmetic). Never
+    raises."""
     if not isinstance(text, str) or not text.strip():
         return None
+    if lenient:
+        strict = extract_answer(text)
+        if strict is not None:
+            return strict
+        nums = _NUMBER.findall(text)
+        return nums[-1].replace(",", "") if nums else None
     blocks = _ANSWER_TAG.findall(text)
     scope = blocks[-1] if blocks else None
     if scope is None:
@@ -193,9 +207,9 @@ def extract_answer(text: str) -> str | None:
     return nums[0].replace(",", "") if nums else None
 
 
-def is_correct(text: str, answer: str, tol: float = 1e-6) -> bool:
+def is_correct(text: str, answer: str, tol: float = 1e-6, lenient: bool = False) -> bool:
     """Numeric comparison of the extracted answer with the reference; malformed is wrong."""
-    got = extract_answer(text)
+    got = extract_answer(text, lenient)
     if got is None:
         return False
     try:

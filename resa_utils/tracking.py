@@ -269,15 +269,20 @@ class Run:
         """
         base = folder or (Path(self.wandb.dir) if self.wandb is not None else self.cache_dir("saes"))
         path = sae.save(Path(base) / "saes" / name)
-        if self.wandb is not None:
-            import wandb
-
-            art = wandb.Artifact(name=f"{self.notebook}-{name}".replace("/", "-"), type="sae",
-                                 metadata={k: v for k, v in sae.cfg.to_dict().items()
-                                           if k != "metadata"})
-            art.add_dir(str(path))
-            self.wandb.log_artifact(art)
+        self.log_artifact(path, name, "sae", {k: v for k, v in sae.cfg.to_dict().items()
+                                               if k != "metadata"})
         return path
+
+    def log_artifact(self, folder: Path, name: str, kind: str, metadata: dict | None = None) -> None:
+        """Log a folder (an SAE, a LoRA adapter) as the W&B artifact `<notebook>-<name>`."""
+        if self.wandb is None:
+            return
+        import wandb
+
+        art = wandb.Artifact(name=f"{self.notebook}-{name}".replace("/", "-"), type=kind,
+                             metadata=_scalars(_flatten(metadata or {})))
+        art.add_dir(str(folder))
+        self.wandb.log_artifact(art)
 
     # ------------------------------------------------------------------ closing
     def _write_metrics(self) -> Path:

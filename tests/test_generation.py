@@ -55,3 +55,29 @@ def test_evaluation_resumes_from_finished_batches(tmp_path, monkeypatch):
     path.write_text("\n".join(lines[:1]) + "\n")  # as if killed after the first batch
     again = evaluate(lm, problems, lambda p: p.question, path, {"m": 1}, max_new_tokens=4, batch_size=2)
     assert calls == [2, 2, 1, 2, 1] and again.equals(df)
+
+
+def test_chat_prompt_uses_the_template_without_a_second_bos():
+    from resa_utils.generation import chat_prompt
+
+    tok = load_model("tiny-llama").tokenizer
+    assert chat_prompt(tok, "2+2?") == "2+2?\n"  # no template: plain text
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    text = chat_prompt(tok, "2+2?", system="Be brief.")
+    assert text.endswith("<system>Be brief.<user>2+2?<assistant>")
+    ids = tok(text)["input_ids"]
+    if tok.bos_token_id is not None:
+        assert ids.count(tok.bos_token_id) <= 1
+
+
+def test_sampling_is_seeded_and_greedy_is_the_default():
+    from resa_utils.generation import generate
+
+    lm = load_model("tiny-llama")
+    prompts = ["one two", "three four five"]
+    a = generate(lm, prompts, 6, 2, temperature=1.0, seed=5)
+    assert a == generate(lm, prompts, 6, 2, temperature=1.0, seed=5)
+    assert a != generate(lm, prompts, 6, 2, temperature=1.0, seed=6)
+    assert generate(lm, prompts, 6, 2) == generate(lm, prompts, 6, 2)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(lm, prompts, 6, 2, temperature=-1.0)

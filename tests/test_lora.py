@@ -57,3 +57,59 @@ def test_killed_training_resumes_to_the_same_adapter(tmp_path):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     again = train_lora(load_model("tiny-llama"), EXAMPLES, _cfg(), part, progress=False)
     assert again.history == resumed.history  # finished: loaded, not retrained
+
+
+def test_new_examples_retrain_and_init_adapter_continues(tmp_path):
+    from safetensors.torch import load_file
+
+    first = train_lora(load_model("tiny-llama"), EXAMPLES, _cfg(), tmp_path / "a", progress=False)
+    other = [(q, a.replace(".", "!")) for q, a in EXAMPLES]
+    again = train_lora(load_model("tiny-llama"), other, _cfg(), tmp_path / "a", progress=False)
+    assert again.history != first.history  # other data: trained afresh, not the cached adapter
+    # continuing from an adapter: one step at a negligible lr stays next to it
+    saved = load_file(str(again.adapter_dir / "adapter_model.safetensors"))
+    cont = train_lora(load_model("tiny-llama"), EXAMPLES, _cfg(lr=1e-9, max_steps=1),
+                      tmp_path / "c", progress=False, init_adapter=again.adapter_dir)
+    got = load_file(str(cont.adapter_dir / "adapter_model.safetensors"))
+    assert got.keys() == saved.keys()
+    assert all(torch.allclose(got[k], saved[k], atol=1e-5) for k in got)
+    with pytest.raises(ValueError, match="does not fit"):
+        train_lora(load_model("tiny-llama"), EXAMPLES, _cfg(r=8, alpha=16), tmp_path / "d",
+                   progress=False, init_adapter=again.adapter_dir)
+
+
+def test_a_model_marked_gguf_quantised_still_trains(tmp_path):
+    """Dequantised GGUF caches carry `quantization_config: gguf`, which Trainer refuses."""
+    import json
+
+    lm = load_model("tiny-llama")
+    folder = tmp_path / "m"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gguf", "dequantize": False}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    loaded = load_model(str(folder))
+    assert getattr(loaded.model.config, "quantization_config", None) is None
+    res = train_lora(loaded, EXAMPLES, _cfg(max_steps=1), tmp_path / "out", progress=False)
+    assert res.tokens > 0
+
+
+def test_lora_speed_is_measured_on_the_real_path():
+    from resa_utils.lora import lora_tokens_per_s
+
+    out = lora_tokens_per_s(load_model("tiny-llama"), EXAMPLES, _cfg(), steps=2)
+    assert out["tokens/s"] > 0 and out["tokens_per_example"] > 1
+
+
+def test_command_line_trains_the_same_adapter(tmp_path):
+    from safetensors.torch import load_file
+
+    from resa_utils.lora import main, save_examples
+
+    want = train_lora(load_model("tiny-llama"), EXAMPLES, _cfg(max_steps=2), tmp_path / "nb", progress=False)
+    path = save_examples(tmp_path / "ex.jsonl", EXAMPLES, _cfg(max_steps=2))
+    main(["--model", "tiny-llama", "--examples", str(path), "--out", str(tmp_path / "cli")])
+    a = load_file(str(want.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "cli" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -72,3 +72,24 @@ def test_wilson_interval():
     lo, hi = T.wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     assert T.wilson(0, 10)[0] == 0.0 and T.wilson(10, 10)[1] == 1.0
+
+
+def test_unknown_task_and_bad_difficulty_are_named():
+    from resa_utils.tasks import check_task
+
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'.*chain_sum"):
+        check_task("gsm9k")
+    with pytest.raises(ValueError, match="difficulty=5.*1..4"):
+        check_task("chain_sum", 5)
+    with pytest.raises(ValueError, match="one difficulty"):
+        check_task("gsm_symbolic", 2)
+    assert check_task("chain_sum", 3)["max_terms"] == T.TASKS["chain_sum"]["max_terms"] + 2
+
+
+def test_lenient_grading_reads_the_last_number_but_strict_needs_the_format():
+    from resa_utils.tasks import is_correct
+
+    text = "Let me add: 12 + 30 = 42"
+    assert not is_correct(text, "42") and is_correct(text, "42", lenient=True)
+    assert is_correct("<answer> Answer: 7 </answer> then 9", "7", lenient=True)  # format first
+    assert not is_correct("", "1", lenient=True) and not is_correct("no digits", "1", lenient=True)

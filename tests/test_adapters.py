@@ -1,0 +1,61 @@
+"""Adapter models by name: registered from a trained LoRA, loaded by `load_model` as base +
+merged adapter (same outputs as the peft model), checked against their base, and a clear error
+for a name notebook 00 has not made yet."""
+
+import pytest
+import torch
+
+from resa_utils import adapters
+from resa_utils.lora import LoraTrainConfig, train_lora
+from resa_utils.models import check_layer, load_model, resolve_model_name
+
+EXAMPLES = [(f"Q: {a} plus {b}?", f" A: {a + b}.") for a, b in [(1, 2), (3, 4), (5, 6)]] * 4
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESA_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _trained(tmp_path, name="tiny-llama"):
+    lm = load_model(name)
+    cfg = LoraTrainConfig(r=4, alpha=8, lr=1e-2, max_steps=3, batch_size=4, warmup_ratio=0.0)
+    res = train_lora(lm, EXAMPLES, cfg, tmp_path / f"train-{name}", progress=False)
+    return lm, res
+
+
+def test_registered_adapter_loads_by_name_with_the_same_outputs(cache):
+    lm, res = _trained(cache)
+    ids = lm.tokenizer("Q: 2 plus 2?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = lm.model(input_ids=ids).logits
+    adapters.register_adapter("tiny-llama-reasoner", lm, res.adapter_dir, {"stage": "test"})
+    assert adapters.registered() == ["tiny-llama-reasoner"]
+    assert resolve_model_name("tiny-llama-reasoner") == "tiny-llama-reasoner"
+    assert check_layer("tiny-llama-reasoner", 3) == 3
+    got_lm = load_model("tiny-llama-reasoner")
+    assert got_lm.name == "tiny-llama-reasoner" and got_lm.base_name == "tiny-llama"
+    assert not hasattr(got_lm.model, "peft_config")  # merged: a plain model
+    with torch.no_grad():
+        got = got_lm.model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    base = load_model("tiny-llama")
+    with torch.no_grad():
+        assert not torch.allclose(base.model(input_ids=ids).logits, want, atol=1e-4)
+
+
+def test_adapter_on_the_wrong_base_names_both(cache):
+    lm, res = _trained(cache)
+    adapters.register_adapter("tiny-llama-reasoner", lm, res.adapter_dir)
+    other = load_model("tiny-qwen2")
+    with pytest.raises(ValueError, match=r"trained on base model 'tiny-llama'.*not on 'tiny-qwen2'"):
+        adapters.attach_adapter(other, adapters.adapter_path("tiny-llama-reasoner"))
+
+
+def test_unmade_reasoner_names_say_how_to_make_them(cache):
+    with pytest.raises(ValueError, match="made by notebook 00.*base_model=smollm2-135m-instruct"):
+        resolve_model_name("smollm2-135m-instruct-reasoner-rft")
+    with pytest.raises(ValueError, match="registry model"):
+        lm, res = _trained(cache)
+        adapters.register_adapter("tiny-llama", lm, res.adapter_dir)
