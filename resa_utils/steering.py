@@ -1,0 +1,82 @@
+"""Steering vectors (paper 2, and later notebook 04): contrastive activation addition
+(difference of means of the last-token hidden state over two prompt sets), a hook that adds
+`α v/‖v‖` at every position of one block's output, and the logit-difference metric.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from .activations import decoder_layers, resid_hook, splice
+
+
+def diff_of_means(pos_ND: torch.Tensor, neg_ND: torch.Tensor) -> torch.Tensor:
+    """CAA direction: mean of the positive set minus mean of the negative set (unnormalised)."""
+    if len(pos_ND) == 0 or len(neg_ND) == 0:
+        raise ValueError("both prompt sets need at least one prompt")
+    return pos_ND.double().mean(0).float() - neg_ND.double().mean(0).float()
+
+
+def _encode(lm, prompts: list[str]):
+    tok = lm.tokenizer
+    empty = [i for i, p in enumerate(prompts) if not tok(p, add_special_tokens=False)["input_ids"]]
+    if empty:
+        raise ValueError(f"prompts {empty[:10]} tokenize to nothing: drop them or give them text")
+    side = tok.padding_side
+    tok.padding_side = "left"  # the last position is every prompt's last token
+    try:
+        return tok(prompts, return_tensors="pt", padding=True).to(lm.device)
+    finally:
+        tok.padding_side = side
+
+
+@torch.no_grad()
+def last_token_states(lm, prompts: list[str], layer: int, batch_size: int = 16) -> torch.Tensor:
+    """Block `layer`'s output at each prompt's last token: `acts_ND` (float32, CPU)."""
+    from .activations import run_with_cache
+
+    n_layers = len(decoder_layers(lm.model))
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer={layer} is out of range for {lm.name} ({n_layers} layers): "
+                         f"use 0..{n_layers - 1}")
+    out = []
+    for a in range(0, len(prompts), batch_size):
+        enc = _encode(lm, prompts[a:a + batch_size])
+        acts = run_with_cache(lm.model, enc.input_ids, [resid_hook(layer)], enc.attention_mask)
+        out.append(acts[resid_hook(layer)][:, -1].float().cpu())
+    return torch.cat(out)
+
+
+@contextmanager
+def steer(lm, layer: int, v_D: torch.Tensor, alpha: float):
+    """Inside the block, block `layer`'s output gets `alpha · v/‖v‖` added at every position;
+    the model is as it was on exit."""
+    norm = float(v_D.norm())
+    if norm == 0:
+        raise ValueError("steering vector has zero norm")
+    delta = (alpha * v_D / norm).to(device=lm.device, dtype=lm.dtype)
+    with splice(lm.model, resid_hook(layer), lambda h: h + delta):
+        yield
+
+
+@torch.no_grad()
+def logit_diff(lm, prompts: list[str], pos_token: str, neg_token: str,
+               batch_size: int = 16) -> torch.Tensor:
+    """Logit(y+) − Logit(y−) of the next token after each prompt: `diff_N`. Each of `pos_token`
+    and `neg_token` must be one token (e.g. " Yes" / " No")."""
+    ids = []
+    for t in (pos_token, neg_token):
+        enc = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            raise ValueError(f"behaviour token {t!r} is {len(enc)} tokens for {lm.name}: pick one "
+                             "that is a single token (often with a leading space)")
+        ids.append(enc[0])
+    out = []
+    for a in range(0, len(prompts), batch_size):
+        enc = _encode(lm, prompts[a:a + batch_size])
+        logits = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                          use_cache=False).logits[:, -1].float()
+        out.append((logits[:, ids[0]] - logits[:, ids[1]]).cpu())
+    return torch.cat(out)
