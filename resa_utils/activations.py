@@ -184,11 +184,15 @@ def _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, attention_mask_NT
     bar.close()
 
 
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 class ActivationCache:
     """On-disk activations: `manifest.json` + `shard_XXXXX.safetensors`, one tensor per hook.
 
     `build` writes shards of `windows_per_shard` windows each, every shard and then the manifest
-    atomically, so a killed harvest resumes at the first missing shard.
+    atomically, so a killed harvest resumes at the first missing shard. `dtype` (float32,
+    float16 or bfloat16) is the storage type: 16 bits halve the disk; reads return float32.
     """
 
     def __init__(self, folder: str | Path):
@@ -202,11 +206,15 @@ class ActivationCache:
     @classmethod
     def build(cls, folder: str | Path, lm, windows_NT: torch.Tensor, hooks: list[str],
               batch_size: int = 8, windows_per_shard: int = 64, drop_bos: bool = True,
-              progress: bool = True) -> "ActivationCache":
+              progress: bool = True, dtype: torch.dtype = torch.float32) -> "ActivationCache":
         folder = Path(folder)
         for h in hooks:
             parse_hook(h, lm.n_layers)  # validate before any compute
+        if dtype not in STORAGE_DTYPES.values():
+            raise ValueError(f"storage dtype {dtype} is not one of {sorted(STORAGE_DTYPES)}")
         fp = _fingerprint(lm.name, windows_NT, hooks, drop_bos)
+        if dtype != torch.float32:  # float32 caches keep their old fingerprints
+            fp = hashlib.sha256(f"{fp}|{dtype}".encode()).hexdigest()[:16]
         manifest_path = folder / "manifest.json"
         if manifest_path.exists():
             manifest = read_json(manifest_path)
@@ -219,7 +227,8 @@ class ActivationCache:
             manifest = {"fingerprint": fp, "model": lm.name, "hooks": list(hooks),
                         "d_model": lm.d_model, "n_windows": int(windows_NT.shape[0]),
                         "seq_len": int(windows_NT.shape[1]), "drop_bos": drop_bos,
-                        "windows_per_shard": windows_per_shard, "shards": [], "complete": False}
+                        "windows_per_shard": windows_per_shard, "shards": [], "complete": False,
+                        "dtype": str(dtype).removeprefix("torch.")}
         wps = manifest["windows_per_shard"]
         done = {s["start"] for s in manifest["shards"]}
         n = windows_NT.shape[0]
@@ -233,7 +242,7 @@ class ActivationCache:
                                       False, start=a, stop=b):
                 for h in hooks:
                     parts[h].append(acts[h])
-            tensors = {h: torch.cat(v).contiguous() for h, v in parts.items()}
+            tensors = {h: torch.cat(v).to(dtype).contiguous() for h, v in parts.items()}
             name = f"shard_{a // wps:05d}.safetensors"
             with atomic_path(folder / name) as tmp:
                 save_file(tensors, str(tmp))
@@ -271,7 +280,7 @@ class ActivationCache:
             problem = "is corrupt or truncated (sha256 mismatch)"
         if problem is None:
             try:
-                acts = load_file(str(path))[hook]
+                acts = load_file(str(path))[hook].float()
             except (SafetensorError, OSError) as err:
                 problem = f"cannot be read ({err})"
         if problem is not None:

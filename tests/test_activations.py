@@ -138,3 +138,21 @@ def test_cache_batches_are_shuffled_and_complete(tmp_path, tiny_lm, tiny_windows
         return Counter(tuple(r.tolist()) for r in rows)
 
     assert not count(got) - count(full)
+
+
+def test_a_16_bit_cache_halves_the_disk_and_reads_float32(tmp_path):
+    from resa_utils.activations import ActivationCache, resid_hook
+    from resa_utils.models import load_model
+
+    lm = load_model("tiny-llama")
+    windows = torch.randint(5, 100, (6, 12))
+    hooks = [resid_hook(1), resid_hook(3)]
+    full = ActivationCache.build(tmp_path / "f32", lm, windows, hooks, windows_per_shard=3, progress=False)
+    half = ActivationCache.build(tmp_path / "f16", lm, windows, hooks, windows_per_shard=3,
+                                 progress=False, dtype=torch.float16)
+    size = lambda c: sum(p.stat().st_size for p in c.folder.glob("shard_*"))
+    assert size(half) < 0.6 * size(full) and half.manifest["dtype"] == "float16"
+    a, b = full.load(hooks[1]), half.load(hooks[1])
+    assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="other inputs"):  # same folder, other storage type
+        ActivationCache.build(tmp_path / "f16", lm, windows, hooks, windows_per_shard=3, progress=False)
