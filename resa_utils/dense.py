@@ -1,0 +1,218 @@
+"""Paper 3's analysis of dense SAE latents: firing rates and the dense set, antipodal pairs, the
+dense subspace and its projection (ablate-and-retrain), and the statistics that label a dense
+latent (position, context binding, entropy / null space, alphabet, part of speech, PCA).
+
+Every threshold is an argument (no official code exists; the paper's values are defaults in
+`LabelThresholds`), and every label comes with the statistic that earned it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import torch
+
+# --------------------------------------------------------------------------- density
+
+
+@torch.no_grad()
+def firing_rates(sae, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Share of tokens on which each latent is non-zero: `rates_F`."""
+    count, n = None, 0
+    for x in batches:
+        fires = (sae.encode(x.to(sae.W_enc.dtype)) > 0).sum(0, dtype=torch.int64)
+        count = fires if count is None else count + fires
+        n += x.shape[0]
+    if not n:
+        raise ValueError("firing_rates got no activations")
+    return count.double() / n
+
+
+def dense_counts(rates_F: torch.Tensor, thresholds=(0.01, 0.05, 0.1, 0.2)) -> dict[float, int]:
+    """Number of latents firing on more than each share of tokens."""
+    return {t: int((rates_F > t).sum()) for t in thresholds}
+
+
+# --------------------------------------------------------------------------- antipodality
+
+
+def _unit_rows(w: torch.Tensor) -> torch.Tensor:
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def antipodality(W_enc_FD: torch.Tensor, W_dec_FD: torch.Tensor, latents: torch.Tensor,
+                 chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """`s_i = max_{j≠i} cos(W_enc,i, W_enc,j) · cos(W_dec,i, W_dec,j)` for each latent in
+    `latents` (indices), against every latent; returns `(s_K, partner_K)`. Rows are latents, so
+    pass `sae.W_enc.T` for the encoder. An antipodal pair (both cosines ≈ −1) scores ≈ 1."""
+    enc, dec = _unit_rows(W_enc_FD.double()), _unit_rows(W_dec_FD.double())
+    scores, partners = [], []
+    for a in range(0, len(latents), chunk):
+        idx = latents[a:a + chunk]
+        prod = (enc[idx] @ enc.T) * (dec[idx] @ dec.T)
+        prod[torch.arange(len(idx)), idx] = -float("inf")  # not itself
+        s, j = prod.max(dim=1)
+        scores.append(s.float())
+        partners.append(j)
+    if not scores:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(scores), torch.cat(partners)
+
+
+# --------------------------------------------------------------------------- the dense subspace
+
+
+def subspace_basis(directions_KD: torch.Tensor, rtol: float = 1e-3) -> torch.Tensor:
+    """Orthonormal basis `Q_RD` of the span of `directions_KD`; the rank R counts singular values
+    above `rtol` times the largest (unit-normed rows first)."""
+    if directions_KD.shape[0] == 0:
+        return directions_KD.new_zeros(0, directions_KD.shape[1])
+    _, s, vh = torch.linalg.svd(_unit_rows(directions_KD.double()), full_matrices=False)
+    rank = int((s > rtol * s[0]).sum())
+    return vh[:rank].float()
+
+
+def project_out(acts_ND: torch.Tensor, basis_RD: torch.Tensor) -> torch.Tensor:
+    """The activations with their component in the span of the orthonormal `basis_RD` removed."""
+    if basis_RD.shape[0] == 0:
+        return acts_ND
+    q = basis_RD.to(acts_ND.dtype)
+    return acts_ND - (acts_ND @ q.T) @ q
+
+
+# --------------------------------------------------------------------------- label statistics
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share their mean rank), as Spearman needs."""
+    x = x.double()
+    order = torch.argsort(x)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    uniq, inv = torch.unique(x, return_inverse=True)
+    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, ranks)
+    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, torch.ones_like(ranks))
+    return (sums / counts)[inv]
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    denom = a.norm() * b.norm()
+    return float(a @ b / denom) if denom > 0 else 0.0
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    return pearson(_ranks(a), _ranks(b))
+
+
+def between_group_share(act_N: torch.Tensor, group_N: torch.Tensor) -> float:
+    """Context binding: share of the activation's variance that lies between groups (documents
+    or passages) rather than within them (η², in [0, 1])."""
+    x = act_N.double()
+    total = ((x - x.mean()) ** 2).sum()
+    if total == 0:
+        return 0.0
+    uniq, inv = torch.unique(group_N, return_inverse=True)
+    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, x)
+    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, torch.ones_like(x))
+    means = sums / counts
+    between = (counts * (means - x.mean()) ** 2).sum()
+    return float(between / total)
+
+
+def roc_auc(score_N: torch.Tensor, label_N: torch.Tensor) -> float:
+    """Area under the ROC curve of `score` for the boolean `label` (ties count half)."""
+    label = label_N.bool()
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = _ranks(score_N)  # 0-based: Mann-Whitney U = sum of positive ranks - n_pos(n_pos - 1)/2
+    return float((r[label].sum() - n_pos * (n_pos - 1) / 2) / (n_pos * n_neg))
+
+
+def nullspace_alignment(w_D: torch.Tensor, W_U_VD: torch.Tensor, k: int = 10) -> float:
+    """Largest |cos| of a decoder direction with the unembedding's `k` last right singular
+    vectors (the directions the logits barely read)."""
+    _, _, vh = torch.linalg.svd(W_U_VD.double(), full_matrices=False)
+    last = vh[-k:]
+    w = w_D.double() / w_D.double().norm().clamp_min(1e-12)
+    return float((last @ w).abs().max())
+
+
+def alphabet_share(w_D: torch.Tensor, W_U_VD: torch.Tensor, token_strings: list[str],
+                   top: int = 100) -> tuple[float, str]:
+    """Logit lens of a decoder direction: among the `top` tokens it promotes most, the share
+    that start with the most common first letter (case-insensitive, leading spaces and
+    word-start markers stripped; tokens without a letter count against), and that letter."""
+    logits = W_U_VD.double() @ w_D.double()
+    idx = torch.topk(logits, min(top, len(logits))).indices.tolist()
+    firsts = []
+    for i in idx:
+        s = token_strings[i].lstrip(" Ġ▁")
+        firsts.append(s[0].lower() if s and s[0].isalpha() else "")
+    letters = [f for f in firsts if f]
+    if not letters:
+        return 0.0, ""
+    best = max(set(letters), key=letters.count)
+    return letters.count(best) / len(firsts), best
+
+
+def pca_alignment(w_D: torch.Tensor, acts_ND: torch.Tensor, k: int = 5) -> tuple[float, int]:
+    """Largest |cos| of a decoder direction with the top `k` principal components of the
+    activations, and which component."""
+    x = acts_ND.double() - acts_ND.double().mean(0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    w = w_D.double() / w_D.double().norm().clamp_min(1e-12)
+    cos = (vh[:k] @ w).abs()
+    return float(cos.max()), int(cos.argmax())
+
+
+# --------------------------------------------------------------------------- labels
+
+
+@dataclass
+class LabelThresholds:
+    """When a dense latent earns each label (the paper's values where it gives them)."""
+
+    position_rho: float = 0.4
+    """|Spearman ρ| with position in the document or sentence."""
+    context_share: float = 0.5
+    """Between-document share of the activation variance (our choice: the paper gives none)."""
+    nullspace_cos: float = 0.2
+    """|cos| with the unembedding's last singular vectors."""
+    entropy_r: float = 0.3
+    """|Pearson r| with next-token entropy, the second way to earn 'entropy' (our choice)."""
+    alphabet_share: float = 0.9
+    """Share of the top-100 promoted tokens starting with one letter."""
+    pos_auc: float = 0.75
+    """AUC for firing on a part-of-speech class."""
+    pca_cos: float = 0.75
+    """|cos| with a top principal component."""
+
+
+def labels_for(stats: dict, t: LabelThresholds) -> list[tuple[str, str]]:
+    """`[(label, the statistic that earned it)]` for one latent's `stats` (keys as produced by a
+    notebook: position_rho, context_share, nullspace_cos, entropy_r, alphabet_share /
+    alphabet_letter, pos_auc / pos_class, pca_cos / pca_component); `[("unlabelled", "")]` if none."""
+    out = []
+    if abs(stats.get("position_rho", 0.0)) > t.position_rho:
+        out.append(("position", f"Spearman ρ = {stats['position_rho']:+.2f}"))
+    if stats.get("context_share", 0.0) > t.context_share:
+        out.append(("context binding", f"between-document share {stats['context_share']:.2f}"))
+    if stats.get("nullspace_cos", 0.0) > t.nullspace_cos or abs(stats.get("entropy_r", 0.0)) > t.entropy_r:
+        out.append(("entropy / null space", f"null-space |cos| {stats.get('nullspace_cos', 0):.2f}, "
+                                            f"entropy r {stats.get('entropy_r', 0):+.2f}"))
+    if stats.get("alphabet_share", 0.0) >= t.alphabet_share:
+        out.append(("alphabet", f"{stats['alphabet_share']:.0%} of top tokens start with "
+                                f"'{stats.get('alphabet_letter', '?')}'"))
+    if stats.get("pos_auc", 0.0) > t.pos_auc:
+        out.append(("part of speech", f"AUC {stats['pos_auc']:.2f} for {stats.get('pos_class', '?')}"))
+    if stats.get("pca_cos", 0.0) > t.pca_cos:
+        out.append(("PCA", f"|cos| {stats['pca_cos']:.2f} with PC{stats.get('pca_component', 0) + 1}"))
+    return out or [("unlabelled", "")]
+
+
+def thresholds_dict(t: LabelThresholds) -> dict:
+    return asdict(t)
