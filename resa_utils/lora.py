@@ -133,9 +133,13 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     (continued training, e.g. rejection sampling on top of a distilled reasoner). The adapters
     stay attached to `lm.model` afterwards, in eval mode.
     """
+    import warnings
+
     from transformers import Trainer, TrainingArguments
 
     from .atomic import read_json, sha256_file, write_json
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers' own
 
     out_dir = Path(out_dir)
     adapter = out_dir / "adapter"

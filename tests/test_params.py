@@ -87,3 +87,18 @@ def test_gpu_profile_refuses_cpu_unless_allowed(monkeypatch):
     with pytest.raises(P.ParameterError, match="allow_cpu"):
         P.gpu_or_allowed(False)
     P.gpu_or_allowed(True)
+
+
+def test_papermill_reads_every_assignment_of_every_parameters_cell():
+    """papermill skips a line it cannot parse (e.g. quotes or '=' in a comment) and then that
+    parameter can be neither overridden nor checked: compare with Python's own parse."""
+    import nbformat
+
+    from resa_utils.tracking import notebooks_dir, parameters_cell
+
+    for nb in run.list_notebooks():
+        book = nbformat.read(notebooks_dir() / f"{nb}.ipynb", as_version=4)
+        source = book.cells[parameters_cell(book)].source
+        names = {node.targets[0].id for node in ast.parse(source).body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+        assert names == set(run.notebook_parameters(nb)), f"{nb}: papermill misses {names - set(run.notebook_parameters(nb))}"
