@@ -3,6 +3,7 @@ of graded problems: finished batches are kept as sweep rows, so a killed evaluat
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -85,7 +86,9 @@ def evaluate(lm, problems: list, make_prompt, path: str | Path, setup: dict,
     correct, lenient, generated text, n_tokens, reflection counts). `correct` needs the answer
     in the asked format; `lenient` takes the last number anywhere. Batches are sweep rows in
     `path` (keyed by `setup` and the batch's problems), so a killed evaluation resumes.
-    With `temperature` > 0 each problem is sampled once per occurrence in `problems`."""
+    With `temperature` > 0 each problem is sampled once per occurrence in `problems`.
+    `df.attrs["seconds"]`: the generation time summed over every batch, including batches
+    finished by an earlier, interrupted call."""
     import pandas as pd
 
     from .sweep import run_sweep
@@ -101,13 +104,18 @@ def evaluate(lm, problems: list, make_prompt, path: str | Path, setup: dict,
 
     def run_batch(c: dict) -> dict:
         batch = [by_uid[u] for u in c["uids"]]
+        t0 = time.perf_counter()
         gens = generate(lm, [make_prompt(p) for p in batch], max_new_tokens, len(batch), stop,
                         temperature=temperature, seed=c["seed"])
         return {"results": [{"uid": p.uid, "answer": p.answer, "text": g["text"],
                              "n_tokens": g["n_tokens"], "correct": is_correct(g["text"], p.answer),
                              "lenient": is_correct(g["text"], p.answer, lenient=True),
-                             **reflection_counts(g["text"])} for p, g in zip(batch, gens)]}
+                             **reflection_counts(g["text"])} for p, g in zip(batch, gens)],
+                "seconds": time.perf_counter() - t0}
 
     rows = run_sweep(path, configs, run_batch, desc=desc)
     columns = ["uid", "answer", "correct", "lenient", "n_tokens", "text", *REFLECTION_PHRASES]
-    return pd.DataFrame([r for batch in rows.results for r in batch])[columns]
+    df = pd.DataFrame([r for batch in rows.results for r in batch])[columns]
+    # generation time of every batch, whenever it ran: a resumed evaluation reports its full cost
+    df.attrs["seconds"] = float(rows["seconds"].sum()) if "seconds" in rows else float("nan")
+    return df

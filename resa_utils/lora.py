@@ -181,12 +181,14 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
         disable_tqdm=not progress, remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
     )
-    trainer = _Trainer(model=model, args=args, train_dataset=rows, callbacks=callbacks,
+    ckpts = sorted((out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    prior = read_json(ckpts[-1] / ELAPSED)["seconds"] if ckpts and (ckpts[-1] / ELAPSED).exists() else 0.0
+    trainer = _Trainer(model=model, args=args, train_dataset=rows,
+                       callbacks=[_Elapsed(prior), *(callbacks or [])],
                        data_collator=_collate(lm.tokenizer.pad_token_id))
-    resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    seconds = time.perf_counter() - t0
+    trainer.train(resume_from_checkpoint=True if ckpts else None)
+    seconds = prior + time.perf_counter() - t0  # a resumed training counts its earlier part too
     model.save_pretrained(str(adapter))
     steps = trainer.state.global_step
     tokens = int(sum(len(r["input_ids"]) for r in rows) * steps * cfg.batch_size * cfg.grad_accum
@@ -199,6 +201,32 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
                       "tokens": tokens, "flops": result.flops})
     lm.model = model.eval()  # Trainer leaves it in train mode (LoRA dropout on)
     return result
+
+
+ELAPSED = "resa_elapsed.json"
+
+
+def _elapsed_callback():
+    from transformers import TrainerCallback
+
+    from .atomic import write_json
+
+    class Elapsed(TrainerCallback):
+        """Writes the training seconds so far (earlier runs included) into each checkpoint."""
+
+        def __init__(self, prior: float):
+            self.prior, self.t0 = prior, time.perf_counter()
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.exists():
+                write_json(folder / ELAPSED, {"seconds": self.prior + time.perf_counter() - self.t0})
+
+    return Elapsed
+
+
+def _Elapsed(prior: float):
+    return _elapsed_callback()(prior)
 
 
 def lora_tokens_per_s(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, steps: int = 3) -> dict:

@@ -81,3 +81,13 @@ def test_sampling_is_seeded_and_greedy_is_the_default():
     assert generate(lm, prompts, 6, 2) == generate(lm, prompts, 6, 2)
     with pytest.raises(ValueError, match="temperature"):
         generate(lm, prompts, 6, 2, temperature=-1.0)
+
+
+def test_evaluation_reports_the_generation_time_of_every_batch(tmp_path):
+    from resa_utils import tasks as T
+
+    lm = load_model("tiny-llama")
+    probs = T.make_problems("chain_sum", 4, seed=2)
+    df = evaluate(lm, probs, lambda p: p.question, tmp_path / "e.jsonl", {"s": 1}, 4, batch_size=2)
+    again = evaluate(lm, probs, lambda p: p.question, tmp_path / "e.jsonl", {"s": 1}, 4, batch_size=2)
+    assert df.attrs["seconds"] > 0 and again.attrs["seconds"] == df.attrs["seconds"]  # kept, not re-timed

@@ -52,6 +52,9 @@ def test_killed_training_resumes_to_the_same_adapter(tmp_path):
     shutil.rmtree(part / "adapter")
     shutil.rmtree(part / "checkpoints" / "checkpoint-8")
     resumed = train_lora(load_model("tiny-llama"), EXAMPLES, _cfg(), part, progress=False)
+    # the resumed run's cost includes the first half's training time
+    first_half = __import__("json").loads((part / "checkpoints" / "checkpoint-4" / "resa_elapsed.json").read_text())
+    assert resumed.seconds > first_half["seconds"] > 0
     a = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
