@@ -178,14 +178,18 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
         data_seed=cfg.seed, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, logging_steps=cfg.logging_steps, report_to="none",
-        disable_tqdm=not progress, remove_unused_columns=False, dataloader_num_workers=0,
+        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
     )
     ckpts = sorted((out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     prior = read_json(ckpts[-1] / ELAPSED)["seconds"] if ckpts and (ckpts[-1] / ELAPSED).exists() else 0.0
     trainer = _Trainer(model=model, args=args, train_dataset=rows,
-                       callbacks=[_Elapsed(prior), *(callbacks or [])],
+                       callbacks=[_Elapsed(prior), *([_progress_callback(f"LoRA {out_dir.name}")] if progress else []),
+                                  *(callbacks or [])],
                        data_collator=_collate(lm.tokenizer.pad_token_id))
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the bar above shows the loss; curves keep every log
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if ckpts else None)
     seconds = prior + time.perf_counter() - t0  # a resumed training counts its earlier part too
@@ -227,6 +231,35 @@ def _elapsed_callback():
 
 def _Elapsed(prior: float):
     return _elapsed_callback()(prior)
+
+
+def _progress_callback(desc: str):
+    """Trainer progress through the project's bars (widgets in JupyterLab, text under the runner,
+    which mirrors them), with the latest loss."""
+    from transformers import TrainerCallback
+
+    from .progress import PROGRESS_INTERVAL_S, tqdm
+
+    class Progress(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=desc,
+                            unit="step", leave=False, mininterval=PROGRESS_INTERVAL_S)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return Progress()
 
 
 def lora_tokens_per_s(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, steps: int = 3) -> dict:
