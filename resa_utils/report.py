@@ -66,7 +66,9 @@ def render(notebooks: list[str]) -> str:
         if metrics is not None:
             figs = sorted((folder / "figures").glob("*.png"))
             headline = metrics.get("metrics", {}).get("headline_figure")
-            chosen = folder / "figures" / f"{headline}.png" if headline else (figs[0] if figs else None)
+            # a figure's stem ("frontier") or its path ("figures/frontier.png")
+            chosen = (folder / "figures" / f"{Path(headline).stem}.png") if headline else (
+                figs[0] if figs else None)
             if chosen is not None and chosen.exists():
                 lines.append(f"![{chosen.stem}]({nb}/figures/{chosen.name})\n")
         table = folder / "tables" / "paper_comparison.csv"
