@@ -116,7 +116,10 @@ def load_adapter_model(name: str, device=None, dtype=None, verify: bool = False)
 
 
 def missing_hint(name: str) -> str | None:
-    """For a name notebook 00 would register but has not yet: how to make it."""
+    """For a name notebook 00 would register but has not yet: how to make it (hub ids, with a
+    '/', pass through to the hub instead)."""
+    if "/" in name:
+        return None
     for suffix in sorted(SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
             return (f"{name!r} is made by notebook 00 and is not in the cache yet: run "

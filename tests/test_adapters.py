@@ -59,3 +59,7 @@ def test_unmade_reasoner_names_say_how_to_make_them(cache):
     with pytest.raises(ValueError, match="registry model"):
         lm, res = _trained(cache)
         adapters.register_adapter("tiny-llama", lm, res.adapter_dir)
+
+
+def test_a_hub_id_ending_in_reasoner_passes_through(cache):
+    assert resolve_model_name("some-org/tiny-reasoner") == "some-org/tiny-reasoner"
