@@ -21,6 +21,7 @@ import random
 import time
 
 import torch
+from bench_foundation import timed  # this folder is on sys.path when a script here runs
 
 FULL_GEN = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
 FULL_LORA = ["smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct"]
@@ -79,14 +80,8 @@ def matmul_peak() -> float:
     """fp32 FLOP/s of the best of two 2048^3 matmuls."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(2))
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(2))
     return 2 * 2048 ** 3 / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def bench_lora(names: list[str], steps: int) -> list[str]:

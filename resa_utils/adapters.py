@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .atomic import read_json, write_json
+from .atomic import publish, read_json, write_json
 
 META = "resa_adapter.json"
 SUFFIXES = ("-reasoner", "-reasoner-rft")
@@ -69,12 +69,7 @@ def register_adapter(name: str, lm, adapter_src: str | Path, info: dict | None =
         shutil.copy2(adapter_src / f, tmp / f)
     write_json(tmp / META, {"name": name, "base": base, "base_facts": _base_facts(lm.model),
                             **(info or {})})
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    publish(tmp, final)
     return final
 
 

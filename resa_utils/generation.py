@@ -4,6 +4,7 @@ of graded problems: finished batches are kept as sweep rows, so a killed evaluat
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,8 +22,28 @@ def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
         return (system + "\n\n" if system else "") + user + "\n"
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
-    adds_bos = bool(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    return text[len(bos):] if adds_bos and text.startswith(bos) else text
+    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        return text[len(bos):]
+    return text
+
+
+def check_prompts(tokenizer, prompts: list[str]) -> None:
+    """Refuse prompts that tokenize to nothing (there is no last token to continue from)."""
+    empty = [i for i, p in enumerate(prompts) if not tokenizer(p, add_special_tokens=False)["input_ids"]]
+    if empty:
+        raise ValueError(f"prompts {empty[:10]} tokenize to nothing: drop them or give them text")
+
+
+@contextmanager
+def left_padding(tokenizer):
+    """Pad on the left inside the block, so every prompt's last token is the batch's last
+    position; the tokenizer's own side is restored on exit."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = side
 
 
 @torch.no_grad()
@@ -37,13 +58,9 @@ def generate(lm, prompts: list[str], max_new_tokens: int = 256, batch_size: int 
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
     tok = lm.tokenizer
-    empty = [i for i, p in enumerate(prompts) if not tok(p, add_special_tokens=False)["input_ids"]]
-    if empty:
-        raise ValueError(f"prompts {empty[:10]} tokenize to nothing: drop them or give them text")
-    side = tok.padding_side
-    tok.padding_side = "left"
+    check_prompts(tok, prompts)
     out: list[dict] = []
-    try:
+    with left_padding(tok):
         for a in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress,
                       leave=False, mininterval=PROGRESS_INTERVAL_S):
             enc = tok(prompts[a:a + batch_size], return_tensors="pt", padding=True).to(lm.device)
@@ -59,8 +76,6 @@ def generate(lm, prompts: list[str], max_new_tokens: int = 256, batch_size: int 
                 keep = row[row != tok.pad_token_id] if tok.pad_token_id != tok.eos_token_id else row
                 text = tok.decode(keep, skip_special_tokens=True)
                 out.append({"text": _cut(text, stop), "n_tokens": int(_n_generated(row, tok))})
-    finally:
-        tok.padding_side = side
     return out
 
 

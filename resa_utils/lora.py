@@ -138,6 +138,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     from transformers import Trainer, TrainingArguments
 
     from .atomic import read_json, sha256_file, write_json
+    from .sweep import config_key
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers' own
 
@@ -147,7 +148,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     rows = tokenize_examples(lm.tokenizer, examples, cfg.max_length)
     torch.manual_seed(cfg.seed)  # the adapters' initialisation depends on cfg alone
     model = add_lora(lm.model, cfg)
-    key = {"cfg": _cfg_json(cfg), "data": _fingerprint(rows),
+    key = {"cfg": _cfg_json(cfg), "data": config_key(rows),
            "init": (sha256_file(Path(init_adapter) / "adapter_model.safetensors")[:16]
                     if init_adapter else None)}
     if done.exists() and {k: read_json(done).get(k) for k in key} == key:
@@ -184,7 +185,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     ckpts = sorted((out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     prior = read_json(ckpts[-1] / ELAPSED)["seconds"] if ckpts and (ckpts[-1] / ELAPSED).exists() else 0.0
     trainer = _Trainer(model=model, args=args, train_dataset=rows,
-                       callbacks=[_Elapsed(prior), *([_progress_callback(f"LoRA {out_dir.name}")] if progress else []),
+                       callbacks=[_elapsed_callback(prior), *([_progress_callback(f"LoRA {out_dir.name}")] if progress else []),
                                   *(callbacks or [])],
                        data_collator=_collate(lm.tokenizer.pad_token_id))
     from transformers.trainer_callback import PrinterCallback
@@ -210,27 +211,23 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
 ELAPSED = "resa_elapsed.json"
 
 
-def _elapsed_callback():
+def _elapsed_callback(prior: float):
+    """Writes the training seconds so far (`prior`, from earlier runs, included) into each
+    checkpoint, so a resumed training reports its whole cost."""
     from transformers import TrainerCallback
 
     from .atomic import write_json
 
     class Elapsed(TrainerCallback):
-        """Writes the training seconds so far (earlier runs included) into each checkpoint."""
-
-        def __init__(self, prior: float):
-            self.prior, self.t0 = prior, time.perf_counter()
+        def __init__(self):
+            self.t0 = time.perf_counter()
 
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.exists():
-                write_json(folder / ELAPSED, {"seconds": self.prior + time.perf_counter() - self.t0})
+                write_json(folder / ELAPSED, {"seconds": prior + time.perf_counter() - self.t0})
 
-    return Elapsed
-
-
-def _Elapsed(prior: float):
-    return _elapsed_callback()(prior)
+    return Elapsed()
 
 
 def _progress_callback(desc: str):
@@ -271,7 +268,8 @@ def lora_tokens_per_s(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig,
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
-        times: list[float] = []
+        def __init__(self):
+            self.times: list[float] = []
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter())
@@ -280,7 +278,6 @@ def lora_tokens_per_s(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig,
     rows = tokenize_examples(lm.tokenizer, examples, cfg.max_length)
     per_example = sum(len(r["input_ids"]) for r in rows) / len(rows)
     timer = Timer()
-    timer.times = []
     with tempfile.TemporaryDirectory() as tmp:
         train_lora(lm, examples, cfg, tmp, progress=False, callbacks=[timer])
     seconds = timer.times[-1] - timer.times[0]
@@ -301,14 +298,6 @@ def _load_adapter_weights(model, folder: Path) -> None:
     if missing:
         raise ValueError(f"adapter in {folder} does not fit this model ({len(missing)} LoRA "
                          f"weights missing, e.g. {missing[0]}): check its base model and rank")
-
-
-def _fingerprint(obj) -> str:
-    """Short SHA256 of a JSON-able object (training data, a path)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _cfg_json(cfg: LoraTrainConfig) -> dict:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import torch
 
 from .activations import decoder_layers, resid_hook, splice
+from .generation import check_prompts, left_padding
 
 
 def diff_of_means(pos_ND: torch.Tensor, neg_ND: torch.Tensor) -> torch.Tensor:
@@ -20,16 +21,10 @@ def diff_of_means(pos_ND: torch.Tensor, neg_ND: torch.Tensor) -> torch.Tensor:
 
 
 def _encode(lm, prompts: list[str]):
-    tok = lm.tokenizer
-    empty = [i for i, p in enumerate(prompts) if not tok(p, add_special_tokens=False)["input_ids"]]
-    if empty:
-        raise ValueError(f"prompts {empty[:10]} tokenize to nothing: drop them or give them text")
-    side = tok.padding_side
-    tok.padding_side = "left"  # the last position is every prompt's last token
-    try:
+    """Left-padded ids: the last position is every prompt's last token."""
+    check_prompts(lm.tokenizer, prompts)
+    with left_padding(lm.tokenizer) as tok:
         return tok(prompts, return_tensors="pt", padding=True).to(lm.device)
-    finally:
-        tok.padding_side = side
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, read_json, write_json
+from .atomic import atomic_path, publish, read_json, write_json
 
 RESULTS_ENV = "RESA_RESULTS_DIR"
 NOTEBOOKS_ENV = "RESA_NOTEBOOKS_DIR"
@@ -340,21 +340,6 @@ class Run:
             self.wandb.finish(exit_code=0)
             self.wandb = None
         return self.final_dir
-
-
-def publish(stage: Path, final: Path) -> None:
-    """Replace `final` by `stage` with two renames, so readers see the old or the new folder."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    try:
-        os.replace(stage, final)
-    except OSError:
-        if old.exists():
-            os.replace(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def comparison_frame(rows: list[dict]):
