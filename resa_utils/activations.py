@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .atomic import atomic_path, read_json, sha256_file, write_json
 from .progress import PROGRESS_INTERVAL_S, tqdm
@@ -187,12 +187,29 @@ def _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, attention_mask_NT
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def _check_range(tensors: dict[str, torch.Tensor], dtype: torch.dtype, start: int) -> None:
+    """Refuse to store values the storage type cannot hold (float16 overflows to inf above
+    65504, which residual streams with massive activations reach, e.g. Gemma 3's)."""
+    if dtype == torch.float32:
+        return
+    limit = torch.finfo(dtype).max
+    for h, t in tensors.items():
+        big = float(t.abs().max()) if t.numel() else 0.0
+        if big > limit:
+            raise ValueError(
+                f"activations at {h} (windows from {start}) reach {big:.4g}, beyond {dtype}'s "
+                f"range ({limit:.4g}): store them as bfloat16 (16 bits with float32's range) or "
+                "float32"
+            )
+
+
 class ActivationCache:
     """On-disk activations: `manifest.json` + `shard_XXXXX.safetensors`, one tensor per hook.
 
     `build` writes shards of `windows_per_shard` windows each, every shard and then the manifest
     atomically, so a killed harvest resumes at the first missing shard. `dtype` (float32,
     float16 or bfloat16) is the storage type: 16 bits halve the disk; reads return float32.
+    float16 keeps 3 more mantissa bits than bfloat16 but overflows above 65504 (refused).
     """
 
     def __init__(self, folder: str | Path):
@@ -242,7 +259,9 @@ class ActivationCache:
                                       False, start=a, stop=b):
                 for h in hooks:
                     parts[h].append(acts[h])
-            tensors = {h: torch.cat(v).to(dtype).contiguous() for h, v in parts.items()}
+            tensors = {h: torch.cat(v) for h, v in parts.items()}
+            _check_range(tensors, dtype, a)
+            tensors = {h: t.to(dtype).contiguous() for h, t in tensors.items()}
             name = f"shard_{a // wps:05d}.safetensors"
             with atomic_path(folder / name) as tmp:
                 save_file(tensors, str(tmp))
@@ -279,8 +298,9 @@ class ActivationCache:
         elif verify and sha256_file(path) != shard["sha256"]:
             problem = "is corrupt or truncated (sha256 mismatch)"
         if problem is None:
-            try:
-                acts = load_file(str(path))[hook].float()
+            try:  # read this hook's tensor only, not every hook's in the shard
+                with safe_open(str(path), framework="pt") as fh:
+                    acts = fh.get_tensor(hook).float()
             except (SafetensorError, OSError) as err:
                 problem = f"cannot be read ({err})"
         if problem is not None:

@@ -364,6 +364,28 @@ def check_layer(name: str, layer: int, local_only: bool = False) -> int:
     return layer
 
 
+def load_tokenizer(name: str, local_only: bool = True):
+    """The tokenizer of a model without loading its weights, or None when that would need a
+    conversion or the hub (checks before compute use it where they can)."""
+    from . import adapters
+
+    name = resolve_model_name(name)
+    if adapters.is_registered(name):
+        name = adapters.base_of(name)
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.build_tiny is not None:
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        if spec is not None:
+            folder = cache_dir() / "models" / spec.name
+            return AutoTokenizer.from_pretrained(str(folder)) if (folder / MANIFEST).exists() else None
+        return AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+    except Exception:  # not cached: the check happens again once the model loads
+        return None
+
+
 def load_model(
     name: str,
     device: str | torch.device | None = None,

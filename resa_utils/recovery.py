@@ -3,12 +3,10 @@ reconstruction-sparsity frontier and seed consistency on real activations."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import torch
 
 from .sae import SAE, TrainConfig, evaluate_sae, train_sae
+from .sae.train import train_and_evaluate  # noqa: F401  (notebook 05 imports it from here)
 from .synthetic import SyntheticConfig, make_dataset, max_cosines, recovery_rate
 
 THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
@@ -24,24 +22,6 @@ def synthetic_recovery(syn: SyntheticConfig, train: TrainConfig,
     rec = recovery_rate(features, result.sae.W_dec.detach(), thresholds)
     return {**{f"recovery@{t}": r for t, r in rec.items()}, "fvu": ev["fvu"], "l0": ev["l0"],
             "dead_frac": ev["dead_frac"], "seconds": result.seconds, "curve": result.history}
-
-
-def train_and_evaluate(train_ND: torch.Tensor, eval_ND: torch.Tensor, cfg: TrainConfig,
-                       save_dir: str | Path, metadata: dict | None = None,
-                       device=None) -> tuple[SAE, dict]:
-    """Train on `train_ND`, save the SAE to `save_dir`, evaluate on held-out `eval_ND`:
-    `(sae, metrics row)`, the row with the training curve. Resumes from `<save_dir>.ckpt` if a
-    run was killed, and removes it once the SAE is saved."""
-    save_dir = Path(save_dir)
-    ckpt = save_dir.with_name(save_dir.name + ".ckpt")
-    result = train_sae(train_ND, cfg, metadata=metadata, progress=True, checkpoint_dir=ckpt,
-                       device=device)
-    result.sae.save(save_dir)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    ev = evaluate_sae(result.sae, eval_ND)
-    return result.sae, {"fvu": ev["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"],
-                        "tokens_per_s": result.tokens_per_s, "seconds": result.seconds,
-                        "curve": result.history}
 
 
 def pairwise_consistency(saes: list[SAE], thresholds: tuple[float, ...] = (0.9, 0.7),

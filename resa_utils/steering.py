@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -57,12 +60,15 @@ def steer(lm, layer: int, v_D: torch.Tensor, alpha: float):
 
 
 @torch.no_grad()
-def logit_diff(lm, prompts: list[str], pos_token: str, neg_token: str,
+def logit_diff(lm, prompts: list[str], pos_token: str | int, neg_token: str | int,
                batch_size: int = 16) -> torch.Tensor:
     """Logit(y+) − Logit(y−) of the next token after each prompt: `diff_N`. Each of `pos_token`
-    and `neg_token` must be one token (e.g. " Yes" / " No")."""
+    and `neg_token` must be one token (e.g. " Yes" / " No"), or a token id."""
     ids = []
     for t in (pos_token, neg_token):
+        if isinstance(t, int):  # a token id
+            ids.append(t)
+            continue
         enc = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
         if len(enc) != 1:
             raise ValueError(f"behaviour token {t!r} is {len(enc)} tokens for {lm.name}: pick one "
@@ -72,6 +78,61 @@ def logit_diff(lm, prompts: list[str], pos_token: str, neg_token: str,
     for a in range(0, len(prompts), batch_size):
         enc = _encode(lm, prompts[a:a + batch_size])
         logits = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                          use_cache=False).logits[:, -1].float()
+                          use_cache=False, logits_to_keep=1).logits[:, -1].float()  # LM head on the last position only
         out.append((logits[:, ids[0]] - logits[:, ids[1]]).cpu())
     return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- behaviours
+
+BEHAVIOURS_DIR = Path(__file__).parent / "behaviours"
+
+
+@dataclass
+class Behaviour:
+    """A contrastive prompt set (`resa_utils/behaviours/<name>.json`): prompts are
+    `template.format(text=item)`, and the metric is Logit(pos_token) − Logit(neg_token)."""
+
+    name: str
+    description: str
+    template: str
+    pos_token: str
+    neg_token: str
+    pos: list[str]
+    neg: list[str]
+
+    def prompts(self, items: list[str]) -> list[str]:
+        return [self.template.format(text=t) for t in items]
+
+    def split(self, n_fit: int, seed: int) -> tuple[list[str], list[str], list[str], list[str]]:
+        """`(fit_pos, fit_neg, eval_pos, eval_neg)` prompts: a seeded shuffle of each side, the
+        first `n_fit` for the vector and the rest held out."""
+        if not 0 < n_fit < min(len(self.pos), len(self.neg)):
+            raise ValueError(f"n_fit={n_fit} must leave held-out prompts: behaviour {self.name!r} has "
+                             f"{len(self.pos)} / {len(self.neg)} prompts a side")
+        out = []
+        for i, side in enumerate((self.pos, self.neg)):
+            order = torch.randperm(len(side), generator=torch.Generator().manual_seed(seed + i)).tolist()
+            out.append([side[j] for j in order])
+        (p, n) = out
+        return self.prompts(p[:n_fit]), self.prompts(n[:n_fit]), self.prompts(p[n_fit:]), self.prompts(n[n_fit:])
+
+
+def behaviour_names() -> list[str]:
+    return sorted(f.stem for f in BEHAVIOURS_DIR.glob("*.json"))
+
+
+def load_behaviour(name: str) -> Behaviour:
+    path = BEHAVIOURS_DIR / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"unknown behaviour {name!r}: use one of {behaviour_names()}")
+    data = json.loads(path.read_text())
+    return Behaviour(**{k: data[k] for k in ("name", "description", "template", "pos_token", "neg_token",
+                                              "pos", "neg")})
+
+
+def random_like(v_D: torch.Tensor, seed: int) -> torch.Tensor:
+    """A random direction with the norm of `v_D` (the steering control)."""
+    r = torch.randn(v_D.shape, generator=torch.Generator().manual_seed(seed))
+    return r / r.norm() * v_D.norm()
+

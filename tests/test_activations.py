@@ -156,3 +156,24 @@ def test_a_16_bit_cache_halves_the_disk_and_reads_float32(tmp_path):
     assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="other inputs"):  # same folder, other storage type
         ActivationCache.build(tmp_path / "f16", lm, windows, hooks, windows_per_shard=3, progress=False)
+
+
+def test_float16_storage_refuses_values_beyond_its_range_and_bfloat16_keeps_them(tmp_path):
+    from resa_utils.activations import ActivationCache, resid_hook, splice
+    from resa_utils.models import load_model
+
+    lm = load_model("tiny-llama")
+    windows = torch.randint(5, 100, (4, 10))
+    hook = resid_hook(1)
+
+    def massive(h):  # a Gemma-3-like massive activation in one dimension
+        h = h.clone()
+        h[..., 3] = 70_000.0
+        return h
+
+    with splice(lm.model, hook, massive):
+        with pytest.raises(ValueError, match="beyond torch.float16's range.*bfloat16"):
+            ActivationCache.build(tmp_path / "f16", lm, windows, [hook], progress=False, dtype=torch.float16)
+        bf = ActivationCache.build(tmp_path / "bf16", lm, windows, [hook], progress=False, dtype=torch.bfloat16)
+    got = bf.load(hook)
+    assert torch.isfinite(got).all() and float(got[:, 3].min()) == pytest.approx(70_000.0, rel=1e-2)

@@ -89,3 +89,80 @@ def test_firing_rates_and_dense_counts():
     rates = dense.firing_rates(sae, [x[:5], x[5:]])
     assert rates.tolist() == [0.3, 1.0, 0.0]
     assert dense.dense_counts(rates, (0.1, 0.5)) == {0.1: 2, 0.5: 1}
+
+
+def test_null_basis_and_top_components_match_the_svd():
+    g = torch.Generator().manual_seed(4)
+    W_U = torch.randn(300, 12, generator=g) * torch.linspace(0.1, 3, 12)
+    _, _, vh = torch.linalg.svd(W_U.double(), full_matrices=False)
+    null = dense.null_basis(W_U, 2)
+    assert null.shape == (2, 12)
+    assert (null @ vh[-2:].T).abs().sum(0).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)  # same span
+    assert dense.nullspace_cos(vh[-1], null) == pytest.approx(1.0) and dense.nullspace_cos(vh[0], null) < 1e-6
+    acts = torch.randn(2000, 5, generator=g) * torch.tensor([1.0, 8, 1, 3, 1])
+    pcs = dense.top_components(acts, 2)
+    assert abs(float(pcs[0, 1])) > 0.99 and abs(float(pcs[1, 3])) > 0.99  # largest variance first
+    assert dense.component_cos(torch.tensor([0, 0, 0, -2.0, 0]), pcs) == (pytest.approx(1.0, abs=1e-3), 1)
+
+
+def test_sentence_positions_restart_at_sentences_documents_and_skip_separators():
+    doc = torch.tensor([0, 0, 0, 0, -1, 1, 1, 1])
+    start = torch.tensor([True, False, True, False, False, False, False, True])
+    assert dense.sentence_positions(doc, start).tolist() == [0, 1, 0, 1, -1, 0, 1, 0]
+
+
+def test_choosing_layers_random_sparse_latents_and_seed_matches():
+    assert dense.choose_layers({3: 5, 9: 12, 16: 5, 17: 0}, 2) == [9, 16]  # ties go deeper
+    assert dense.choose_layers({3: 0, 9: 1}, 2) == [9]                    # never an empty layer
+    rates = torch.tensor([0.0, 0.5, 0.01, 0.02, 0.3, 0.001])
+    picked = dense.random_sparse(rates, 10, 0.1, seed=0)
+    assert picked.tolist() == [2, 3, 5]                                   # firing, not dense
+    assert len(dense.random_sparse(rates, 2, 0.1, seed=0)) == 2
+    a = torch.eye(4)[:2]
+    b = torch.stack([torch.tensor([1.0, 0.05, 0, 0]), torch.tensor([0, 0, 1.0, 0])])
+    assert dense.match_share(a, b, 0.9) == 0.5
+    assert dense.match_share(a, b[:0], 0.9) == 0.0
+
+
+def test_label_stats_find_the_planted_statistic(tiny_lm):
+    from resa_utils.corpora import POS_CLASSES
+
+    g = torch.Generator().manual_seed(5)
+    N, D = 600, 8
+    doc = torch.arange(N) // 200
+    window = torch.arange(N) % 100
+    sentence = torch.arange(N) % 7
+    tag = torch.randint(0, 3, (N,), generator=g)
+    tag[::10] = -1  # some untagged tokens
+    W_U = torch.randn(40, D, generator=g)
+    ctx = dense.LabelContext(positions={"window": window, "document": torch.arange(N) % 200, "sentence": sentence},
+                             doc_N=doc, tag_N=tag, class_names=POS_CLASSES, entropy_M=torch.rand(300, generator=g),
+                             null_KD=dense.null_basis(W_U, 2), W_U_VD=W_U, token_strings=[f"t{i}" for i in range(40)],
+                             pcs_KD=torch.eye(D)[:2], min_class_tokens=20)
+    st = dense.label_stats(sentence.float() + 0.01 * torch.rand(N, generator=g), torch.eye(D)[0], ctx, alphabet_top=10)
+    assert st["position_kind"] == "sentence" and st["position_rho"] > 0.95
+    assert st["pca_cos"] == pytest.approx(1.0) and st["pca_component"] == 0
+    noun = POS_CLASSES.index("noun")
+    tag[tag >= 0] = torch.where(tag[tag >= 0] == 1, noun, POS_CLASSES.index("verb"))
+    st = dense.label_stats((tag == noun).float() * 2, torch.eye(D)[5], ctx, alphabet_top=10)
+    assert st["pos_class"] == "noun" and st["pos_auc"] == pytest.approx(1.0)
+    assert st["alphabet_share"] == 1.0  # every token string starts with 't'
+    labels = [lab for lab, _ in dense.labels_for(st, dense.LabelThresholds())]
+    assert "part of speech" in labels and "position" not in labels
+    # separators (doc -1) are left out: a latent firing only there has no statistics to earn
+    ctx.doc_N = torch.where(torch.arange(N) % 50 == 0, -1, doc)
+    st = dense.label_stats((ctx.doc_N < 0).float(), torch.eye(D)[5], ctx, alphabet_top=10)
+    assert st["context_share"] == 0.0 and st["pos_auc"] == pytest.approx(0.5)  # all ties: chance
+
+
+def test_effective_unembedding_and_top_contexts(tiny_lm):
+    W = dense.effective_unembedding(tiny_lm)
+    W_U = tiny_lm.model.get_output_embeddings().weight.detach()
+    gain = 1 + tiny_lm.model.model.norm.weight.detach()  # Gemma's norm applies 1 + w
+    assert torch.allclose(W, W_U * gain / gain.abs().max(), atol=1e-5)
+    ids = torch.tensor([[2, 10, 11, 12, 13], [2, 20, 21, 22, 23]])
+    act = torch.zeros(8)
+    act[6] = 3.0  # window 1, position 3: token 22
+    tok = tiny_lm.tokenizer
+    (text,) = dense.top_contexts(act, ids, tok, n=1, width=2)
+    assert text.startswith("3.00:") and f"[[{tok.decode([22])}]]" in text and tok.decode([20, 21]) in text

@@ -29,3 +29,25 @@ def test_ce_loss_recovered_closed_forms(tiny_lm, tiny_windows):
     assert out["zero"]["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
     single = ce_loss_recovered(tiny_lm, _identity_sae(d), resid_hook(1), tiny_windows[:4])
     assert single["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_spliced_ce_runs_clean_once_and_matches_ce_loss_recovered(tiny_lm, tiny_windows):
+    from resa_utils.sae import spliced_ce
+
+    d = tiny_lm.d_model
+    zero = SAE(SAEConfig(d_in=d, d_sae=4)).init_weights()
+    with torch.no_grad():
+        zero.W_dec.zero_()
+    w = tiny_windows[:4]
+    out = spliced_ce(tiny_lm, {"perfect": (resid_hook(1), _identity_sae(d)), "zero@2": (resid_hook(2), zero)},
+                     w, batch_size=3, entropy=True)
+    ref = ce_loss_recovered(tiny_lm, zero, resid_hook(2), w)
+    assert out["ce"]["perfect"] == pytest.approx(out["ce"]["clean"], abs=1e-4)  # a perfect SAE changes nothing
+    assert out["ce"]["clean"] == pytest.approx(ref["ce_clean"], abs=1e-4)
+    assert out["ce"]["zero@2"] == pytest.approx(ref["ce_sae"], abs=1e-4)     # its own hook, not hook 1
+    assert out["per_window"]["clean"].shape == (4,)
+    ent = out["entropy_NT"]
+    V = tiny_lm.model.get_output_embeddings().weight.shape[0]
+    assert ent.shape == w.shape and (ent >= 0).all() and (ent <= torch.log(torch.tensor(float(V))) + 1e-4).all()
+    with pytest.raises(ValueError, match="d_in"):
+        spliced_ce(tiny_lm, {"bad": (resid_hook(1), _identity_sae(d + 1))}, w)

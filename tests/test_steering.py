@@ -49,3 +49,36 @@ def test_last_token_states_and_logit_diff_do_not_depend_on_batching():
         steering.last_token_states(lm, prompts, 9)
     with pytest.raises(ValueError, match="tokenize to nothing"):
         steering.last_token_states(lm, ["ok", ""], 1)
+
+
+def test_behaviour_files_load_and_split_without_overlap():
+    from resa_utils import steering
+
+    names = steering.behaviour_names()
+    assert len(names) >= 4
+    for name in names:
+        b = steering.load_behaviour(name)
+        assert len(b.pos) >= 64 and len(b.neg) >= 64 and "{text}" in b.template
+        assert not set(b.pos) & set(b.neg)
+        fp, fn, ep, en = b.split(48, seed=0)
+        assert len(fp) == len(fn) == 48 and len(ep) == len(b.pos) - 48 and len(en) == len(b.neg) - 48
+        assert not set(fp) & set(ep) and not set(fn) & set(en)
+        assert fp == b.split(48, seed=0)[0] and fp != b.split(48, seed=1)[0]  # seeded
+        assert all(p.startswith(b.template.split("{text}")[0]) for p in fp)
+    with pytest.raises(ValueError, match="held-out"):
+        steering.load_behaviour(names[0]).split(64, seed=0)
+    with pytest.raises(ValueError, match="unknown behaviour"):
+        steering.load_behaviour("no-such-behaviour")
+
+
+def test_random_like_and_token_ids_in_logit_diff(tiny_lm):
+    from resa_utils import steering
+
+    v = torch.randn(tiny_lm.d_model)
+    r = steering.random_like(v, seed=3)
+    assert torch.isclose(r.norm(), v.norm()) and torch.equal(r, steering.random_like(v, seed=3))
+    ids = tiny_lm.tokenizer(" the", add_special_tokens=False)["input_ids"]
+    prompts = ["Once upon a time", "The cat sat"]
+    by_id = steering.logit_diff(tiny_lm, prompts, ids[0], 5)
+    assert by_id.shape == (2,) and torch.isfinite(by_id).all()
+    assert torch.allclose(by_id, -steering.logit_diff(tiny_lm, prompts, 5, ids[0]))

@@ -3,7 +3,9 @@
 from .config import ARCHITECTURES, METHODS, SAEConfig, TrainConfig
 from .metrics import ce_loss_recovered, evaluate_sae, fvu
 from .model import SAE
-from .train import TRAINERS, TrainResult, make_trainer, train_sae
+from .metrics import spliced_ce
+from .train import TRAINERS, TrainResult, make_trainer, train_and_evaluate, train_sae
 
 __all__ = ["ARCHITECTURES", "METHODS", "SAE", "SAEConfig", "TRAINERS", "TrainConfig",
-           "TrainResult", "ce_loss_recovered", "evaluate_sae", "fvu", "make_trainer", "train_sae"]
+           "TrainResult", "ce_loss_recovered", "evaluate_sae", "fvu", "make_trainer", "spliced_ce",
+           "train_and_evaluate", "train_sae"]

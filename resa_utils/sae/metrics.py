@@ -95,3 +95,47 @@ def ce_loss_recovered(lm, saes: SAE | dict[str, SAE], hook: str, windows_NT: tor
         out[name] = {"ce_clean": ce["clean"], "ce_sae": ce_sae, "ce_zero": ce["zero"],
                      "ce_loss_recovered": (ce["zero"] - ce_sae) / denom if denom else float("nan")}
     return out["sae"] if single else out
+
+
+@torch.no_grad()
+def spliced_ce(lm, splices: dict[str, tuple[str, SAE]], windows_NT: torch.Tensor,
+               batch_size: int = 4, keep_bos: bool = True, entropy: bool = False) -> dict:
+    """Next-token CE (nats) of the clean model and of each `{name: (hook, sae)}` splice, each SAE
+    replacing the activations at its own hook (BOS kept clean with `keep_bos`, as SAEs trained
+    with BOS dropped never saw it). One clean pass serves all splices, so SAEs at several layers
+    cost one pass each. Returns `{"ce": {name: mean CE}, "per_window": {name: CE_N}}` with the
+    clean pass under "clean", plus `"entropy_NT"`, the clean next-token entropy, if asked."""
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    per_window: dict[str, list[torch.Tensor]] = {"clean": [], **{n: [] for n in splices}}
+    ent: list[torch.Tensor] = []
+    for name, (hook, sae) in splices.items():
+        if sae.cfg.d_in != lm.d_model:
+            raise ValueError(f"SAE {name!r} reads d_in={sae.cfg.d_in} but {lm.name} has d={lm.d_model}")
+    moved = {n: (h, copy.deepcopy(s).to(lm.device)) for n, (h, s) in splices.items()}
+    for a in range(0, windows_NT.shape[0], batch_size):
+        ids = windows_NT[a:a + batch_size].to(lm.device)
+        at_bos = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        if keep_bos and bos is not None:
+            at_bos[:, 0] = ids[:, 0] == bos
+
+        def reconstruct(sae):
+            return lambda acts: torch.where(at_bos[..., None], acts, sae(acts.float()).to(acts.dtype))
+
+        def ce_of(logits):
+            lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            return -lp.gather(-1, ids[:, 1:, None])[..., 0].mean(1).cpu()
+
+        logits = lm.model(input_ids=ids, use_cache=False).logits
+        per_window["clean"].append(ce_of(logits))
+        if entropy:
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            ent.append(-(lp.exp() * lp).sum(-1).cpu())
+        del logits
+        for name, (hook, sae) in moved.items():
+            with splice(lm.model, hook, reconstruct(sae)):
+                per_window[name].append(ce_of(lm.model(input_ids=ids, use_cache=False).logits))
+    pw = {k: torch.cat(v) for k, v in per_window.items()}
+    out = {"ce": {k: float(v.mean()) for k, v in pw.items()}, "per_window": pw}
+    if entropy:
+        out["entropy_NT"] = torch.cat(ent)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from ..progress import PROGRESS_INTERVAL_S, tqdm
 from ..models import default_device
 from .config import TrainConfig
 from .gba import GBATrainer
+from .metrics import evaluate_sae
 from .model import SAE
 from .relu_l1 import ReluL1Trainer
 from .topk import TopKTrainer
@@ -84,3 +86,21 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
     done = (trainer.step - start_step) * cfg.batch_size
     return TrainResult(sae=trainer.export(), history=trainer.history, seconds=seconds,
                        tokens_per_s=done / seconds if seconds > 0 else 0.0)
+
+
+def train_and_evaluate(train_ND: torch.Tensor, eval_ND: torch.Tensor, cfg: TrainConfig,
+                       save_dir: str | Path, metadata: dict | None = None,
+                       device=None) -> tuple[SAE, dict]:
+    """Train on `train_ND`, save the SAE to `save_dir`, evaluate on held-out `eval_ND`:
+    `(sae, metrics row)`, the row with the training curve. Resumes from `<save_dir>.ckpt` if a
+    run was killed, and removes it once the SAE is saved."""
+    save_dir = Path(save_dir)
+    ckpt = save_dir.with_name(save_dir.name + ".ckpt")
+    result = train_sae(train_ND, cfg, metadata=metadata, progress=True, checkpoint_dir=ckpt,
+                       device=device)
+    result.sae.save(save_dir)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    ev = evaluate_sae(result.sae, eval_ND)
+    return result.sae, {"fvu": ev["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"],
+                        "tokens_per_s": result.tokens_per_s, "seconds": result.seconds,
+                        "curve": result.history}
