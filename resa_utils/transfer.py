@@ -85,7 +85,7 @@ class RidgeStats:
             raise ValueError(f"with_targets needs the same {self.n} paired rows, got "
                              f"{x_NS.shape[0]} source and {y_NT.shape[0]} target rows")
         out = RidgeStats(len(self.sx), y_NT.shape[1], self.dtype)
-        out.n, out.cx, out.sx, out.xx = self.n, self.cx, self.sx, self.xx
+        out.n, out.cx, out.sx, out.xx = self.n, self.cx.clone(), self.sx.clone(), self.xx.clone()
         out.cy = y_NT.double().mean(0)
         for a in range(0, x_NS.shape[0], chunk):
             x = (x_NS[a:a + chunk].double() - self.cx).to(self.dtype)
@@ -221,8 +221,11 @@ def paired_windows(texts, tok_s, tok_t, seq_len: int, n_windows: int, mode: str 
 
     `mode="tokens"`: one tokenizer, so both models get the same windows and every position pairs
     with itself (refused for two tokenizers). `mode="word_end"`: each window's text is decoded
-    and tokenized by each model, and positions pair where both models' tokens end at the same
-    word end (`word_end_pairs`); other positions are left out.
+    (EOS separators become a blank line, so neither model reads the other's special token as
+    text) and tokenized by each model, and positions pair where both models' tokens end at the
+    same word end (`word_end_pairs`); other positions are left out. In both modes the EOS
+    separators between documents are left out of the pairs: they are not text, and attention
+    sinks there can carry outsized activations that would dominate a pooled fit.
     """
     if mode not in ("tokens", "word_end"):
         raise ValueError(f"pairing mode {mode!r}: use 'tokens' (one tokenizer) or 'word_end'")
@@ -234,13 +237,22 @@ def paired_windows(texts, tok_s, tok_t, seq_len: int, n_windows: int, mode: str 
     has_bos = tok_s.bos_token_id is not None
     win = token_windows(texts, tok_s, seq_len, n_windows, add_bos=has_bos)
     body = win[:, 1:] if has_bos else win
+    eos = tok_s.eos_token_id
     if mode == "tokens":
         n, T = body.shape
         rows = torch.arange(n * T)
+        rows = rows[body.reshape(-1) != eos] if eos is not None else rows
         return PairedWindows(win, win.clone(), rows, rows.clone(), rows // T, mode)
     s_rows, t_rows, w_idx, s_ids, t_ids = [], [], [], [], []
     for w, ids in enumerate(body.tolist()):
-        text = tok_s.decode(ids)
+        pieces, cur = [], []
+        for t in ids:
+            if t == eos:
+                pieces.append(cur)
+                cur = []
+            else:
+                cur.append(t)
+        text = "\n\n".join(tok_s.decode(piece) for piece in pieces + [cur])
         s_ids.append(tok_s(text, add_special_tokens=False)["input_ids"])
         t_ids.append(tok_t(text, add_special_tokens=False)["input_ids"])
         pairs = word_end_pairs(text, tok_s, tok_t)

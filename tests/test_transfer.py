@@ -104,6 +104,10 @@ def test_paired_windows_one_tokenizer_pairs_every_position_and_refuses_two(tiny_
     pw = transfer.paired_windows(texts, tok, tok, 16, 5, "tokens")
     assert pw.source_ids.shape == (5, 16) and torch.equal(pw.source_ids, pw.target_ids)
     assert torch.equal(pw.source_rows, torch.arange(5 * 15)) and pw.window.max() == 4  # BOS not harvested
+    short = transfer.paired_windows(["A cat.", "A dog sat.", "Birds fly high."] * 10, tok, tok, 16, 3, "tokens")
+    body = short.source_ids[:, 1:].reshape(-1)
+    assert (body == tok.eos_token_id).any() and not (body[short.source_rows] == tok.eos_token_id).any()
+    assert len(short.source_rows) == int((body != tok.eos_token_id).sum())  # separators are not text
     words = transfer.paired_windows(texts, tok, tok, 16, 5, "word_end")
     assert len(words.source_rows) > 0 and torch.equal(words.source_rows, words.target_rows)  # same tokenizer
     with pytest.raises(ValueError, match="word_end"):
