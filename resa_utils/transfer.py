@@ -68,13 +68,19 @@ class RidgeStats:
             raise ValueError(f"paired rows differ: {x_NS.shape[0]} source vs {y_NT.shape[0]} target")
         if self.n == 0 and x_NS.shape[0]:
             self.cx, self.cy = x_NS.double().mean(0), y_NT.double().mean(0)
+        self.n += x_NS.shape[0]
+        return self._accumulate(x_NS, y_NT, chunk, source=True)
+
+    def _accumulate(self, x_NS: torch.Tensor, y_NT: torch.Tensor, chunk: int, source: bool) -> "RidgeStats":
+        """Adds the shifted rows' sums and products chunk by chunk; the source-only terms (Σx, xᵀx)
+        only when `source`."""
         for a in range(0, x_NS.shape[0], chunk):
             x = (x_NS[a:a + chunk].double() - self.cx).to(self.dtype)
             y = (y_NT[a:a + chunk].double() - self.cy).to(self.dtype)
-            self.n += x.shape[0]
-            self.sx += x.sum(0).double()
+            if source:
+                self.sx += x.sum(0).double()
+                self.xx += (x.T @ x).double()
             self.sy += y.sum(0).double()
-            self.xx += (x.T @ x).double()
             self.xy += (x.T @ y).double()
         return self
 
@@ -87,12 +93,7 @@ class RidgeStats:
         out = RidgeStats(len(self.sx), y_NT.shape[1], self.dtype)
         out.n, out.cx, out.sx, out.xx = self.n, self.cx.clone(), self.sx.clone(), self.xx.clone()
         out.cy = y_NT.double().mean(0)
-        for a in range(0, x_NS.shape[0], chunk):
-            x = (x_NS[a:a + chunk].double() - self.cx).to(self.dtype)
-            y = (y_NT[a:a + chunk].double() - out.cy).to(self.dtype)
-            out.sy += y.sum(0).double()
-            out.xy += (x.T @ y).double()
-        return out
+        return out._accumulate(x_NS, y_NT, chunk, source=False)
 
     def solve(self, lam: float, relative: bool = False) -> AffineMap:
         """Ridge on centred data (the bias is not penalised): A = Cyx (Cxx + λ I)⁻¹, where the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 
@@ -53,73 +54,37 @@ def ce_loss_recovered(lm, saes: SAE | dict[str, SAE], hook: str, windows_NT: tor
     """
     single = isinstance(saes, SAE)
     named = {"sae": saes} if single else dict(saes)
-    bos = getattr(lm.tokenizer, "bos_token_id", None)
-    ids_now: dict[str, torch.Tensor] = {}
-
-    def patched(fn):
-        def apply(acts_BTD):
-            new = fn(acts_BTD)
-            if keep_bos and bos is not None:
-                at_bos = torch.zeros(acts_BTD.shape[:2], dtype=torch.bool, device=acts_BTD.device)
-                at_bos[:, 0] = ids_now["ids"][:, 0] == bos
-                new = torch.where(at_bos[..., None], acts_BTD, new)
-            return new
-        return apply
-
-    def reconstruct(sae):
-        sae = copy.deepcopy(sae).to(lm.device)  # leave the caller's SAE where it is
-        return patched(lambda a: sae(a.float()).to(a.dtype))
-
-    variants = {"clean": None, "zero": patched(torch.zeros_like)}
-    variants.update({f"sae:{name}": reconstruct(sae) for name, sae in named.items()})
-    sums = dict.fromkeys(variants, 0.0)
-    count = 0
-    for a in range(0, windows_NT.shape[0], batch_size):
-        ids = windows_NT[a:a + batch_size].to(lm.device)
-        ids_now["ids"] = ids
-        for name, fn in variants.items():
-            if fn is None:
-                logits = lm.model(input_ids=ids, use_cache=False).logits
-            else:
-                with splice(lm.model, hook, fn):
-                    logits = lm.model(input_ids=ids, use_cache=False).logits
-            sums[name] += float(torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                reduction="sum"))
-        count += ids[:, 1:].numel()
-    ce = {k: v / count for k, v in sums.items()}
-    denom = ce["zero"] - ce["clean"]
-    out = {}
-    for name in named:
-        ce_sae = ce[f"sae:{name}"]
-        out[name] = {"ce_clean": ce["clean"], "ce_sae": ce_sae, "ce_zero": ce["zero"],
-                     "ce_loss_recovered": (ce["zero"] - ce_sae) / denom if denom else float("nan")}
+    zero = "\0zero-ablation"  # a key no caller's SAE name collides with
+    ce = spliced_ce(lm, {zero: (hook, torch.zeros_like), **{n: (hook, s) for n, s in named.items()}},
+                    windows_NT, batch_size, keep_bos)["ce"]
+    denom = ce[zero] - ce["clean"]
+    out = {name: {"ce_clean": ce["clean"], "ce_sae": ce[name], "ce_zero": ce[zero],
+                  "ce_loss_recovered": (ce[zero] - ce[name]) / denom if denom else float("nan")}
+           for name in named}
     return out["sae"] if single else out
 
 
 @torch.no_grad()
-def spliced_ce(lm, splices: dict[str, tuple[str, SAE]], windows_NT: torch.Tensor,
+def spliced_ce(lm, splices: dict[str, tuple[str, "SAE | Callable"]], windows_NT: torch.Tensor,
                batch_size: int = 4, keep_bos: bool = True, entropy: bool = False) -> dict:
     """Next-token CE (nats) of the clean model and of each `{name: (hook, sae)}` splice, each SAE
     replacing the activations at its own hook (BOS kept clean with `keep_bos`, as SAEs trained
     with BOS dropped never saw it). One clean pass serves all splices, so SAEs at several layers
     cost one pass each. Returns `{"ce": {name: mean CE}, "per_window": {name: CE_N}}` with the
-    clean pass under "clean", plus `"entropy_NT"`, the clean next-token entropy, if asked."""
+    clean pass under "clean", plus `"entropy_NT"`, the clean next-token entropy, if asked. A splice
+    may also be any function of the activations (e.g. `torch.zeros_like` for zero ablation)."""
     bos = getattr(lm.tokenizer, "bos_token_id", None)
     per_window: dict[str, list[torch.Tensor]] = {"clean": [], **{n: [] for n in splices}}
     ent: list[torch.Tensor] = []
-    for name, (hook, sae) in splices.items():
-        if sae.cfg.d_in != lm.d_model:
-            raise ValueError(f"SAE {name!r} reads d_in={sae.cfg.d_in} but {lm.name} has d={lm.d_model}")
-    moved = {n: (h, copy.deepcopy(s).to(lm.device)) for n, (h, s) in splices.items()}
+    moved = {n: (h, _as_splice(lm, n, f)) for n, (h, f) in splices.items()}
     for a in range(0, windows_NT.shape[0], batch_size):
         ids = windows_NT[a:a + batch_size].to(lm.device)
         at_bos = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
         if keep_bos and bos is not None:
             at_bos[:, 0] = ids[:, 0] == bos
 
-        def reconstruct(sae):
-            return lambda acts: torch.where(at_bos[..., None], acts, sae(acts.float()).to(acts.dtype))
+        def reconstruct(fn):
+            return lambda acts: torch.where(at_bos[..., None], acts, fn(acts))
 
         def ce_of(logits):
             lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -139,3 +104,14 @@ def spliced_ce(lm, splices: dict[str, tuple[str, SAE]], windows_NT: torch.Tensor
     if entropy:
         out["entropy_NT"] = torch.cat(ent)
     return out
+
+
+def _as_splice(lm, name: str, fn) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An SAE (checked against the model's width, copied to its device, run in float32) or a
+    plain function of the activations, as a function acts -> replacement."""
+    if not isinstance(fn, SAE):
+        return fn
+    if fn.cfg.d_in != lm.d_model:
+        raise ValueError(f"SAE {name!r} reads d_in={fn.cfg.d_in} but {lm.name} has d={lm.d_model}")
+    sae = copy.deepcopy(fn).to(lm.device)  # leave the caller's SAE where it is
+    return lambda acts: sae(acts.float()).to(acts.dtype)
