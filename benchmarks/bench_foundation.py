@@ -3,9 +3,10 @@ is against a baseline measured in this same run (no stored reference numbers).
 
 1. SAE training step (d=640, d_sae=8192, k=32, batch 4096, Adam, fp32): tokens/s of our
    sparse TopK trainer vs EleutherAI sparsify, SAELens and a plain dense PyTorch TopK, plus
-   our dense ReLU trainers (relu_l1, gba). Methods run round-robin (one step each per round,
-   so background load hits all alike); the median step time is reported. Achieved FLOP/s is
-   divided by this machine's fp32 matmul peak, measured here as the best of two `torch.mm`s.
+   our dense ReLU trainers (relu_l1, gba with ReLU and with JumpReLU). Methods run round-robin
+   (one step each per round, so background load hits all alike); the median step time is
+   reported. Achieved FLOP/s is divided by this machine's fp32 matmul peak, measured here as
+   the best of two `torch.mm`s.
 2. Harvest: `harvest()` at the middle layer vs a bare forward of a model truncated to that
    depth (inner model, no LM head); `harvest()` of four layers (early, middle, the last two)
    in one forward vs a bare forward to the deepest; the full forward with LM head for context.
@@ -237,6 +238,7 @@ def bench_sae(quick: bool) -> list[Goal]:
         Row("dense PyTorch TopK", dense_topk_step(sample), dense_flops),
         Row("resa relu_l1", ours_step("relu_l1", sample), dense_flops),
         Row("resa gba (tied)", ours_step("gba", sample), dense_flops),
+        Row("resa gba (tied, JumpReLU)", ours_step("gba", sample, gba_activation="jumprelu"), dense_flops),
     ]
     mms = matmul_rows()
     secs = round_robin(mms + rows, batches, warmup, n)

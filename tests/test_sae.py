@@ -76,7 +76,8 @@ def test_sparse_topk_kernel_matches_dense_autograd():
 
 # ----------------------------------------------------------------------------- training
 @pytest.mark.parametrize("method,kw", [("topk", {"k": 4}), ("topk", {"k": 4, "d_sae": 1024}),
-                                        ("relu_l1", {"l1_coefficient": 1e-3}), ("gba", {})])
+                                        ("relu_l1", {"l1_coefficient": 1e-3}), ("gba", {}),
+                                        ("gba", {"gba_activation": "jumprelu"})])
 def test_each_method_learns_and_keeps_unit_decoder(method, kw):
     x = _data()
     cfg = TrainConfig(**{"method": method, "d_sae": 64, "n_tokens": 40_000, "batch_size": 256,
@@ -103,6 +104,34 @@ def test_gba_biases_get_no_gradient_and_stay_in_range():
     b = tr.sae.b_enc
     assert not torch.equal(b, start)
     assert (b <= 0).all() and (b >= -1).all()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gba_jumprelu_export_matches_training_latents(tied):
+    """The exported JumpReLU SAE (threshold −b, no encoder bias, input scale folded) gives the
+    training-time latents w·x · 1[w·x + b > 0] and reconstruction on raw activations."""
+    x = _data() * 30
+    cfg = TrainConfig(method="gba", d_sae=64, n_tokens=256 * 40, batch_size=256, gba_interval=5,
+                      gba_activation="jumprelu", gba_tied=tied, lr=3e-3)
+    tr = make_trainer(cfg, 16)
+    tr.setup(x[:4096])
+    for i in range(cfg.n_steps):
+        a = (i * 256) % (len(x) - 256)
+        tr.train_step(x[a:a + 256])
+    assert (tr.sae.b_enc < 0).any()  # the biases moved, so the gate is not trivial
+    out = tr.export()
+    assert out.cfg.architecture == "jumprelu" and torch.equal(out.b_enc, torch.zeros(64))
+    assert torch.allclose(out.threshold, -tr.sae.b_enc)
+    xs = x[:512] * tr.input_scale
+    with torch.no_grad():
+        pre = tr._pre_acts(xs)
+        f = (pre - tr.sae.b_enc) * (pre > 0)
+        x_hat = tr.sae.decode(f * tr.out_scale_F if tied else f)
+        assert torch.allclose(out.encode(x[:512]), f, atol=1e-4)
+        assert torch.allclose(out(x[:512]) * tr.input_scale, x_hat, atol=1e-3)
+        assert ((f > 0) & (f < -tr.sae.b_enc)).sum() == 0  # a jump: no output between 0 and the threshold
+    with pytest.raises(ValueError, match="gba_activation"):
+        TrainConfig(method="gba", gba_activation="gelu")
 
 
 def test_gba_recovers_features_on_an_easy_case():
@@ -165,7 +194,7 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path):
         SAE.load(tmp_path)
 
 
-@pytest.mark.parametrize("arch", ["standard", "topk"])
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_sae_lens_loads_our_files(tmp_path, arch):
     sae_lens = pytest.importorskip("sae_lens")
     cfg = SAEConfig(d_in=16, d_sae=48, architecture=arch, k=5 if arch == "topk" else None,
@@ -173,6 +202,8 @@ def test_sae_lens_loads_our_files(tmp_path, arch):
     ours = SAE(cfg).init_weights(torch.Generator().manual_seed(3))
     with torch.no_grad():
         ours.b_enc.normal_(0, 0.1)
+        if arch == "jumprelu":
+            ours.threshold.uniform_(0, 0.5)
     ours.save(tmp_path)
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
     x = _data()[:64]

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-ARCHITECTURES = ("standard", "topk")
-"""Inference architectures (SAELens names): `standard` = ReLU (L1 and GBA train it), `topk`."""
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+"""Inference architectures (SAELens names): `standard` = ReLU (L1 and GBA train it), `topk`,
+`jumprelu` = ReLU zeroed at or below a per-latent threshold (GBA with `gba_activation="jumprelu"`)."""
 
 METHODS = ("topk", "relu_l1", "gba")
 """Training methods; each has one trainer class (registry: `resa_utils.sae.train.TRAINERS`)."""
@@ -20,7 +21,7 @@ class SAEConfig:
     d_sae: int
     """Number of latents."""
     architecture: str = "standard"
-    """'standard' (ReLU) or 'topk'."""
+    """'standard' (ReLU), 'topk' or 'jumprelu' (ReLU(pre) · 1[pre > threshold])."""
     k: int | None = None
     """Active latents per token (topk only)."""
     dtype: str = "float32"
@@ -94,6 +95,9 @@ class TrainConfig:
     [-1, 0] bias range, so frequencies stop following their targets."""
     gba_eps: float = 1e-6
     """GBA: a latent firing on a smaller share of buffered tokens counts as nearly dead."""
+    gba_activation: str = "relu"
+    """GBA: 'relu' outputs relu(w·x + b); 'jumprelu' outputs w·x where w·x + b > 0, else 0 (the
+    bias gates without shrinking), exported as a SAELens `jumprelu` SAE with threshold −b."""
     lr: float | None = None
     """Adam learning rate; None = sparsify's width-scaled 2e-4 / sqrt(d_sae / 16384)."""
     lr_decay_frac: float = 0.2
@@ -144,6 +148,8 @@ class TrainConfig:
                 (self.gba_gamma > 0, f"gba_gamma={self.gba_gamma} must be > 0"),
                 (0 <= self.gba_eps < self.gba_p_low,
                  f"gba_eps={self.gba_eps} must be in [0, gba_p_low={self.gba_p_low})"),
+                (self.gba_activation in ("relu", "jumprelu"),
+                 f"gba_activation={self.gba_activation!r} must be 'relu' or 'jumprelu'"),
             ]
         for ok, msg in checks:
             if not ok:

@@ -7,12 +7,17 @@ update, each latent m of group k with firing frequency p_m and max pre-activatio
 `b_m <- max(b_m - γ r_m, -1)` if p_m > p_k, or `b_m <- min(b_m + γ s̄_k, 0)` if p_m < ε,
 with s̄_k the mean positive r in its group. Biases stay in [-1, 0]; the centred inputs have unit mean norm.
 Group assignment and ε are not fixed by the paper's text we could read: both are parameters.
+With `gba_activation="jumprelu"` the bias only gates: a latent outputs w·x where w·x + b > 0
+(secondary sources describe the ICLR version this way); the export is a SAELens JumpReLU SAE
+with threshold −b and no encoder bias.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .config import SAEConfig
+from .model import SAE
 from .trainer import Trainer
 
 
@@ -48,14 +53,24 @@ class GBATrainer(Trainer):
         W_enc = sae.W_dec.t() if self.cfg.gba_tied else sae.W_enc
         return torch.addmm(sae.b_enc, x_BD - sae.b_dec, W_enc)
 
-    def export(self):
-        """Untie for inference: W_enc = unit directions, W_dec rows = a_m · direction."""
+    def export(self) -> SAE:
+        """Untie for inference (W_enc = unit directions, W_dec rows = a_m · direction) and, for
+        JumpReLU, move the bias into the threshold (folding the input scale leaves the
+        pre-activations, hence the threshold, unchanged)."""
         out = super().export()
         if self.cfg.gba_tied:
             with torch.no_grad():
                 unit = self.sae.W_dec.detach().cpu()
                 out.W_enc.copy_(unit.t() * self.input_scale)
                 out.W_dec.copy_(unit * self.out_scale_F.detach().cpu()[:, None] / self.input_scale)
+        if self.cfg.gba_activation == "jumprelu":
+            jump = SAE(SAEConfig.from_dict({**out.cfg.to_dict(), "architecture": "jumprelu"}))
+            with torch.no_grad():
+                for name in ("W_enc", "W_dec", "b_dec"):
+                    getattr(jump, name).copy_(getattr(out, name))
+                jump.threshold.copy_(-out.b_enc)
+                jump.b_enc.zero_()
+            out = jump
         return out
 
     def _reset_buffer(self) -> None:
@@ -67,7 +82,7 @@ class GBATrainer(Trainer):
     def loss(self, x_BD: torch.Tensor, stats: bool) -> tuple[torch.Tensor, dict]:
         B = x_BD.shape[0]
         pre = self._pre_acts(x_BD)
-        f = pre.relu()
+        f = (pre - self.sae.b_enc) * (pre > 0) if self.cfg.gba_activation == "jumprelu" else pre.relu()
         x_hat = self.sae.decode(f * self.out_scale_F if self.cfg.gba_tied else f)
         mse = (x_BD - x_hat).pow(2).sum() / B
         with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The SAE used for inference: `f = act(W_enc^T (x - b_dec) + b_enc)`, `x̂ = W_dec^T f + b_dec`.
+"""The SAE used for inference: `f = act(W_enc^T (x - b_dec) + b_enc)`, `x̂ = W_dec^T f + b_dec`,
+with act ReLU (`standard`), TopK, or JumpReLU (ReLU zeroed at or below a per-latent `threshold`).
 
 Parameter layout and file names follow SAELens (`W_enc [d_in, d_sae]`, `W_dec [d_sae, d_in]`,
 `cfg.json` + `sae_weights.safetensors`), so `sae_lens.SAE.load_from_disk` reads our folders.
@@ -29,6 +30,8 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(f))
         self.W_dec = nn.Parameter(torch.empty(f, d))
         self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(f))
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -53,6 +56,8 @@ class SAE(nn.Module):
         if self.cfg.architecture == "topk":
             vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+        if self.cfg.architecture == "jumprelu":
+            return pre.relu() * (pre > self.threshold)
         return pre.relu()
 
     def decode(self, f_BF: torch.Tensor) -> torch.Tensor:
