@@ -55,9 +55,17 @@ def sample_codes(cfg: SyntheticConfig, generator: torch.Generator) -> torch.Tens
 
 def make_dataset(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Return `(x_ND, features_FD)`."""
+    x, features, _ = make_dataset_with_codes(cfg)
+    return x, features
+
+
+def make_dataset_with_codes(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return `(x_ND, features_FD, codes_NF)`: the codes score firing-based matches (hold
+    N·n floats: use a small evaluation set, e.g. another seed and 20k samples)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     features = make_features(cfg.n_features, cfg.d, gen)
-    return sample_codes(cfg, gen) @ features, features
+    codes = sample_codes(cfg, gen)
+    return codes @ features, features, codes
 
 
 def max_cosines(true_FD: torch.Tensor, learned_MD: torch.Tensor) -> torch.Tensor:
@@ -69,8 +77,36 @@ def max_cosines(true_FD: torch.Tensor, learned_MD: torch.Tensor) -> torch.Tensor
 
 
 def recovery_rate(true_FD: torch.Tensor, learned_MD: torch.Tensor,
-                  thresholds: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99)) -> dict[float, float]:
+                  thresholds: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99),
+                  alive_M: torch.Tensor | None = None) -> dict[float, float]:
     """Feature Recovery Rate: share of true features matched by a learned decoder direction at
-    cosine ≥ τ, for each τ."""
+    cosine ≥ τ, for each τ. With `alive_M` (a mask), only latents that fire count: a dead
+    latent's decoder row can sit on a feature without ever reconstructing it."""
+    if alive_M is not None:
+        learned_MD = learned_MD[alive_M.to(learned_MD.device)]
+        if learned_MD.shape[0] == 0:
+            return {float(t): 0.0 for t in thresholds}
     best = max_cosines(true_FD, learned_MD)
     return {float(t): float((best >= t).float().mean()) for t in thresholds}
+
+
+def matched_firing_corr(true_FD: torch.Tensor, learned_MD: torch.Tensor, codes_NF: torch.Tensor,
+                        latents_NM: torch.Tensor) -> torch.Tensor:
+    """For each true feature, the Pearson correlation between its coefficient `h_i` and the
+    activation of the latent whose decoder row matches it best (by cosine, among latents that
+    fire on these samples): `[F]`, 0 where no latent fires. A decoder match that does not also
+    track its feature's coefficient has learned a direction, not the feature."""
+    alive = (latents_NM > 0).any(0)
+    corr = torch.zeros(true_FD.shape[0])
+    if not alive.any():
+        return corr
+    idx_alive = torch.nonzero(alive).flatten()
+    a = true_FD / true_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    b = learned_MD[idx_alive].to(a.device)
+    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    best = idx_alive[(a @ b.t()).argmax(dim=1).cpu()]
+    h = codes_NF.double() - codes_NF.double().mean(0)
+    f = latents_NM[:, best].double().cpu()
+    f = f - f.mean(0)
+    denom = (h.norm(dim=0) * f.norm(dim=0)).clamp_min(1e-12)
+    return ((h * f).sum(0) / denom).float()

@@ -59,3 +59,29 @@ def test_seed_consistency_closed_forms():
 def test_bad_synthetic_config():
     with pytest.raises(ValueError, match="sparsities"):
         SyntheticConfig(n_features=4, sparsities=(5,))
+
+
+def test_dead_latents_do_not_count_and_firing_corr_tells_a_feature_from_a_direction():
+    from resa_utils.synthetic import make_dataset_with_codes, matched_firing_corr
+
+    syn = SyntheticConfig(n_features=8, d=6, sparsities=(2,), n_samples=4000, seed=3)
+    x, feats, codes = make_dataset_with_codes(syn)
+    assert torch.allclose(x, codes @ feats) and torch.allclose(make_dataset(syn)[0], x)
+    # decoder rows = the true features; the first four are dead (never fire)
+    alive = torch.tensor([False] * 4 + [True] * 4)
+    assert recovery_rate(feats, feats, (0.99,))[0.99] == 1.0
+    assert recovery_rate(feats, feats, (0.99,), alive_M=alive)[0.99] == 0.5
+    assert recovery_rate(feats, feats, (0.99,), alive_M=torch.zeros(8, dtype=torch.bool))[0.99] == 0.0
+    # latents that read their own coefficient track it (r = 1); latents firing on noise do not
+    good = codes * 2.0
+    noise = torch.rand(codes.shape, generator=torch.Generator().manual_seed(0))
+    r_good = matched_firing_corr(feats, feats, codes, good)
+    r_noise = matched_firing_corr(feats, feats, codes, noise)
+    assert torch.allclose(r_good, torch.ones(8), atol=1e-5)
+    assert r_noise.abs().max() < 0.1
+    # a latent that never fires is skipped: feature 0's best live match is another direction
+    silent = good.clone()
+    silent[:, 0] = 0
+    r = matched_firing_corr(feats, feats, codes, silent)
+    assert r[0] < 0.5 and torch.allclose(r[1:], torch.ones(7), atol=1e-5)
+    assert torch.equal(matched_firing_corr(feats, feats, codes, torch.zeros_like(codes)), torch.zeros(8))
