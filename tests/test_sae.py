@@ -210,3 +210,30 @@ def test_sae_lens_loads_our_files(tmp_path, arch):
     with torch.no_grad():
         assert torch.allclose(theirs.encode(x), ours.encode(x), atol=1e-5)
         assert torch.allclose(theirs.decode(ours.encode(x)), ours(x), atol=1e-5)
+
+
+def test_probes_score_the_sae_along_training_and_survive_resume(tmp_path):
+    x = _data()
+    cfg = TrainConfig(method="topk", d_sae=32, k=4, n_tokens=256 * 20, batch_size=256, lr=1e-3,
+                      checkpoint_every=5)
+    fvu = lambda sae: {"fvu": evaluate_sae(sae, x[:2000])["fvu"]}  # noqa: E731
+    res = train_sae(x, cfg, progress=False, probe=fvu, probe_tokens=(1000, 2560, 9999_999))
+    assert [p["tokens"] for p in res.probes] == [1024, 2560, 5120]  # first step reaching each, and the end
+    assert res.probes[-1]["fvu"] == pytest.approx(fvu(res.sae)["fvu"], abs=1e-6)
+    assert res.probes[0]["fvu"] > res.probes[-1]["fvu"]
+    assert all("probe" not in h for h in res.history if "l0" in h)  # training rows stay as they were
+    # killed inside the step-10 probe (last checkpoint: step 5): the resumed run keeps the step-4
+    # probe row from the checkpoint and writes the later ones once
+    calls = []
+
+    def dies_once(sae):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fvu(sae)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(x, cfg, progress=False, probe=dies_once, probe_tokens=(1000, 2560), checkpoint_dir=tmp_path)
+    again = train_sae(x, cfg, progress=False, probe=dies_once, probe_tokens=(1000, 2560), checkpoint_dir=tmp_path)
+    assert [p["tokens"] for p in again.probes] == [1024, 2560, 5120]
+    assert again.probes[0]["fvu"] == pytest.approx(res.probes[0]["fvu"], abs=1e-6)

@@ -6,6 +6,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -35,6 +36,11 @@ class TrainResult:
     seconds: float = 0.0
     tokens_per_s: float = 0.0
 
+    @property
+    def probes(self) -> list[dict]:
+        """The rows written by `probe` along training (each with `step` and `tokens`)."""
+        return [{k: v for k, v in h.items() if k != "probe"} for h in self.history if h.get("probe")]
+
 
 def make_trainer(cfg: TrainConfig, d_in: int, device="cpu", metadata: dict | None = None) -> Trainer:
     return TRAINERS[cfg.method](cfg, d_in, device=device, metadata=metadata)
@@ -42,12 +48,16 @@ def make_trainer(cfg: TrainConfig, d_in: int, device="cpu", metadata: dict | Non
 
 def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
               checkpoint_dir: str | Path | None = None, metadata: dict | None = None,
-              progress: bool = True) -> TrainResult:
+              progress: bool = True, probe: Callable[[SAE], dict] | None = None,
+              probe_tokens: tuple[int, ...] = ()) -> TrainResult:
     """Train an SAE on `data`: an `acts_ND` tensor or an `(ActivationCache, hook)` pair.
 
     With `checkpoint_dir`, state is saved every `cfg.checkpoint_every` steps and at the end,
     and a rerun resumes from the last checkpoint (a finished run returns at once).
-    `device` defaults to CUDA when present, else CPU.
+    `device` defaults to CUDA when present, else CPU. With `probe`, the SAE as exported so far
+    is scored by `probe(sae) -> {metric: float}` at the first step reaching each of
+    `probe_tokens` training tokens (and at the end); the rows land in `history` (see
+    `TrainResult.probes`), so a curve along training needs one run, not one per length.
     """
     device = device if device is not None else default_device()
     sample = first_rows(data, 16_384)
@@ -79,6 +89,10 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
             if not torch.isfinite(torch.tensor(stats["loss"])):
                 raise FloatingPointError(
                     f"loss became {stats['loss']} at step {trainer.step}: lower lr (now {trainer.lr:g})")
+        if probe is not None and _probe_due(trainer.step, cfg, probe_tokens):
+            row = {k: float(v) for k, v in probe(trainer.export()).items()}
+            trainer.history.append({"probe": True, "step": trainer.step,
+                                    "tokens": trainer.step * cfg.batch_size, **row})
         if ckpt is not None and (trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.n_steps):
             trainer.save_checkpoint(ckpt)
     bar.close()
@@ -86,6 +100,14 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
     done = (trainer.step - start_step) * cfg.batch_size
     return TrainResult(sae=trainer.export(), history=trainer.history, seconds=seconds,
                        tokens_per_s=done / seconds if seconds > 0 else 0.0)
+
+
+def _probe_due(step: int, cfg: TrainConfig, probe_tokens: tuple[int, ...]) -> bool:
+    """True at the first step whose token count reaches one of `probe_tokens`, and at the end."""
+    if step == cfg.n_steps:
+        return True
+    now, before = step * cfg.batch_size, (step - 1) * cfg.batch_size
+    return any(before < t <= now for t in probe_tokens)
 
 
 def train_and_evaluate(train_ND: torch.Tensor, eval_ND: torch.Tensor, cfg: TrainConfig,
