@@ -102,3 +102,31 @@ def test_papermill_reads_every_assignment_of_every_parameters_cell():
         names = {node.targets[0].id for node in ast.parse(source).body
                  if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
         assert names == set(run.notebook_parameters(nb)), f"{nb}: papermill misses {names - set(run.notebook_parameters(nb))}"
+
+
+@pytest.mark.parametrize("change,name,text", [
+    ({"steer_source_layer": 9}, "steer_source_layer", "out of range"),
+    ({"steer_target_layer": 9}, "steer_target_layer", "out of range"),
+    ({"alphas": [-1.0, 0.5, 1.0]}, "alphas", "must include 0"),
+    ({"alphas": [-1.0, -0.5, 0.0]}, "alphas", "positive strength"),
+    ({"n_fit": 64}, "n_fit", "no held-out prompts"),
+    ({"fit_tokens": 1000, "seq_len": 600}, "fit_tokens", "too few for train"),
+    ({"cross_target": ""}, "cross_target", "go together"),
+    ({"strict_tokens": True}, "strict_tokens", "tokens for tiny-qwen2"),
+])
+def test_lrt_cross_checks(change, name, text, no_compute):
+    good = run.load_params("smoke", "02_lrt_affine_transfer")
+    with pytest.raises(P.ParameterError, match=rf"parameter `{name}(\[\d+\])?` = .*{text}"):
+        run.check_params("02_lrt_affine_transfer", {**good, **change})
+
+
+def test_lrt_refuses_one_to_one_pairing_of_two_tokenizers(no_compute):
+    from resa_utils.models import load_tokenizer
+
+    if load_tokenizer("smollm2-135m-instruct") is None or load_tokenizer("gemma-3-270m") is None:
+        pytest.skip("real tokenizers not converted yet (make models)")
+    good = run.load_params("smoke", "02_lrt_affine_transfer")
+    bad = {**good, "cross_source": "smollm2-135m-instruct", "cross_target": "gemma-3-270m", "cross_pairing": "tokens"}
+    with pytest.raises(P.ParameterError, match="parameter `cross_pairing` = .*tokenize differently.*word_end"):
+        run.check_params("02_lrt_affine_transfer", bad)
+    run.check_params("02_lrt_affine_transfer", {**bad, "cross_pairing": "word_end"})
