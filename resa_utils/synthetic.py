@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -60,12 +60,21 @@ def make_dataset(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_dataset_with_codes(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return `(x_ND, features_FD, codes_NF)`: the codes score firing-based matches (hold
-    N·n floats: use a small evaluation set, e.g. another seed and 20k samples)."""
+    """Return `(x_ND, features_FD, codes_NF)` (the codes hold N·n floats; for a held-out set
+    on the same features use `fresh_samples`)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     features = make_features(cfg.n_features, cfg.d, gen)
     codes = sample_codes(cfg, gen)
     return codes @ features, features, codes
+
+
+def fresh_samples(cfg: SyntheticConfig, features_FD: torch.Tensor, n_samples: int,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(x_ND, codes_NF)`: new samples of the same features from an independent generator (a
+    held-out set for firing-based matches; `cfg.seed` would redraw the features too)."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = sample_codes(replace(cfg, n_samples=n_samples), gen)
+    return codes @ features_FD, codes
 
 
 def max_cosines(true_FD: torch.Tensor, learned_MD: torch.Tensor) -> torch.Tensor:
@@ -105,8 +114,9 @@ def matched_firing_corr(true_FD: torch.Tensor, learned_MD: torch.Tensor, codes_N
     b = learned_MD[idx_alive].to(a.device)
     b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
     best = idx_alive[(a @ b.t()).argmax(dim=1).cpu()]
-    h = codes_NF.double() - codes_NF.double().mean(0)
-    f = latents_NM[:, best].double().cpu()
+    h = codes_NF.double().cpu()
+    h = h - h.mean(0)
+    f = latents_NM[:, best.to(latents_NM.device)].double().cpu()
     f = f - f.mean(0)
     denom = (h.norm(dim=0) * f.norm(dim=0)).clamp_min(1e-12)
     return ((h * f).sum(0) / denom).float()

@@ -64,3 +64,5 @@ def test_spliced_ce_matches_hand_computed_splices(tiny_lm, tiny_windows):
     assert ent.shape == w.shape and (ent >= 0).all() and (ent <= torch.log(torch.tensor(float(V))) + 1e-4).all()
     with pytest.raises(ValueError, match="d_in"):
         spliced_ce(tiny_lm, {"bad": (resid_hook(1), _identity_sae(d + 1))}, w)
+    with pytest.raises(ValueError, match="named 'clean'"):
+        spliced_ce(tiny_lm, {"clean": (resid_hook(1), _identity_sae(d))}, w)

@@ -129,7 +129,9 @@ def test_gba_jumprelu_export_matches_training_latents(tied):
         x_hat = tr.sae.decode(f * tr.out_scale_F if tied else f)
         assert torch.allclose(out.encode(x[:512]), f, atol=1e-4)
         assert torch.allclose(out(x[:512]) * tr.input_scale, x_hat, atol=1e-3)
-        assert ((f > 0) & (f < -tr.sae.b_enc)).sum() == 0  # a jump: no output between 0 and the threshold
+        loss_fvu = tr.loss(xs, True)[1]["fvu"]  # the trainer's own forward, not the formula above
+        assert float(loss_fvu) == pytest.approx(float(tr.batch_fvu(xs, out(x[:512]) * tr.input_scale)), abs=1e-4)
+        assert ((out.encode(x[:512]) > 0) & (out.encode(x[:512]) <= out.threshold)).sum() == 0  # a jump at the threshold
     with pytest.raises(ValueError, match="gba_activation"):
         TrainConfig(method="gba", gba_activation="gelu")
 
@@ -221,7 +223,10 @@ def test_probes_score_the_sae_along_training_and_survive_resume(tmp_path):
     assert [p["tokens"] for p in res.probes] == [1024, 2560, 5120]  # first step reaching each, and the end
     assert res.probes[-1]["fvu"] == pytest.approx(fvu(res.sae)["fvu"], abs=1e-6)
     assert res.probes[0]["fvu"] > res.probes[-1]["fvu"]
-    assert all("probe" not in h for h in res.history if "l0" in h)  # training rows stay as they were
+    plain = train_sae(x, cfg, progress=False)
+    assert res.history == plain.history and plain.probes == []  # probes leave training alone
+    with pytest.raises(ValueError, match="may not be named"):
+        train_sae(x, cfg, progress=False, probe=lambda sae: {"step": 1.0})
     # killed inside the step-10 probe (last checkpoint: step 5): the resumed run keeps the step-4
     # probe row from the checkpoint and writes the later ones once
     calls = []

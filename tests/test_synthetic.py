@@ -67,6 +67,10 @@ def test_dead_latents_do_not_count_and_firing_corr_tells_a_feature_from_a_direct
     syn = SyntheticConfig(n_features=8, d=6, sparsities=(2,), n_samples=4000, seed=3)
     x, feats, codes = make_dataset_with_codes(syn)
     assert torch.allclose(x, codes @ feats) and torch.allclose(make_dataset(syn)[0], x)
+    from resa_utils.synthetic import fresh_samples
+    x2, codes2 = fresh_samples(syn, feats, 500, seed=99)
+    assert torch.allclose(x2, codes2 @ feats) and (codes2 > 0).sum(1).eq(2).all()
+    assert not (x2[:, None, :] == x[None, :, :]).all(-1).any()  # new draws, not the training rows
     # decoder rows = the true features; the first four are dead (never fire)
     alive = torch.tensor([False] * 4 + [True] * 4)
     assert recovery_rate(feats, feats, (0.99,))[0.99] == 1.0

@@ -76,6 +76,8 @@ def spliced_ce(lm, splices: dict[str, tuple[str, "SAE | Callable"]], windows_NT:
     bos = getattr(lm.tokenizer, "bos_token_id", None)
     per_window: dict[str, list[torch.Tensor]] = {"clean": [], **{n: [] for n in splices}}
     ent: list[torch.Tensor] = []
+    if "clean" in splices:
+        raise ValueError("a splice may not be named 'clean' (the unspliced pass's name)")
     moved = {n: (h, _as_splice(lm, n, f)) for n, (h, f) in splices.items()}
     for a in range(0, windows_NT.shape[0], batch_size):
         ids = windows_NT[a:a + batch_size].to(lm.device)
@@ -106,7 +108,10 @@ def spliced_ce(lm, splices: dict[str, tuple[str, "SAE | Callable"]], windows_NT:
     return out
 
 
-def _as_splice(lm, name: str, fn) -> Callable[[torch.Tensor], torch.Tensor]:
+Splice = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _as_splice(lm, name: str, fn: "SAE | Splice") -> Splice:
     """An SAE (checked against the model's width, copied to its device, run in float32) or a
     plain function of the activations, as a function acts -> replacement."""
     if not isinstance(fn, SAE):

@@ -34,12 +34,10 @@ class TrainResult:
     """The trained SAE, reading raw activations (input scale folded in)."""
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    """Training wall-clock of this call, probes excluded."""
     tokens_per_s: float = 0.0
-
-    @property
-    def probes(self) -> list[dict]:
-        """The rows written by `probe` along training (each with `step` and `tokens`)."""
-        return [{k: v for k, v in h.items() if k != "probe"} for h in self.history if h.get("probe")]
+    probes: list[dict] = field(default_factory=list)
+    """Rows scored by `probe` along training, each with `step` and `tokens`."""
 
 
 def make_trainer(cfg: TrainConfig, d_in: int, device="cpu", metadata: dict | None = None) -> Trainer:
@@ -56,8 +54,8 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
     and a rerun resumes from the last checkpoint (a finished run returns at once).
     `device` defaults to CUDA when present, else CPU. With `probe`, the SAE as exported so far
     is scored by `probe(sae) -> {metric: float}` at the first step reaching each of
-    `probe_tokens` training tokens (and at the end); the rows land in `history` (see
-    `TrainResult.probes`), so a curve along training needs one run, not one per length.
+    `probe_tokens` training tokens (and at the end); the rows are checkpointed with the run and
+    returned as `TrainResult.probes`, so a curve along training needs one run, not one per length.
     """
     device = device if device is not None else default_device()
     sample = first_rows(data, 16_384)
@@ -72,7 +70,7 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
     stream = batch_stream(data, cfg.batch_size, cfg.seed, trainer.step)
     bar = tqdm(total=cfg.n_steps, initial=trainer.step, desc=f"train {cfg.method}",
                disable=not progress, leave=False, mininterval=PROGRESS_INTERVAL_S)
-    t0, start_step = time.perf_counter(), trainer.step
+    t0, start_step, probe_s = time.perf_counter(), trainer.step, 0.0
     while trainer.step < cfg.n_steps:
         x = next(stream)
         if trainer.step == start_step:
@@ -90,16 +88,19 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
                 raise FloatingPointError(
                     f"loss became {stats['loss']} at step {trainer.step}: lower lr (now {trainer.lr:g})")
         if probe is not None and _probe_due(trainer.step, cfg, probe_tokens):
+            tp = time.perf_counter()
             row = {k: float(v) for k, v in probe(trainer.export()).items()}
-            trainer.history.append({"probe": True, "step": trainer.step,
-                                    "tokens": trainer.step * cfg.batch_size, **row})
+            if {"step", "tokens"} & row.keys():
+                raise ValueError(f"probe metrics may not be named 'step' or 'tokens' (got {sorted(row)})")
+            trainer.probes.append({"step": trainer.step, "tokens": trainer.step * cfg.batch_size, **row})
+            probe_s += time.perf_counter() - tp
         if ckpt is not None and (trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.n_steps):
             trainer.save_checkpoint(ckpt)
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - probe_s
     done = (trainer.step - start_step) * cfg.batch_size
     return TrainResult(sae=trainer.export(), history=trainer.history, seconds=seconds,
-                       tokens_per_s=done / seconds if seconds > 0 else 0.0)
+                       tokens_per_s=done / seconds if seconds > 0 else 0.0, probes=trainer.probes)
 
 
 def _probe_due(step: int, cfg: TrainConfig, probe_tokens: tuple[int, ...]) -> bool:

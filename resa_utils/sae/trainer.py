@@ -36,6 +36,7 @@ class Trainer:
         self.step = 0
         self.input_scale = 1.0
         self.history: list[dict] = []
+        self.probes: list[dict] = []  # rows scored by `train_sae`'s probe along training
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
         self.opt: torch.optim.Optimizer | None = None
 
@@ -132,7 +133,8 @@ class Trainer:
         with atomic_path(folder / CKPT_TENSORS) as tmp:
             save_file(tensors, str(tmp), metadata={"step": str(self.step)})
         write_json(folder / CKPT_STATE, {"step": self.step, "input_scale": self.input_scale,
-                                         "history": self.history, "cfg": asdict(self.cfg),
+                                         "history": self.history, "probes": self.probes,
+                                         "cfg": asdict(self.cfg),
                                          "extra": extra_j})
 
     def load_checkpoint(self, folder: Path) -> bool:
@@ -160,6 +162,7 @@ class Trainer:
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
             group["lr"] = base * self._lr_factor(self.step)
         self.history = state["history"]
+        self.probes = state.get("probes", [])
         self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")},
                               state["extra"])
         return True
