@@ -105,6 +105,22 @@ def test_papermill_reads_every_assignment_of_every_parameters_cell():
 
 
 @pytest.mark.parametrize("change,name,text", [
+    ({"layers": [0, 9]}, "layers", "out of range"),
+    ({"dense_threshold": 1.5}, "dense_threshold", ""),
+    ({"seed_match_cos": 0.0}, "seed_match_cos", ""),
+    ({"corpus": "wiki-vital"}, "pos_analysis", "no tags"),
+    ({"eval_tokens": 500, "ce_tokens": 126}, "eval_tokens", "at least 2000"),
+    ({"ce_tokens": 4096}, "ce_tokens", "must not exceed eval_tokens"),
+    ({"density_sweep": [0.05, 0.2]}, "density_sweep", "should include dense_threshold"),
+])
+def test_dense_latents_cross_checks(change, name, text, no_compute):
+    good = run.load_params("smoke", "03_dense_latents")
+    with pytest.raises(P.ParameterError, match=rf"parameter `{name}(\[\d+\])?` = .*{text}"):
+        run.check_params("03_dense_latents", {**good, **change})
+    run.check_params("03_dense_latents", {**good, "corpus": "wiki-vital", "pos_analysis": False})
+
+
+@pytest.mark.parametrize("change,name,text", [
     ({"steer_source_layer": 9}, "steer_source_layer", "out of range"),
     ({"steer_target_layer": 9}, "steer_target_layer", "out of range"),
     ({"alphas": [-1.0, 0.5, 1.0]}, "alphas", "must include 0"),
