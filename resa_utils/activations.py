@@ -219,6 +219,12 @@ class ActivationCache:
             raise FileNotFoundError(f"no activation cache at {self.folder}: run ActivationCache.build")
         self.manifest = read_json(self.manifest_path)
 
+    @staticmethod
+    def is_complete(folder: str | Path) -> bool:
+        """Whether `folder` holds a finished cache (a killed or absent build is not)."""
+        manifest_path = Path(folder) / "manifest.json"
+        return manifest_path.exists() and bool(read_json(manifest_path).get("complete", False))
+
     # ------------------------------------------------------------------ writing
     @classmethod
     def build(cls, folder: str | Path, lm, windows_NT: torch.Tensor, hooks: list[str],

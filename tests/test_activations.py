@@ -88,8 +88,10 @@ def _counting(lm):
 def test_cache_roundtrip_and_resume(tmp_path, tiny_lm, tiny_windows):
     hooks = [resid_hook(1), resid_hook(2)]
     direct = harvest(tiny_lm, tiny_windows, hooks, progress=False)
+    assert not ActivationCache.is_complete(tmp_path / "c")  # nothing there yet
     cache = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows, hooks, windows_per_shard=5,
                                   progress=False)
+    assert ActivationCache.is_complete(tmp_path / "c")
     assert cache.n_tokens == direct[hooks[0]].shape[0]
     for h in hooks:
         assert torch.equal(cache.load(h), direct[h])
@@ -101,6 +103,7 @@ def test_cache_roundtrip_and_resume(tmp_path, tiny_lm, tiny_windows):
     cache.manifest_path.write_text(json.dumps(manifest))
     for s in dropped:
         (tmp_path / "c" / s["file"]).unlink()
+    assert not ActivationCache.is_complete(tmp_path / "c")  # a killed harvest is not complete
     seen, handle = _counting(tiny_lm)
     try:
         resumed = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows, hooks,
