@@ -77,12 +77,17 @@ def fresh_samples(cfg: SyntheticConfig, features_FD: torch.Tensor, n_samples: in
     return codes @ features_FD, codes
 
 
-def max_cosines(true_FD: torch.Tensor, learned_MD: torch.Tensor) -> torch.Tensor:
-    """For each true feature, the best cosine with any learned direction: `[F]`."""
+def cosines(true_FD: torch.Tensor, learned_MD: torch.Tensor) -> torch.Tensor:
+    """Cosine of every true feature with every learned direction: `[F, M]` (on `true_FD`'s device)."""
     a = true_FD / true_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     learned_MD = learned_MD.to(true_FD.device)
     b = learned_MD / learned_MD.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (a @ b.t()).max(dim=1).values
+    return a @ b.t()
+
+
+def max_cosines(true_FD: torch.Tensor, learned_MD: torch.Tensor) -> torch.Tensor:
+    """For each true feature, the best cosine with any learned direction: `[F]`."""
+    return cosines(true_FD, learned_MD).max(dim=1).values
 
 
 def recovery_rate(true_FD: torch.Tensor, learned_MD: torch.Tensor,
@@ -110,10 +115,7 @@ def matched_firing_corr(true_FD: torch.Tensor, learned_MD: torch.Tensor, codes_N
     if not alive.any():
         return corr
     idx_alive = torch.nonzero(alive).flatten()
-    a = true_FD / true_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    b = learned_MD[idx_alive].to(a.device)
-    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    best = idx_alive[(a @ b.t()).argmax(dim=1).cpu()]
+    best = idx_alive[cosines(true_FD, learned_MD[idx_alive.to(learned_MD.device)]).argmax(dim=1).cpu()]
     h = codes_NF.double().cpu()
     h = h - h.mean(0)
     f = latents_NM[:, best.to(latents_NM.device)].double().cpu()
