@@ -218,6 +218,7 @@ class ActivationCache:
         if not self.manifest_path.exists():
             raise FileNotFoundError(f"no activation cache at {self.folder}: run ActivationCache.build")
         self.manifest = read_json(self.manifest_path)
+        self._verified: dict[str, tuple[int, int]] = {}  # shard file -> (size, mtime_ns) hashed OK
 
     @staticmethod
     def is_complete(folder: str | Path) -> bool:
@@ -301,8 +302,11 @@ class ActivationCache:
         problem = None
         if not path.exists():
             problem = "is missing"
-        elif verify and sha256_file(path) != shard["sha256"]:
+        elif verify and not self._already_verified(path) and sha256_file(path) != shard["sha256"]:
             problem = "is corrupt or truncated (sha256 mismatch)"
+        elif verify:  # hashed once per cache object: a shard holds every hook, read once per hook
+            st = path.stat()
+            self._verified[shard["file"]] = (st.st_size, st.st_mtime_ns)
         if problem is None:
             try:  # read this hook's tensor only, not every hook's in the shard
                 with safe_open(str(path), framework="pt") as fh:
@@ -315,6 +319,10 @@ class ActivationCache:
                 "(or the whole folder) and rerun the harvest; finished shards are kept"
             )
         return acts
+
+    def _already_verified(self, path: Path) -> bool:
+        st = path.stat()
+        return self._verified.get(path.name) == (st.st_size, st.st_mtime_ns)
 
     def load(self, hook: str, verify: bool = True) -> torch.Tensor:
         """All activations at `hook`, in corpus order: `acts_ND`."""

@@ -119,6 +119,7 @@ def test_cache_refuses_other_inputs_and_corrupt_shards(tmp_path, tiny_lm, tiny_w
                                   windows_per_shard=8, progress=False)
     with pytest.raises(ValueError, match="built from other inputs"):
         ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows[:10], [resid_hook(1)], progress=False)
+    cache.load(resid_hook(1))  # hashes every shard once; a later change must still be caught
     shard = tmp_path / "c" / cache.manifest["shards"][1]["file"]
     shard.write_bytes(shard.read_bytes()[:100])  # truncated
     with pytest.raises(ValueError, match="corrupt or truncated.*rerun the harvest"):

@@ -74,6 +74,31 @@ def test_sparse_topk_kernel_matches_dense_autograd():
         assert torch.allclose(s.grad, d.grad, rtol=1e-4, atol=1e-4), (s.grad - d.grad).abs().max()
 
 
+@pytest.mark.parametrize("n_dead", [5, 200])  # fewer dead latents than aux_k, and more
+def test_dense_auxk_over_dead_latents_matches_the_sparse_path(monkeypatch, n_dead):
+    from resa_utils.sae import topk as topk_mod
+    from resa_utils.sae.train import make_trainer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 16, generator=g)
+    cfg = TrainConfig(method="topk", d_sae=1024, k=4, aux_k=8, dead_tokens=10, n_tokens=1024, batch_size=128)
+    grads = []
+    for ratio in (10**9, 0):  # dense over the dead latents, then sparse over all
+        monkeypatch.setattr(topk_mod, "AUX_DENSE_MAX_RATIO", ratio)
+        tr = make_trainer(cfg, 16)
+        tr.setup(x)
+        tr.tokens_since_fired[torch.randperm(1024, generator=torch.Generator().manual_seed(1))[:n_dead]] = 100
+        loss, out = tr.loss(x, stats=True)
+        assert out["auxk"] > 0
+        tr.sae.zero_grad()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in tr.sae.parameters()]))
+    (l_dense, g_dense), (l_sparse, g_sparse) = grads
+    assert torch.allclose(l_dense, l_sparse, rtol=1e-5)
+    for a, b in zip(g_dense, g_sparse):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+
+
 # ----------------------------------------------------------------------------- training
 @pytest.mark.parametrize("method,kw", [("topk", {"k": 4}), ("topk", {"k": 4, "d_sae": 1024}),
                                         ("relu_l1", {"l1_coefficient": 1e-3}), ("gba", {}),

@@ -39,7 +39,9 @@ class _GatherEncode(torch.autograd.Function):
         S_BF = _csr_BF(idx_BK, grad_BK.contiguous(), n_latents)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            grad_W_enc = (S_BF.t() @ (x_BD - b_dec_D)).t()  # [D, F]
+            # dense @ CSR writes [D, F] in W_enc's own layout; (S^T x)^T would need a
+            # transposing copy in autograd (7 vs 22 ms at B=512, d=640, 8192 latents)
+            grad_W_enc = (x_BD - b_dec_D).t().contiguous() @ S_BF
         grad_b_enc = torch.zeros(n_latents, dtype=grad_BK.dtype, device=grad_BK.device)
         grad_b_enc.index_add_(0, idx_BK.reshape(-1), grad_BK.reshape(-1))
         grad_b_dec = -(W_enc_DF @ grad_b_enc)
