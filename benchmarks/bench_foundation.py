@@ -3,7 +3,9 @@ is against a baseline measured in this same run (no stored reference numbers).
 
 1. SAE training step (d=640, d_sae=8192, k=32, batch 4096, Adam, fp32): tokens/s of our
    sparse TopK trainer vs EleutherAI sparsify, SAELens and a plain dense PyTorch TopK, plus
-   our dense ReLU trainers (relu_l1, gba with ReLU and with JumpReLU). Methods run round-robin
+   our ReLU-family trainers (relu_l1, gba with ReLU and with JumpReLU), and for them at a
+   sparse firing pattern (encoder biases -0.1) the dense path against the sparse ReLU kernel.
+   Methods run round-robin
    (one step each per round, so background load hits all alike); the median step time is
    reported. Achieved FLOP/s is divided by this machine's fp32 matmul peak, measured here as
    the best of two `torch.mm`s.
@@ -101,16 +103,28 @@ def matmul_rows() -> list[Row]:
 # --------------------------------------------------------------------------- SAE steppers
 
 
-def ours_step(method: str, sample: torch.Tensor, **overrides) -> Step:
-    from resa_utils.sae import TrainConfig
+def ours_step(method: str, sample: torch.Tensor, bias: float | None = None,
+              relu_path: str | None = None, **overrides) -> Step:
+    """One training step of our trainer. `bias` sets every encoder bias after set-up (a
+    ReLU-family SAE then fires on few latents, as after training); `relu_path` forces the ReLU
+    kernel's 'sparse' or 'dense' path (default: its own switch)."""
+    from resa_utils.sae import TrainConfig, kernels
     from resa_utils.sae.train import make_trainer
 
     cfg = TrainConfig(method=method, d_sae=F, k=K, batch_size=B, n_tokens=B * 1000, **overrides)
     tr = make_trainer(cfg, d_in=D)
     tr.setup(sample)
+    if bias is not None:
+        with torch.no_grad():
+            tr.sae.b_enc.fill_(bias)
+    share = {None: kernels.RELU_SPARSE_MAX_ACTIVE, "sparse": 1.0, "dense": -1.0}[relu_path]
 
     def step(x: torch.Tensor) -> None:
-        tr.train_step(x)
+        saved, kernels.RELU_SPARSE_MAX_ACTIVE = kernels.RELU_SPARSE_MAX_ACTIVE, share
+        try:
+            tr.train_step(x)
+        finally:
+            kernels.RELU_SPARSE_MAX_ACTIVE = saved
 
     return step
 
@@ -239,6 +253,13 @@ def bench_sae(quick: bool) -> list[Goal]:
         Row("resa relu_l1", ours_step("relu_l1", sample), dense_flops),
         Row("resa gba (tied)", ours_step("gba", sample), dense_flops),
         Row("resa gba (tied, JumpReLU)", ours_step("gba", sample, gba_activation="jumprelu"), dense_flops),
+        Row("resa gba (tied, b=-0.1) dense", ours_step("gba", sample, bias=-0.1, relu_path="dense"),
+            dense_flops, note="b = -0.1: few latents fire, as GBA's ladder makes them"),
+        Row("resa gba (tied, b=-0.1) sparse", ours_step("gba", sample, bias=-0.1, relu_path="sparse"),
+            note="sparse ReLU kernel; compare with the row above"),
+        Row("resa relu_l1 (b=-0.1) dense", ours_step("relu_l1", sample, bias=-0.1, relu_path="dense"),
+            dense_flops),
+        Row("resa relu_l1 (b=-0.1) sparse", ours_step("relu_l1", sample, bias=-0.1, relu_path="sparse")),
     ]
     mms = matmul_rows()
     secs = round_robin(mms + rows, batches, warmup, n)
@@ -385,6 +406,9 @@ def bench_load(quick: bool) -> list[Goal]:
 
 
 def main() -> None:
+    from resa_utils.perf import tune_allocator
+
+    tune_allocator()  # as every notebook does (start_run): all rows share it
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, tiny model, no GGUF")
     parser.add_argument("--tiny", action="store_true",

@@ -111,6 +111,9 @@ def bench_lora(names: list[str], steps: int) -> list[str]:
 
 
 def main() -> None:
+    from resa_utils.perf import tune_allocator
+
+    tune_allocator()  # as every notebook does (start_run): all rows share it
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random models: checks it runs")
     args = parser.parse_args()

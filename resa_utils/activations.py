@@ -218,7 +218,7 @@ class ActivationCache:
         if not self.manifest_path.exists():
             raise FileNotFoundError(f"no activation cache at {self.folder}: run ActivationCache.build")
         self.manifest = read_json(self.manifest_path)
-        self._verified: dict[str, tuple[int, int]] = {}  # shard file -> (size, mtime_ns) hashed OK
+        self._verified: dict[str, tuple[int, ...]] = {}  # shard file -> its `_file_stamp` when hashed OK
 
     @staticmethod
     def is_complete(folder: str | Path) -> bool:
@@ -302,11 +302,11 @@ class ActivationCache:
         problem = None
         if not path.exists():
             problem = "is missing"
-        elif verify and not self._already_verified(path) and sha256_file(path) != shard["sha256"]:
-            problem = "is corrupt or truncated (sha256 mismatch)"
-        elif verify:  # hashed once per cache object: a shard holds every hook, read once per hook
-            st = path.stat()
-            self._verified[shard["file"]] = (st.st_size, st.st_mtime_ns)
+        elif verify and (stamp := _file_stamp(path)) != self._verified.get(shard["file"]):
+            if sha256_file(path) != shard["sha256"]:
+                problem = "is corrupt or truncated (sha256 mismatch)"
+            else:  # hashed once per cache object: a shard holds every hook, read once per hook
+                self._verified[shard["file"]] = stamp
         if problem is None:
             try:  # read this hook's tensor only, not every hook's in the shard
                 with safe_open(str(path), framework="pt") as fh:
@@ -319,10 +319,6 @@ class ActivationCache:
                 "(or the whole folder) and rerun the harvest; finished shards are kept"
             )
         return acts
-
-    def _already_verified(self, path: Path) -> bool:
-        st = path.stat()
-        return self._verified.get(path.name) == (st.st_size, st.st_mtime_ns)
 
     def load(self, hook: str, verify: bool = True) -> torch.Tensor:
         """All activations at `hook`, in corpus order: `acts_ND`."""
@@ -353,6 +349,13 @@ class ActivationCache:
                     yield pool[j * batch_size:(j + 1) * batch_size]
                 rest = pool[n_full * batch_size:]
                 buf, held = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+
+
+def _file_stamp(path: Path) -> tuple[int, ...]:
+    """Changes whenever the file's contents may have (taken before hashing it): inode, size and
+    both timestamps (ctime cannot be set back by copying tools, unlike mtime)."""
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _fingerprint(model: str, windows_NT: torch.Tensor, hooks: list[str], drop_bos: bool) -> str:

@@ -7,7 +7,8 @@ import torch
 
 from .sae import SAE, TrainConfig, evaluate_sae, train_sae
 from .sae.train import train_and_evaluate  # noqa: F401  (notebook 05 imports it from here)
-from .synthetic import SyntheticConfig, make_dataset, max_cosines, recovery_rate
+from .synthetic import (SyntheticConfig, fresh_samples, make_dataset, matched_firing_corr, max_cosines,
+                        recovery_rate)
 
 THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
 
@@ -22,6 +23,49 @@ def synthetic_recovery(syn: SyntheticConfig, train: TrainConfig,
     rec = recovery_rate(features, result.sae.W_dec.detach(), thresholds)
     return {**{f"recovery@{t}": r for t, r in rec.items()}, "fvu": ev["fvu"], "l0": ev["l0"],
             "dead_frac": ev["dead_frac"], "seconds": result.seconds, "curve": result.history}
+
+
+FIRING_R = 0.9
+"""A feature counts as recovered by firing when its best live decoder match also fires with its
+coefficient: Pearson r ≥ this between `h_i` and the latent's activation on held-out samples."""
+
+
+@torch.no_grad()
+def synthetic_scores(sae: SAE, features_FD: torch.Tensor, x_ND: torch.Tensor, codes_NF: torch.Tensor,
+                     thresholds: tuple[float, ...] = THRESHOLDS) -> dict[str, float]:
+    """Recovery of known features by `sae`, scored on held-out samples `x_ND` (codes `codes_NF`):
+    `recovery@τ` over live latents only (a dead latent's decoder row can sit on a feature
+    without ever reconstructing it), `recovery_all@τ` over every row (the old metric, for
+    contrast), `firing@r` (share of features whose best live match fires with r ≥ FIRING_R),
+    the mean of that r, and FVU, L0 and dead fraction on the same samples."""
+    ev = evaluate_sae(sae, x_ND)
+    alive = ev["density"] > 0
+    W = sae.W_dec.detach().float().cpu()
+    live = recovery_rate(features_FD, W, thresholds, alive_M=alive)
+    every = recovery_rate(features_FD, W, thresholds)
+    lat = torch.cat([sae.encode(x_ND[a:a + 8192].to(sae.W_enc.device)).cpu() for a in range(0, len(x_ND), 8192)])
+    r = matched_firing_corr(features_FD, W, codes_NF, lat)
+    return {**{f"recovery@{t}": v for t, v in live.items()}, **{f"recovery_all@{t}": v for t, v in every.items()},
+            f"firing@{FIRING_R}": float((r >= FIRING_R).float().mean()), "firing_r_mean": float(r.mean()),
+            "fvu": ev["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"]}
+
+
+def synthetic_run(syn: SyntheticConfig, train: TrainConfig, probe_samples: tuple[int, ...] = (),
+                  n_eval: int = 20_000, thresholds: tuple[float, ...] = THRESHOLDS,
+                  checkpoint_dir=None, device=None) -> dict:
+    """Train one SAE on synthetic data and score it (`synthetic_scores`) on `n_eval` fresh
+    held-out samples of the same features, at each of `probe_samples` training samples and at
+    the end (`train.n_tokens`, the stopping rule fixed before the run). Returns the final
+    scores, `seconds` (training only) and `curve`: one row per probe with `samples`."""
+    x_ND, features = make_dataset(syn)
+    x_ev, codes_ev = fresh_samples(syn, features, n_eval, seed=syn.seed + 1_000_003)
+    probe = lambda sae: synthetic_scores(sae, features, x_ev, codes_ev, thresholds)  # noqa: E731
+    result = train_sae(x_ND, train, progress=False, device=device, probe=probe,
+                       probe_tokens=tuple(probe_samples), checkpoint_dir=checkpoint_dir)
+    curve = [{"samples": r.pop("tokens"), **{k: v for k, v in r.items() if k != "step"}}
+             for r in (dict(p) for p in result.probes)]
+    final = {k: v for k, v in curve[-1].items() if k != "samples"}
+    return {**final, "seconds": result.seconds, "curve": curve}
 
 
 def pairwise_consistency(saes: list[SAE], thresholds: tuple[float, ...] = (0.9, 0.7),
@@ -46,3 +90,19 @@ def pairwise_consistency(saes: list[SAE], thresholds: tuple[float, ...] = (0.9, 
     out = {f"consistency@{t}": sum(v) / len(v) if v else nan for t, v in shares.items()}
     out["median_max_cos"] = sum(medians) / len(medians) if medians else nan
     return out
+
+
+def best_match_cosines(a: SAE, b: SAE, alive_a: torch.Tensor | None = None) -> torch.Tensor:
+    """For each latent of `a` (only those in the mask `alive_a`, if given), the cosine of its
+    decoder row with the best-matching row of `b`: `[M]`, whose distribution is seed consistency."""
+    dec_a = a.W_dec.detach().float().cpu()
+    if alive_a is not None:
+        dec_a = dec_a[alive_a.cpu()]
+    return max_cosines(dec_a, b.W_dec.detach().float().cpu())
+
+
+def random_match_cosines(n_a: int, n_b: int, d: int, seed: int = 0) -> torch.Tensor:
+    """The same statistic for two sets of random Gaussian directions (`n_a` against `n_b` in d
+    dims): the floor a real consistency has to clear."""
+    g = torch.Generator().manual_seed(seed)
+    return max_cosines(torch.randn(n_a, d, generator=g), torch.randn(n_b, d, generator=g))

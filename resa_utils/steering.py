@@ -59,11 +59,68 @@ def steer(lm, layer: int, v_D: torch.Tensor, alpha: float):
         yield
 
 
+def generate_steered(lm, prompts: list[str], layer: int, delta_ND: torch.Tensor,
+                     max_new_tokens: int) -> list[dict]:
+    """Greedy continuations of `prompts`, prompt i steered by `delta_ND[i]` added at every position
+    of block `layer`'s output (a zero row: unsteered). All prompts run as one batch, so prompts
+    steered by different vectors share one `generate` (memory-bound on CPU: many rows cost
+    about as much as one)."""
+    from .generation import generate
+
+    if delta_ND.shape[0] != len(prompts):
+        raise ValueError(f"{delta_ND.shape[0]} steering rows for {len(prompts)} prompts: give one per prompt")
+    delta = delta_ND.to(device=lm.device, dtype=lm.dtype)[:, None, :]
+    with splice(lm.model, resid_hook(layer), lambda h: h + delta):
+        return generate(lm, prompts, max_new_tokens, batch_size=len(prompts))
+
+
+@dataclass
+class Prefix:
+    """Block `layer`'s output for one batch of left-padded prompts: the rest of the model can be
+    run from it many times (one per steering vector and α) without redoing blocks 0..layer."""
+
+    layer: int
+    h_BTD: torch.Tensor
+    attention_mask_BT: torch.Tensor
+
+
 @torch.no_grad()
-def logit_diff(lm, prompts: list[str], pos_token: str | int, neg_token: str | int,
-               batch_size: int = 16) -> torch.Tensor:
-    """Logit(y+) − Logit(y−) of the next token after each prompt: `diff_N`. Each of `pos_token`
-    and `neg_token` must be one token (e.g. " Yes" / " No"), or a token id."""
+def run_prefix(lm, prompts: list[str], layer: int, batch_size: int = 16) -> list[Prefix]:
+    """Blocks 0..`layer` over `prompts`, `batch_size` at a time (the model stops there)."""
+    from .activations import run_with_cache
+
+    out = []
+    for a in range(0, len(prompts), batch_size):
+        enc = _encode(lm, prompts[a:a + batch_size])
+        acts = run_with_cache(lm.model, enc.input_ids, [resid_hook(layer)], enc.attention_mask)
+        out.append(Prefix(layer, acts[resid_hook(layer)], enc.attention_mask))
+    return out
+
+
+class _Skip(torch.nn.Module):
+    """A decoder block that passes its input through (stands in for blocks already run)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextmanager
+def _skip_blocks(model, n: int):
+    """Blocks 0..n-1 pass their input through, so `inputs_embeds` enters block n. The blocks stay
+    in place (not sliced away): models index per-block settings (sliding or full attention) by
+    position in the list."""
+    layers = decoder_layers(model)
+    saved = [layers[i] for i in range(n)]
+    for i in range(n):
+        layers[i] = _Skip()
+    try:
+        yield
+    finally:
+        for i, block in enumerate(saved):
+            layers[i] = block
+
+
+def _token_ids(lm, pos_token: str | int, neg_token: str | int) -> list[int]:
     ids = []
     for t in (pos_token, neg_token):
         if isinstance(t, int):  # a token id
@@ -74,6 +131,32 @@ def logit_diff(lm, prompts: list[str], pos_token: str | int, neg_token: str | in
             raise ValueError(f"behaviour token {t!r} is {len(enc)} tokens for {lm.name}: pick one "
                              "that is a single token (often with a leading space)")
         ids.append(enc[0])
+    return ids
+
+
+@torch.no_grad()
+def logit_diff_from(lm, prefixes: list[Prefix], pos_token: str | int, neg_token: str | int,
+                    delta_D: torch.Tensor | None = None) -> torch.Tensor:
+    """`logit_diff` of the prompts behind `prefixes`, with `delta_D` added at every position of
+    the prefix block's output (None: unsteered), running only the blocks after it: the same
+    numbers as `steer` + `logit_diff`, at the cost of the remaining blocks."""
+    ids = _token_ids(lm, pos_token, neg_token)
+    out = []
+    for p in prefixes:
+        h = p.h_BTD if delta_D is None else p.h_BTD + delta_D.to(device=p.h_BTD.device, dtype=p.h_BTD.dtype)
+        with _skip_blocks(lm.model, p.layer + 1):
+            logits = lm.model(inputs_embeds=h, attention_mask=p.attention_mask_BT, use_cache=False,
+                              logits_to_keep=1).logits[:, -1].float()
+        out.append((logits[:, ids[0]] - logits[:, ids[1]]).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def logit_diff(lm, prompts: list[str], pos_token: str | int, neg_token: str | int,
+               batch_size: int = 16) -> torch.Tensor:
+    """Logit(y+) − Logit(y−) of the next token after each prompt: `diff_N`. Each of `pos_token`
+    and `neg_token` must be one token (e.g. " Yes" / " No"), or a token id."""
+    ids = _token_ids(lm, pos_token, neg_token)
     out = []
     for a in range(0, len(prompts), batch_size):
         enc = _encode(lm, prompts[a:a + batch_size])

@@ -376,7 +376,11 @@ def _run_name(notebook: str, profile: str, sha: str) -> str:
 
 def start_run(notebook: str, params: dict, project: str = "resa-replications") -> Run:
     """Open the W&B run and staging folder of `notebook`, resuming an unfinished run's staged
-    output (or starting from the published sweep rows). Never waits on the network offline."""
+    output (or starting from the published sweep rows). Never waits on the network offline.
+    Also tunes the allocator for this process (`perf.tune_allocator`)."""
+    from .perf import tune_allocator
+
+    tune_allocator()
     for old in _ACTIVE:  # a re-run of this cell in the same kernel
         old._close_unfinished()
     _ACTIVE.clear()

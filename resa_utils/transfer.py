@@ -67,7 +67,7 @@ class RidgeStats:
         if x_NS.shape[0] != y_NT.shape[0]:
             raise ValueError(f"paired rows differ: {x_NS.shape[0]} source vs {y_NT.shape[0]} target")
         if self.n == 0 and x_NS.shape[0]:
-            self.cx, self.cy = x_NS.double().mean(0), y_NT.double().mean(0)
+            self.cx, self.cy = self._shift(x_NS), self._shift(y_NT)
         self.n += x_NS.shape[0]
         return self._accumulate(x_NS, y_NT, chunk, source=True)
 
@@ -75,14 +75,24 @@ class RidgeStats:
         """Adds the shifted rows' sums and products chunk by chunk; the source-only terms (Σx, xᵀx)
         only when `source`."""
         for a in range(0, x_NS.shape[0], chunk):
-            x = (x_NS[a:a + chunk].double() - self.cx).to(self.dtype)
-            y = (y_NT[a:a + chunk].double() - self.cy).to(self.dtype)
+            x, y = self._shifted(x_NS[a:a + chunk], self.cx), self._shifted(y_NT[a:a + chunk], self.cy)
             if source:
                 self.sx += x.sum(0).double()
                 self.xx += (x.T @ x).double()
             self.sy += y.sum(0).double()
             self.xy += (x.T @ y).double()
         return self
+
+    def _shifted(self, rows_ND: torch.Tensor, shift_D: torch.Tensor) -> torch.Tensor:
+        """Rows minus the shift, in `dtype`: shifted in `dtype` when the rows are no wider (exact
+        for the rounded shift of `_shift`), else in the rows' own precision first."""
+        if rows_ND.dtype.itemsize > torch.empty((), dtype=self.dtype).element_size():
+            return (rows_ND - shift_D.to(rows_ND.dtype)).to(self.dtype)
+        return rows_ND.to(self.dtype) - shift_D.to(self.dtype)
+
+    def _shift(self, rows_ND: torch.Tensor) -> torch.Tensor:
+        """The rows' mean, rounded to `dtype` so that shifting in `dtype` shifts by exactly it."""
+        return rows_ND.double().mean(0).to(self.dtype).double()
 
     def with_targets(self, y_NT: torch.Tensor, x_NS: torch.Tensor, chunk: int = 8192) -> "RidgeStats":
         """A copy sharing this object's source statistics (xᵀx needs computing once per source
@@ -92,7 +102,7 @@ class RidgeStats:
                              f"{x_NS.shape[0]} source and {y_NT.shape[0]} target rows")
         out = RidgeStats(len(self.sx), y_NT.shape[1], self.dtype)
         out.n, out.cx, out.sx, out.xx = self.n, self.cx.clone(), self.sx.clone(), self.xx.clone()
-        out.cy = y_NT.double().mean(0)
+        out.cy = out._shift(y_NT)
         return out._accumulate(x_NS, y_NT, chunk, source=False)
 
     def solve(self, lam: float, relative: bool = False) -> AffineMap:
@@ -119,15 +129,15 @@ def fit_affine(x_NS: torch.Tensor, y_NT: torch.Tensor, lam: float = 0.0) -> Affi
 
 def r2_score(pred_NT: torch.Tensor, y_NT: torch.Tensor) -> float:
     """1 − SSE / SST, pooled over every dimension (SST around each dimension's mean)."""
-    y, pred = y_NT.double(), pred_NT.double()
-    sse = ((y - pred) ** 2).sum()
-    sst = ((y - y.mean(0)) ** 2).sum()
+    y, pred = y_NT.float(), pred_NT.float()  # float32 terms, float64 sums: 4x faster than all float64
+    sse = (y - pred).pow_(2).sum(dtype=torch.float64)
+    sst = (y - y.mean(0, dtype=torch.float64).float()).pow_(2).sum(dtype=torch.float64)
     return float(1 - sse / sst)
 
 
 def mean_cosine(pred_NT: torch.Tensor, y_NT: torch.Tensor) -> float:
     """Mean cosine between each predicted row and its true row."""
-    return float(torch.nn.functional.cosine_similarity(pred_NT.double(), y_NT.double(), dim=1).mean())
+    return float(torch.nn.functional.cosine_similarity(pred_NT.float(), y_NT.float(), dim=1).double().mean())
 
 
 def choose_lambda(stats: RidgeStats, x_val_NS: torch.Tensor, y_val_NT: torch.Tensor,
@@ -316,27 +326,31 @@ def fit_layer_maps(load_source, load_target, pw: PairedWindows, source_layers: l
 
     part = split_W[pw.window]
     tr, va, te = part == 0, part == 1, part == 2
-    xs = {s: load_source(s)[pw.source_rows] for s in source_layers}
-    base = {s: RidgeStats(xs[s].shape[1], 1, torch.float32).add(xs[s][tr], torch.zeros(int(tr.sum()), 1))
+    xs = {}  # per source layer: its (train, validation, test) rows, split once
+    for s in source_layers:
+        x = load_source(s)[pw.source_rows]
+        xs[s] = (x[tr], x[va], x[te])
+    base = {s: RidgeStats(xs[s][0].shape[1], 1, torch.float32).add(xs[s][0], torch.zeros(int(tr.sum()), 1))
             for s in source_layers}
     rows, maps = [], {}
     bar = tqdm(total=len(source_layers) * len(target_layers), desc="layer maps", unit="pair",
                disable=not progress, leave=False)
     for t in target_layers:
         y = load_target(t)[pw.target_rows]
+        y_tr, y_va, y_te = y[tr], y[va], y[te]
         for s in source_layers:
-            x = xs[s]
-            stats = base[s].with_targets(y[tr], x[tr])
-            m, scores = choose_lambda(stats, x[va], y[va], lams, relative=True)
-            pred = m(x[te])
+            x_tr, x_va, x_te = xs[s]
+            stats = base[s].with_targets(y_tr, x_tr)
+            m, scores = choose_lambda(stats, x_va, y_va, lams, relative=True)
+            pred = m(x_te)
             row = {"source_layer": s, "target_layer": t, "source_depth": relative_depth(s, n_source),
                    "target_depth": relative_depth(t, n_target), "lam": m.lam,
-                   "val_r2": max(r["r2"] for r in scores), "r2": r2_score(pred, y[te]),
-                   "cosine": mean_cosine(pred, y[te]), "n_train": int(tr.sum()), "n_test": int(te.sum())}
+                   "val_r2": max(r["r2"] for r in scores), "r2": r2_score(pred, y_te),
+                   "cosine": mean_cosine(pred, y_te), "n_train": int(tr.sum()), "n_test": int(te.sum())}
             if (s, t) in shuffled:
-                sm = shuffled_stats(x[tr], y[tr], seed, torch.float32).solve(m.lam, relative=True)
-                row["shuffled_r2"] = r2_score(sm(x[te]), y[te])
-                row["shuffled_cosine"] = mean_cosine(sm(x[te]), y[te])
+                sm = shuffled_stats(x_tr, y_tr, seed, torch.float32).solve(m.lam, relative=True)
+                row["shuffled_r2"] = r2_score(sm(x_te), y_te)
+                row["shuffled_cosine"] = mean_cosine(sm(x_te), y_te)
             if (s, t) in keep:
                 maps[(s, t)] = m
             rows.append(row)

@@ -149,7 +149,8 @@ def test_gba_jumprelu_export_matches_training_latents(tied):
     assert torch.allclose(out.threshold, -tr.sae.b_enc)
     xs = x[:512] * tr.input_scale
     with torch.no_grad():
-        pre = tr._pre_acts(xs)
+        W_enc = tr.sae.W_dec.t() if tied else tr.sae.W_enc
+        pre = torch.addmm(tr.sae.b_enc, xs - tr.sae.b_dec, W_enc)
         f = (pre - tr.sae.b_enc) * (pre > 0)
         x_hat = tr.sae.decode(f * tr.out_scale_F if tied else f)
         assert torch.allclose(out.encode(x[:512]), f, atol=1e-4)
@@ -267,3 +268,58 @@ def test_probes_score_the_sae_along_training_and_survive_resume(tmp_path):
     again = train_sae(x, cfg, progress=False, probe=dies_once, probe_tokens=(1000, 2560), checkpoint_dir=tmp_path)
     assert [p["tokens"] for p in again.probes] == [1024, 2560, 5120]
     assert again.probes[0]["fvu"] == pytest.approx(res.probes[0]["fvu"], abs=1e-6)
+
+
+@pytest.mark.parametrize("jump", [False, True])
+def test_sparse_relu_kernel_matches_dense_autograd(jump):
+    from resa_utils.sae.kernels import relu_sparse_forward
+
+    g = torch.Generator().manual_seed(1)
+    B, D, F = 64, 12, 48
+    x = torch.randn(B, D, generator=g)
+    params = [torch.randn(D, F, generator=g), torch.randn(F, generator=g) - 1.0,
+              torch.randn(F, D, generator=g), torch.randn(D, generator=g) * 0.1]
+    sparse_p = [p.clone().requires_grad_() for p in params]
+    dense_p = [p.clone().requires_grad_() for p in params]
+    target = torch.randn(B, D, generator=g)
+    x_hat, f_sum, pre = relu_sparse_forward(x, *sparse_p, jump=jump)
+    ((x_hat - target) ** 2).sum().add(0.3 * f_sum).backward()
+    W_enc, b_enc, W_dec, b_dec = dense_p
+    pre_d = (x - b_dec) @ W_enc + b_enc
+    f = (pre_d - b_enc) * (pre_d > 0) if jump else pre_d.relu()
+    assert 0.05 < float((pre_d > 0).float().mean()) < 0.6  # a sparse pattern, not all or nothing
+    ((f @ W_dec + b_dec - target) ** 2).sum().add(0.3 * f.sum()).backward()
+    assert torch.allclose(x_hat, f @ W_dec + b_dec, atol=1e-5) and torch.allclose(f_sum, f.sum(), rtol=1e-5)
+    for name, s, d in zip(("W_enc", "b_enc", "W_dec", "b_dec"), sparse_p, dense_p):
+        assert torch.allclose(s.grad, d.grad, rtol=1e-4, atol=1e-4), (name, (s.grad - d.grad).abs().max())
+
+
+@pytest.mark.parametrize("method,kw", [("relu_l1", {"l1_coefficient": 1e-2}),
+                                        ("gba", {}), ("gba", {"gba_tied": False}),
+                                        ("gba", {"gba_activation": "jumprelu"}),
+                                        ("gba", {"gba_train_b_dec": True, "gba_tied": False})])
+def test_relu_trainers_sparse_path_matches_dense(monkeypatch, method, kw):
+    """Wide ReLU-family SAEs take the sparse kernel when few latents fire: the loss and every
+    gradient equal the dense path's (tied GBA: W_enc is W_decᵀ, so both grads meet in W_dec)."""
+    from resa_utils.sae import kernels
+    from resa_utils.sae.train import make_trainer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=g)
+    cfg = TrainConfig(method=method, d_sae=1024, n_tokens=2048, batch_size=256, **kw)
+    out = []
+    for share in (1.0, -1.0):  # always sparse, then always dense
+        monkeypatch.setattr(kernels, "RELU_SPARSE_MAX_ACTIVE", share)
+        tr = make_trainer(cfg, 16)
+        tr.setup(x)
+        with torch.no_grad():  # GBA starts at b = 0 (half fire): push most latents off
+            tr.sae.b_enc.fill_(-0.15)
+        xs = x * tr.input_scale
+        loss, st = tr.loss(xs, stats=True)
+        assert 5 < float(st["l0"]) < 300  # of 1024 latents: a sparse pattern, neither none nor all
+        params = [p for p in tr.trainable_parameters()]
+        out.append((loss.detach(), torch.autograd.grad(loss, params)))
+    (l_s, g_s), (l_d, g_d) = out
+    assert torch.allclose(l_s, l_d, rtol=1e-5)
+    for a, b in zip(g_s, g_d):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()

@@ -82,3 +82,49 @@ def test_random_like_and_token_ids_in_logit_diff(tiny_lm):
     by_id = steering.logit_diff(tiny_lm, prompts, ids[0], 5)
     assert by_id.shape == (2,) and torch.isfinite(by_id).all()
     assert torch.allclose(by_id, -steering.logit_diff(tiny_lm, prompts, 5, ids[0]))
+
+
+def _gemma3_mixed_attention():
+    """Tiny Gemma 3 whose blocks alternate sliding (window 3) and full attention, as the real one."""
+    from resa_utils.models import LoadedModel, _tiny
+
+    model, tok = _tiny("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16, sliding_window=3,
+                       layer_types=["sliding_attention", "full_attention"] * 2)()
+    return LoadedModel(name="tiny-gemma3-mixed", model=model.eval(), tokenizer=tok, device="cpu",
+                       dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", ["gemma3-mixed", "tiny-qwen2", "tiny-llama"])
+def test_running_from_a_prefix_matches_the_full_steered_forward(name):
+    lm = _gemma3_mixed_attention() if name == "gemma3-mixed" else load_model(name)
+    tok = lm.tokenizer
+    one = [t for t in ("a", "b", "c", "d") if len(tok(t, add_special_tokens=False)["input_ids"]) == 1][:2]
+    prompts = ["a b c d e f g h", "f", "g h i", "the quick brown fox jumps"]
+    layer = 1
+    blocks = list(steering.decoder_layers(lm.model))
+    prefixes = steering.run_prefix(lm, prompts, layer, batch_size=3)  # two batches, left-padded
+    plain = steering.logit_diff(lm, prompts, one[0], one[1], batch_size=3)
+    assert torch.allclose(steering.logit_diff_from(lm, prefixes, one[0], one[1]), plain, atol=1e-4)
+    v = torch.randn(lm.d_model)
+    with steering.steer(lm, layer, v, alpha=4.0):
+        steered = steering.logit_diff(lm, prompts, one[0], one[1], batch_size=3)
+    got = steering.logit_diff_from(lm, prefixes, one[0], one[1], 4.0 * v / v.norm())
+    assert not torch.allclose(steered, plain, atol=1e-3)  # the vector does something ...
+    assert torch.allclose(got, steered, atol=1e-4)  # ... and the prefix path does the same
+    assert list(steering.decoder_layers(lm.model)) == blocks  # every block back in place
+
+
+def test_generate_steered_steers_each_prompt_by_its_own_row():
+    from resa_utils.generation import generate
+
+    lm = load_model("tiny-llama")
+    prompts = ["a b c", "d e"]
+    v = torch.randn(lm.d_model) * 20
+    plain = generate(lm, prompts, 6)
+    with steering.steer(lm, 1, v, alpha=float(v.norm())):
+        steered = generate(lm, prompts[1:], 6)
+    both = steering.generate_steered(lm, prompts, 1, torch.stack([torch.zeros(lm.d_model), v]), 6)
+    assert steered[0]["text"] != plain[1]["text"]  # the vector changes prompt 2's text ...
+    assert [r["text"] for r in both] == [plain[0]["text"], steered[0]["text"]]  # ... and only its
+    with pytest.raises(ValueError, match="one per prompt"):
+        steering.generate_steered(lm, prompts, 1, v[None], 6)

@@ -89,3 +89,52 @@ def test_dead_latents_do_not_count_and_firing_corr_tells_a_feature_from_a_direct
     r = matched_firing_corr(feats, feats, codes, silent)
     assert r[0] < 0.5 and torch.allclose(r[1:], torch.ones(7), atol=1e-5)
     assert torch.equal(matched_firing_corr(feats, feats, codes, torch.zeros_like(codes)), torch.zeros(8))
+
+
+def test_synthetic_scores_on_a_perfect_and_on_a_silent_sae():
+    """Orthonormal features (n <= d) and an encoder that reads them: the SAE's latents are the
+    codes, so every score is perfect; the same decoder with latents that never fire scores 0 on
+    live recovery and firing, though every decoder row still sits on a feature."""
+    from resa_utils.recovery import FIRING_R, synthetic_scores
+    from resa_utils.synthetic import fresh_samples
+
+    syn = SyntheticConfig(n_features=6, d=8, sparsities=(2,), n_samples=10, seed=1)
+    feats = torch.linalg.qr(torch.randn(8, 6, generator=torch.Generator().manual_seed(0)))[0].T  # [6, 8] orthonormal
+    x, codes = fresh_samples(syn, feats, 3000, seed=5)
+    sae = SAE(SAEConfig(d_in=8, d_sae=6))
+    with torch.no_grad():
+        sae.W_enc.copy_(feats.T); sae.W_dec.copy_(feats); sae.b_enc.fill_(-1e-5); sae.b_dec.zero_()  # rounding never fires
+    s = synthetic_scores(sae, feats, x, codes, (0.9, 0.99))
+    assert s["recovery@0.99"] == 1.0 and s["recovery_all@0.99"] == 1.0 and s[f"firing@{FIRING_R}"] == 1.0
+    assert s["fvu"] < 1e-8 and s["l0"] == pytest.approx(2.0) and s["dead_frac"] == 0.0
+    with torch.no_grad():
+        sae.b_enc.fill_(-10.0)  # nothing fires
+    s = synthetic_scores(sae, feats, x, codes, (0.9,))
+    assert s["recovery@0.9"] == 0.0 and s["recovery_all@0.9"] == 1.0 and s[f"firing@{FIRING_R}"] == 0.0
+    assert s["l0"] == 0.0 and s["dead_frac"] == 1.0 and s["fvu"] >= 1.0  # x̂ = b_dec = 0
+
+
+def test_synthetic_run_scores_at_each_probe_and_at_the_stopping_point():
+    from resa_utils.recovery import synthetic_run
+    from resa_utils.sae import TrainConfig
+
+    syn = SyntheticConfig(n_features=16, d=12, sparsities=(2,), n_samples=4096, seed=0)
+    cfg = TrainConfig(method="topk", d_sae=32, k=2, n_tokens=8192, batch_size=256, lr=3e-3)
+    out = synthetic_run(syn, cfg, probe_samples=(1024, 4096), n_eval=2000)
+    assert [r["samples"] for r in out["curve"]] == [1024, 4096, 8192]
+    assert out["recovery@0.9"] == out["curve"][-1]["recovery@0.9"] and out["seconds"] > 0
+    assert out["curve"][-1]["fvu"] < out["curve"][0]["fvu"]  # it learns between probes
+
+
+def test_best_match_cosines_and_the_random_floor():
+    from resa_utils.recovery import best_match_cosines, random_match_cosines
+
+    g = torch.Generator().manual_seed(0)
+    a = SAE(SAEConfig(d_in=32, d_sae=40)).init_weights(g)
+    assert torch.allclose(best_match_cosines(a, a), torch.ones(40), atol=1e-5)
+    alive = torch.arange(40) < 10
+    assert best_match_cosines(a, a, alive).shape == (10,)
+    floor = random_match_cosines(40, 40, 32)
+    other = SAE(SAEConfig(d_in=32, d_sae=40)).init_weights(g)
+    assert 0.2 < floor.median() < 0.7  # random directions in 32 dims: far from 1
+    assert abs(float(best_match_cosines(a, other).median() - floor.median())) < 0.15

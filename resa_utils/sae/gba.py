@@ -18,6 +18,8 @@ import torch
 
 from .config import SAEConfig
 from .model import SAE
+from .kernels import relu_forward
+from .topk import SPARSE_MIN_LATENTS
 from .trainer import Trainer
 
 
@@ -48,11 +50,6 @@ class GBATrainer(Trainer):
         params = [p for n, p in self.sae.named_parameters() if n not in frozen]
         return params + ([self.out_scale_F] if self.cfg.gba_tied else [])
 
-    def _pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
-        sae = self.sae
-        W_enc = sae.W_dec.t() if self.cfg.gba_tied else sae.W_enc
-        return torch.addmm(sae.b_enc, x_BD - sae.b_dec, W_enc)
-
     def export(self) -> SAE:
         """Untie for inference (W_enc = unit directions, W_dec rows = a_m · direction) and, for
         JumpReLU, move the bias into the threshold (folding the input scale leaves the
@@ -80,10 +77,12 @@ class GBATrainer(Trainer):
         self.buffered_tokens = 0
 
     def loss(self, x_BD: torch.Tensor, stats: bool) -> tuple[torch.Tensor, dict]:
-        B = x_BD.shape[0]
-        pre = self._pre_acts(x_BD)
-        f = (pre - self.sae.b_enc) * (pre > 0) if self.cfg.gba_activation == "jumprelu" else pre.relu()
-        x_hat = self.sae.decode(f * self.out_scale_F if self.cfg.gba_tied else f)
+        B, sae, tied = x_BD.shape[0], self.sae, self.cfg.gba_tied
+        W_enc = sae.W_dec.t() if tied else sae.W_enc
+        W_dec = sae.W_dec * self.out_scale_F[:, None] if tied else sae.W_dec  # tied: f·a_m decoded
+        x_hat, _, pre = relu_forward(x_BD, W_enc, sae.b_enc, W_dec, sae.b_dec,
+                                     jump=self.cfg.gba_activation == "jumprelu",
+                                     sparse=self.cfg.d_sae >= SPARSE_MIN_LATENTS)
         mse = (x_BD - x_hat).pow(2).sum() / B
         with torch.no_grad():
             active = pre > 0

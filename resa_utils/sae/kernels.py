@@ -72,3 +72,81 @@ def gather_encode(pre_BF: torch.Tensor, x_BD: torch.Tensor, W_enc_DF: torch.Tens
 def sparse_decode(idx_BK: torch.Tensor, vals_BK: torch.Tensor, W_dec_FD: torch.Tensor) -> torch.Tensor:
     """`Σ_j vals[b, j] · W_dec[idx[b, j]]` without materialising the dense latents."""
     return F.embedding_bag(idx_BK, W_dec_FD, per_sample_weights=vals_BK, mode="sum")
+
+
+class _SparseReLU(torch.autograd.Function):
+    """ReLU-family SAE forward `x̂ = f W_dec + b_dec` and `Σ f` from pre-activations computed
+    without grad, `f = act(pre)` held as a CSR matrix of the active latents; the backward
+    touches active entries only (sampled matmul for the latents' grads, dense @ CSR and
+    CSR^T @ dense for the weights), so a step costs about one dense matmul when few latents fire."""
+
+    @staticmethod
+    def forward(ctx, x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D, pre_BF, jump: bool):
+        active = pre_BF > 0
+        idx = active.nonzero()
+        vals = pre_BF[active] - (b_enc_F[idx[:, 1]] if jump else 0.0)
+        B, n_lat = pre_BF.shape
+        crow = torch.zeros(B + 1, dtype=torch.long, device=x_BD.device)
+        crow[1:] = torch.cumsum(active.sum(1), 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f_BF = torch.sparse_csr_tensor(crow, idx[:, 1].contiguous(), vals, size=(B, n_lat))
+            x_hat = torch.sparse.mm(f_BF, W_dec_FD) + b_dec_D
+        ctx.save_for_backward(x_BD, W_enc_DF, W_dec_FD, b_dec_D, f_BF)
+        ctx.jump = jump
+        return x_hat, vals.sum()
+
+    @staticmethod
+    def backward(ctx, grad_xhat_BD, grad_fsum):
+        x_BD, W_enc_DF, W_dec_FD, b_dec_D, f_BF = ctx.saved_tensors
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # dL/df at the active entries only: (g W_decᵀ) sampled on f's pattern, plus d(Σf)
+            g_f = torch.sparse.sampled_addmm(f_BF, grad_xhat_BD.contiguous(), W_dec_FD.t(),
+                                             beta=0.0, alpha=1.0)
+            g_vals = g_f.values() + grad_fsum
+            g_pre = torch.sparse_csr_tensor(f_BF.crow_indices(), f_BF.col_indices(), g_vals,
+                                            size=f_BF.shape)
+            grad_W_dec = f_BF.t() @ grad_xhat_BD                        # [F, D]
+            grad_W_enc = (x_BD - b_dec_D).t().contiguous() @ g_pre      # [D, F]
+        n_lat = W_dec_FD.shape[0]
+        g_pre_F = torch.zeros(n_lat, dtype=g_vals.dtype, device=g_vals.device)
+        g_pre_F.index_add_(0, f_BF.col_indices(), g_vals)  # Σ_b dL/dpre: b_enc's grad, unless JumpReLU
+        grad_b_dec = grad_xhat_BD.sum(0) - W_enc_DF @ g_pre_F
+        grad_b_enc = torch.zeros_like(g_pre_F) if ctx.jump else g_pre_F  # f = pre − b_enc: b_enc cancels
+        return None, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, None, None
+
+
+def relu_sparse_forward(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor,
+                        W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, jump: bool = False,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ReLU SAE forward with sparse autograd: `(x̂_BD, Σ f, pre_BF)`, `pre` detached.
+
+    `f = relu(pre)`, or with `jump` the JumpReLU `(pre − b_enc)·1[pre > 0]` (the bias gates
+    but does not shrink). For the bias-only-gates variant, `b_enc` gets no gradient through f.
+    """
+    with torch.no_grad():
+        pre_BF = torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)
+    x_hat, f_sum = _SparseReLU.apply(x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D, pre_BF, jump)
+    return x_hat, f_sum, pre_BF
+
+
+RELU_SPARSE_MAX_ACTIVE = 0.1
+"""`relu_forward` takes the sparse path while at most this share of (token, latent) entries is
+active, else dense autograd (early L1 training can fire half the latents)."""
+
+
+def relu_forward(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor,
+                 W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, jump: bool = False,
+                 sparse: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(x̂_BD, Σ f, pre_BF)` of a ReLU (or JumpReLU) SAE, `pre` detached: the sparse kernel when
+    `sparse` and few entries are active, else dense autograd (the same values and gradients)."""
+    if sparse:
+        with torch.no_grad():
+            pre_BF = torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)
+        if float((pre_BF > 0).float().mean()) <= RELU_SPARSE_MAX_ACTIVE:
+            x_hat, f_sum = _SparseReLU.apply(x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D, pre_BF, jump)
+            return x_hat, f_sum, pre_BF
+    pre = torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)
+    f = (pre - b_enc_F) * (pre > 0) if jump else pre.relu()
+    return f @ W_dec_FD + b_dec_D, f.sum(), pre.detach()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .kernels import relu_forward
+from .topk import SPARSE_MIN_LATENTS
 from .trainer import Trainer
 
 
@@ -11,13 +13,13 @@ class ReluL1Trainer(Trainer):
     architecture = "standard"
 
     def loss(self, x_BD: torch.Tensor, stats: bool) -> tuple[torch.Tensor, dict]:
-        B = x_BD.shape[0]
-        f = self.sae.pre_acts(x_BD).relu()
-        x_hat = self.sae.decode(f)
+        B, sae = x_BD.shape[0], self.sae
+        x_hat, f_sum, pre = relu_forward(x_BD, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec,
+                                         sparse=self.cfg.d_sae >= SPARSE_MIN_LATENTS)
         mse = (x_BD - x_hat).pow(2).sum() / B
-        l1 = f.sum() / B  # f >= 0, so this is the L1 norm
-        out = {"fired_F": f.detach().amax(0) > 0}
+        l1 = f_sum / B  # f >= 0, so this is the L1 norm
+        active = pre > 0
+        out = {"fired_F": active.any(0)}
         if stats:
-            out.update(fvu=self.batch_fvu(x_BD, x_hat.detach()), l1=l1.detach(),
-                       l0=(f.detach() > 0).sum() / B)
+            out.update(fvu=self.batch_fvu(x_BD, x_hat.detach()), l1=l1.detach(), l0=active.sum() / B)
         return mse + self.cfg.l1_coefficient * l1, out

@@ -71,7 +71,8 @@ class TopKTrainer(Trainer):
 
     def _dense_dead_decode(self, x_BD: torch.Tensor, dead_F: torch.Tensor, k_aux: int) -> torch.Tensor:
         """AuxK reconstruction by the top `k_aux` dead latents, with dense matmuls restricted to
-        the dead columns (`[B, n_dead]`); same value and gradients as the sparse path."""
+        the dead columns (`[B, n_dead]`); the sparse path's value and gradients, up to rounding
+        (which can break a near-tie in the top-k_aux)."""
         sae = self.sae
         dead_N = dead_F.nonzero().squeeze(1)
         pre_BN = torch.addmm(sae.b_enc[dead_N], x_BD - sae.b_dec, sae.W_enc[:, dead_N])
