@@ -62,8 +62,8 @@ def synthetic_run(syn: SyntheticConfig, train: TrainConfig, probe_samples: tuple
     probe = lambda sae: synthetic_scores(sae, features, x_ev, codes_ev, thresholds)  # noqa: E731
     result = train_sae(x_ND, train, progress=False, device=device, probe=probe,
                        probe_tokens=tuple(probe_samples), checkpoint_dir=checkpoint_dir)
-    curve = [{"samples": r.pop("tokens"), **{k: v for k, v in r.items() if k != "step"}}
-             for r in (dict(p) for p in result.probes)]
+    curve = [{"samples": p["tokens"], **{k: v for k, v in p.items() if k not in ("step", "tokens")}}
+             for p in result.probes]
     final = {k: v for k, v in curve[-1].items() if k != "samples"}
     return {**final, "seconds": result.seconds, "curve": curve}
 

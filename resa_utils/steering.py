@@ -33,18 +33,7 @@ def _encode(lm, prompts: list[str]):
 @torch.no_grad()
 def last_token_states(lm, prompts: list[str], layer: int, batch_size: int = 16) -> torch.Tensor:
     """Block `layer`'s output at each prompt's last token: `acts_ND` (float32, CPU)."""
-    from .activations import run_with_cache
-
-    n_layers = len(decoder_layers(lm.model))
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"layer={layer} is out of range for {lm.name} ({n_layers} layers): "
-                         f"use 0..{n_layers - 1}")
-    out = []
-    for a in range(0, len(prompts), batch_size):
-        enc = _encode(lm, prompts[a:a + batch_size])
-        acts = run_with_cache(lm.model, enc.input_ids, [resid_hook(layer)], enc.attention_mask)
-        out.append(acts[resid_hook(layer)][:, -1].float().cpu())
-    return torch.cat(out)
+    return torch.cat([p.h_BTD[:, -1].float().cpu() for p in run_prefix(lm, prompts, layer, batch_size)])
 
 
 @contextmanager
@@ -89,6 +78,10 @@ def run_prefix(lm, prompts: list[str], layer: int, batch_size: int = 16) -> list
     """Blocks 0..`layer` over `prompts`, `batch_size` at a time (the model stops there)."""
     from .activations import run_with_cache
 
+    n_layers = len(decoder_layers(lm.model))
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer={layer} is out of range for {lm.name} ({n_layers} layers): "
+                         f"use 0..{n_layers - 1}")
     out = []
     for a in range(0, len(prompts), batch_size):
         enc = _encode(lm, prompts[a:a + batch_size])

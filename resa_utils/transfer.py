@@ -86,7 +86,7 @@ class RidgeStats:
     def _shifted(self, rows_ND: torch.Tensor, shift_D: torch.Tensor) -> torch.Tensor:
         """Rows minus the shift, in `dtype`: shifted in `dtype` when the rows are no wider (exact
         for the rounded shift of `_shift`), else in the rows' own precision first."""
-        if rows_ND.dtype.itemsize > torch.empty((), dtype=self.dtype).element_size():
+        if rows_ND.dtype.itemsize > self.dtype.itemsize:
             return (rows_ND - shift_D.to(rows_ND.dtype)).to(self.dtype)
         return rows_ND.to(self.dtype) - shift_D.to(self.dtype)
 

@@ -272,7 +272,7 @@ def test_probes_score_the_sae_along_training_and_survive_resume(tmp_path):
 
 @pytest.mark.parametrize("jump", [False, True])
 def test_sparse_relu_kernel_matches_dense_autograd(jump):
-    from resa_utils.sae.kernels import relu_sparse_forward
+    from resa_utils.sae.kernels import relu_forward
 
     g = torch.Generator().manual_seed(1)
     B, D, F = 64, 12, 48
@@ -282,7 +282,8 @@ def test_sparse_relu_kernel_matches_dense_autograd(jump):
     sparse_p = [p.clone().requires_grad_() for p in params]
     dense_p = [p.clone().requires_grad_() for p in params]
     target = torch.randn(B, D, generator=g)
-    x_hat, f_sum, pre = relu_sparse_forward(x, *sparse_p, jump=jump)
+    x_hat, f_sum, pre = relu_forward(x, *sparse_p, jump=jump, max_active=1.0)  # always the kernel
+    assert "SparseReLU" in type(x_hat.grad_fn).__name__  # the kernel ran, not dense autograd
     ((x_hat - target) ** 2).sum().add(0.3 * f_sum).backward()
     W_enc, b_enc, W_dec, b_dec = dense_p
     pre_d = (x - b_dec) @ W_enc + b_enc

@@ -117,20 +117,6 @@ class _SparseReLU(torch.autograd.Function):
         return None, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, None, None
 
 
-def relu_sparse_forward(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor,
-                        W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, jump: bool = False,
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ReLU SAE forward with sparse autograd: `(x̂_BD, Σ f, pre_BF)`, `pre` detached.
-
-    `f = relu(pre)`, or with `jump` the JumpReLU `(pre − b_enc)·1[pre > 0]` (the bias gates
-    but does not shrink). For the bias-only-gates variant, `b_enc` gets no gradient through f.
-    """
-    with torch.no_grad():
-        pre_BF = torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)
-    x_hat, f_sum = _SparseReLU.apply(x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D, pre_BF, jump)
-    return x_hat, f_sum, pre_BF
-
-
 RELU_SPARSE_MAX_ACTIVE = 0.1
 """`relu_forward` takes the sparse path while at most this share of (token, latent) entries is
 active, else dense autograd (early L1 training can fire half the latents)."""
@@ -138,15 +124,17 @@ active, else dense autograd (early L1 training can fire half the latents)."""
 
 def relu_forward(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor,
                  W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, jump: bool = False,
-                 sparse: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(x̂_BD, Σ f, pre_BF)` of a ReLU (or JumpReLU) SAE, `pre` detached: the sparse kernel when
-    `sparse` and few entries are active, else dense autograd (the same values and gradients)."""
-    if sparse:
-        with torch.no_grad():
-            pre_BF = torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)
-        if float((pre_BF > 0).float().mean()) <= RELU_SPARSE_MAX_ACTIVE:
-            x_hat, f_sum = _SparseReLU.apply(x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D, pre_BF, jump)
-            return x_hat, f_sum, pre_BF
-    pre = torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)
+                 sparse: bool = True, max_active: float | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(x̂_BD, Σ f, pre_BF)` of a ReLU SAE, `pre` detached; with `jump` the JumpReLU
+    `f = (pre − b_enc)·1[pre > 0]` (the bias gates but does not shrink, so `b_enc` gets no
+    gradient through f). The sparse kernel runs when `sparse` and at most `max_active`
+    (default `RELU_SPARSE_MAX_ACTIVE`) of the entries fire, else dense autograd; both give the
+    same values and gradients. The encoder matmul runs once either way."""
+    pre = torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)  # its graph is used by the dense path only
+    limit = RELU_SPARSE_MAX_ACTIVE if max_active is None else max_active
+    if sparse and float((pre.detach() > 0).float().mean()) <= limit:
+        x_hat, f_sum = _SparseReLU.apply(x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D, pre.detach(), jump)
+        return x_hat, f_sum, pre.detach()
     f = (pre - b_enc_F) * (pre > 0) if jump else pre.relu()
     return f @ W_dec_FD + b_dec_D, f.sum(), pre.detach()
