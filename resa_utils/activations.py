@@ -351,6 +351,48 @@ class ActivationCache:
                 buf, held = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
 
 
+class PairedCache:
+    """Two caches of the same tokens, one per model, read as one: each row is `[x_a, x_b]`
+    (`[N, d_a + d_b]`), so a crosscoder trains from it like an SAE from one cache
+    (`train_sae(data=(paired, PairedCache.HOOK))`). Shards are paired in order: both caches must
+    come from the same windows with the same shard size."""
+
+    HOOK = "paired"
+
+    def __init__(self, a: ActivationCache, hook_a: str, b: ActivationCache, hook_b: str):
+        a.check_hook(hook_a)
+        b.check_hook(hook_b)
+        sa, sb = a.manifest["shards"], b.manifest["shards"]
+        if a.n_tokens != b.n_tokens or [s["n_tokens"] for s in sa] != [s["n_tokens"] for s in sb]:
+            raise ValueError(f"paired caches hold different tokens: {a.folder} has {a.n_tokens:,} in "
+                             f"{len(sa)} shards, {b.folder} {b.n_tokens:,} in {len(sb)}: harvest both "
+                             "models from the same windows with the same windows_per_shard")
+        self.a, self.b, self.hook_a, self.hook_b = a, b, hook_a, hook_b
+        self.manifest = {"shards": [{"pair": (x, y), "n_tokens": x["n_tokens"]} for x, y in zip(sa, sb)]}
+
+    @property
+    def n_tokens(self) -> int:
+        return self.a.n_tokens
+
+    @property
+    def hooks(self) -> list[str]:
+        return [self.HOOK]
+
+    def check_hook(self, hook: str) -> None:
+        if hook != self.HOOK:
+            raise ValueError(f"a PairedCache has one hook, {self.HOOK!r}, not {hook!r}")
+
+    def read_shard(self, shard: dict, hook: str, verify: bool = True) -> torch.Tensor:
+        self.check_hook(hook)
+        x, y = shard["pair"]
+        return torch.cat([self.a.read_shard(x, self.hook_a, verify), self.b.read_shard(y, self.hook_b, verify)], 1)
+
+    def load(self, hook: str = HOOK, verify: bool = True) -> torch.Tensor:
+        return torch.cat([self.read_shard(s, hook, verify) for s in self.manifest["shards"]])
+
+    batches = ActivationCache.batches
+
+
 def _file_stamp(path: Path) -> tuple[int, ...]:
     """Changes whenever the file's contents may have (taken before hashing it): inode, size and
     both timestamps (ctime cannot be set back by copying tools, unlike mtime)."""
@@ -363,3 +405,28 @@ def _fingerprint(model: str, windows_NT: torch.Tensor, hooks: list[str], drop_bo
     digest.update(f"{model}|{sorted(hooks)}|{drop_bos}|{tuple(windows_NT.shape)}".encode())
     digest.update(windows_NT.to(torch.int64).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def harvest_splits(folder: str | Path, lm, splits: dict[str, torch.Tensor], hooks: list[str],
+                   dtype: torch.dtype = torch.bfloat16,
+                   batch_size: int = 8) -> tuple[dict[str, ActivationCache], dict]:
+    """One `ActivationCache` per split (`folder/<split>`, e.g. train and eval windows), built,
+    resumed or reused. Returns the caches and `{tokens, seconds, tokens/s}` for the tokens this
+    call harvested (`tokens/s` NaN when everything was already cached: no throughput claimed)."""
+    import time
+
+    folder = Path(folder)
+    before = {s: _cached_tokens(folder / s) for s in splits}
+    t0 = time.perf_counter()
+    caches = {s: ActivationCache.build(folder / s, lm, ids, hooks, batch_size=batch_size, dtype=dtype)
+              for s, ids in splits.items()}
+    seconds = time.perf_counter() - t0
+    new = sum(caches[s].n_tokens - before[s] for s in splits)
+    return caches, {"tokens": new, "seconds": seconds,
+                    "tokens/s": new / seconds if new else float("nan")}
+
+
+def _cached_tokens(folder: Path) -> int:
+    """Tokens already in a (possibly unfinished) cache at `folder`; 0 if there is none."""
+    path = folder / "manifest.json"
+    return sum(s["n_tokens"] for s in read_json(path)["shards"]) if path.exists() else 0

@@ -210,6 +210,17 @@ def load_corpus(name: str) -> list[Document]:
     raise ValueError(f"unknown corpus {name!r}: use one of {list(CORPORA)}")
 
 
+def load_documents(source: str) -> list[Document]:
+    """A named corpus's documents, or any other `data.load_texts` source (a local file or
+    folder, a hub dataset) with each text one untagged document (sentence starts found)."""
+    if source in CORPORA:
+        return load_corpus(source)
+    from .data import load_texts
+
+    return [Document(f"t{i}", t, sentence_starts=sentence_starts(t))
+            for i, t in enumerate(load_texts(source))]
+
+
 def main() -> None:
     """`python -m resa_utils.corpora` fetches and checks every corpus (make setup runs it)."""
     for name in ("brown", "wiki-vital"):

@@ -247,3 +247,20 @@ def split_by_document(docs: list, eval_frac: float, seed: int = 0) -> tuple[list
         h = int(hashlib.sha256(f"{seed}|{doc.doc_id}".encode()).hexdigest()[:8], 16) / 16**8
         (held if h < eval_frac else train).append(doc)
     return train, held
+
+
+def train_eval_windows(docs: list, tokenizer, seq_len: int, train_tokens: int, eval_tokens: int,
+                       eval_frac: float, seed: int = 0) -> tuple[Windows, Windows]:
+    """Packed `(train, held-out)` windows: documents split by `split_by_document`, each side
+    shuffled (seeds `seed`, `seed + 1`, so corpora mix), and cut into as many windows as hold
+    `train_tokens` / `eval_tokens` tokens after BOS (fewer when the documents run out: check
+    `len(w) * (seq_len - 1)`)."""
+    import math
+    import random
+
+    train_docs, held_docs = split_by_document(docs, eval_frac, seed=seed)
+    random.Random(seed).shuffle(train_docs)
+    random.Random(seed + 1).shuffle(held_docs)
+    body = seq_len - 1
+    return (document_windows(train_docs, tokenizer, seq_len, n_windows=math.ceil(train_tokens / body)),
+            document_windows(held_docs, tokenizer, seq_len, n_windows=math.ceil(eval_tokens / body)))

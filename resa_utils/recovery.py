@@ -68,6 +68,14 @@ def synthetic_run(syn: SyntheticConfig, train: TrainConfig, probe_samples: tuple
     return {**final, "seconds": result.seconds, "curve": curve}
 
 
+def synthetic_row(c: dict) -> dict:
+    """`synthetic_run` from a sweep config (a module-level function, so `run_sweep` can run it
+    in worker processes): `c["syn"]` and `c["train"]` hold `SyntheticConfig` / `TrainConfig`
+    fields, `c["probe_samples"]` and `c["n_eval"]` the probes; other keys are labels."""
+    return synthetic_run(SyntheticConfig(**c["syn"]), TrainConfig(**c["train"]),
+                         tuple(c["probe_samples"]), c["n_eval"])
+
+
 def pairwise_consistency(saes: list[SAE], thresholds: tuple[float, ...] = (0.9, 0.7),
                          eval_ND: torch.Tensor | None = None) -> dict[str, float]:
     """Seed consistency over ordered pairs (A, B) of SAEs: the share of A's latents (alive on
@@ -106,3 +114,13 @@ def random_match_cosines(n_a: int, n_b: int, d: int, seed: int = 0) -> torch.Ten
     dims): the floor a real consistency has to clear."""
     g = torch.Generator().manual_seed(seed)
     return max_cosines(torch.randn(n_a, d, generator=g), torch.randn(n_b, d, generator=g))
+
+
+def seed_match_cosines(saes: list[SAE], eval_ND: torch.Tensor,
+                       min_density: float = 0.0) -> list[torch.Tensor]:
+    """Seed consistency as distributions: for each ordered pair (A, B) of `saes` (one per seed),
+    the best-match cosine in B of every latent of A firing on more than `min_density` of the
+    tokens `eval_ND` (0 = every live latent). One `[M_A]` tensor per pair, A-major order."""
+    masks = [evaluate_sae(s, eval_ND)["density"] > min_density for s in saes]
+    return [best_match_cosines(a, b, masks[i]) for i, a in enumerate(saes)
+            for j, b in enumerate(saes) if i != j]

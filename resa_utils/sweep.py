@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import pickle
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -37,10 +40,15 @@ def read_rows(path: str | Path) -> dict[str, dict]:
 
 
 def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
-              desc: str = "sweep", valid: Callable[[dict], bool] | None = None) -> pd.DataFrame:
+              desc: str = "sweep", valid: Callable[[dict], bool] | None = None,
+              workers: int = 1) -> pd.DataFrame:
     """Run `fn(config)` for each config not already in `path`; return every row as a DataFrame
     (config columns + result columns), in `configs` order. A stored row for which
-    `valid(row)` is False (say, its SAE weights are gone from the cache) is computed again."""
+    `valid(row)` is False (say, its SAE weights are gone from the cache) is computed again.
+
+    `workers > 1` runs configs in that many processes, each with its share of the CPU threads
+    (for many small jobs that cannot use every core alone); `fn` must then be a module-level
+    function (picklable), and rows are stored as they finish."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_rows(path)
@@ -49,8 +57,11 @@ def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
     _end_with_newline(path)
     keys = [config_key(c) for c in configs]
     todo = [(k, c) for k, c in zip(keys, configs) if k not in done]
-    for key, config in tqdm(todo, desc=desc, unit="run", mininterval=PROGRESS_INTERVAL_S):
-        row = {**config, **fn(config), "_key": key}
+    results = _in_workers(fn, todo, workers) if workers > 1 and len(todo) > 1 else \
+        ((k, c, fn(c)) for k, c in todo)
+    for key, config, out in tqdm(results, total=len(todo), desc=desc, unit="run",
+                                 mininterval=PROGRESS_INTERVAL_S):
+        row = {**config, **out, "_key": key}
         line = json.dumps(row, sort_keys=True, default=str)
         with open(path, "a") as fh:
             fh.write(line + "\n")
@@ -59,6 +70,35 @@ def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
         done[key] = row
     _compact(path, [done[k] for k in keys])
     return pd.DataFrame([done[k] for k in keys]).drop(columns="_key", errors="ignore")
+
+
+def _in_workers(fn: Callable[[dict], dict], todo: list[tuple[str, dict]],
+                workers: int) -> Iterator[tuple[str, dict, dict]]:
+    """`(key, config, fn(config))` as each finishes, from `workers` spawned processes."""
+    try:
+        pickle.dumps(fn)
+    except Exception as e:
+        raise TypeError(f"run_sweep(workers={workers}) needs a module-level function, not {fn!r}: "
+                        "move it into a module or use workers=1") from e
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+    try:
+        futures = {pool.submit(fn, c): (k, c) for k, c in todo}
+        for f in as_completed(futures):
+            k, c = futures[f]
+            yield k, c, f.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    from .perf import tune_allocator
+
+    torch.set_num_threads(threads)
+    tune_allocator()
 
 
 def _compact(path: Path, rows: list[dict]) -> None:

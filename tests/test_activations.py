@@ -8,6 +8,7 @@ from resa_utils.activations import (
     ActivationCache,
     check_finite,
     harvest,
+    harvest_splits,
     parse_hook,
     resid_hook,
     run_with_cache,
@@ -112,6 +113,19 @@ def test_cache_roundtrip_and_resume(tmp_path, tiny_lm, tiny_windows):
         handle.remove()
     assert sum(seen) == sum(s["stop"] - s["start"] for s in dropped)
     assert torch.equal(resumed.load(hooks[1]), direct[hooks[1]])
+
+
+def test_harvest_splits_counts_only_what_it_harvested(tmp_path, tiny_lm, tiny_windows):
+    hooks = [resid_hook(1)]
+    splits = {"train": tiny_windows[:6], "eval": tiny_windows[6:]}
+    caches, stats = harvest_splits(tmp_path / "h", tiny_lm, splits, hooks, dtype=torch.float32)
+    assert set(caches) == {"train", "eval"}
+    assert stats["tokens"] == caches["train"].n_tokens + caches["eval"].n_tokens > 0
+    assert stats["tokens/s"] > 0
+    direct = harvest(tiny_lm, tiny_windows[6:], hooks, progress=False)[hooks[0]]
+    assert torch.equal(caches["eval"].load(hooks[0]), direct)
+    again, stats2 = harvest_splits(tmp_path / "h", tiny_lm, splits, hooks, dtype=torch.float32)
+    assert stats2["tokens"] == 0 and stats2["tokens/s"] != stats2["tokens/s"]  # reused: NaN
 
 
 def test_cache_refuses_other_inputs_and_corrupt_shards(tmp_path, tiny_lm, tiny_windows):

@@ -6,7 +6,7 @@ import torch
 
 from resa_utils import corpora
 from resa_utils.corpora import POS_CLASSES, Document, parse_brown_file, pos_class
-from resa_utils.data import document_windows, load_texts, split_by_document
+from resa_utils.data import document_windows, load_texts, split_by_document, train_eval_windows
 
 RAW = "\n\n\t``/`` The/at jury/nn said/vbd ''/'' it/pps did/dod n't/* ./.\n\n\tIt/pps ran/vbd ./.\n"
 
@@ -81,6 +81,27 @@ def test_split_is_by_document_and_stable():
     assert [d.doc_id for d in again] == [d.doc_id for d in train]
     other, _ = split_by_document(docs, 0.25, seed=1)
     assert [d.doc_id for d in other] != [d.doc_id for d in train]
+
+
+def test_train_eval_windows_are_disjoint_and_sized(tiny_lm):
+    docs = [Document(f"d{i}", " ".join(f"w{i}x{j}" for j in range(40)), sentence_starts=[0]) for i in range(60)]
+    train, held = train_eval_windows(docs, tiny_lm.tokenizer, 16, train_tokens=150, eval_tokens=45,
+                                     eval_frac=0.3, seed=0)
+    assert len(train) == 10 and len(held) == 3  # ceil(150 / 15), ceil(45 / 15) windows
+    ids = lambda w: {w.doc_ids[int(d)] for d in w.doc[w.doc >= 0]}  # noqa: E731
+    assert ids(train).isdisjoint(ids(held))
+    again, _ = train_eval_windows(docs, tiny_lm.tokenizer, 16, 150, 45, 0.3, seed=0)
+    assert torch.equal(again.ids, train.ids)
+    other, _ = train_eval_windows(docs, tiny_lm.tokenizer, 16, 150, 45, 0.3, seed=1)
+    assert not torch.equal(other.ids, train.ids)
+
+
+def test_plain_texts_become_documents(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("One doc. Two sentences.\n\nAnother doc here.")
+    docs = corpora.load_documents(str(path))
+    assert len(docs) >= 1 and all(isinstance(d, Document) and d.text for d in docs)
+    assert docs[0].sentence_starts[0] == 0 and len({d.doc_id for d in docs}) == len(docs)
 
 
 def test_missing_npm_is_named(monkeypatch, tmp_path):

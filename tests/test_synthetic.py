@@ -138,3 +138,23 @@ def test_best_match_cosines_and_the_random_floor():
     other = SAE(SAEConfig(d_in=32, d_sae=40)).init_weights(g)
     assert 0.2 < floor.median() < 0.7  # random directions in 32 dims: far from 1
     assert abs(float(best_match_cosines(a, other).median() - floor.median())) < 0.15
+
+
+def test_seed_match_cosines_per_ordered_pair_over_firing_latents():
+    from resa_utils.recovery import seed_match_cosines
+
+    g = torch.Generator().manual_seed(0)
+    a = SAE(SAEConfig(d_in=16, d_sae=20)).init_weights(g)
+    b = SAE(SAEConfig(d_in=16, d_sae=20)).init_weights(g)
+    with torch.no_grad():
+        b.W_dec[:10] = a.W_dec[:10]
+        b.W_enc[:, :10] = a.W_dec[:10].t()
+        b.b_enc[10:] = -1e4  # b's latents 10.. never fire
+    x = torch.randn(500, 16, generator=g)
+    a_to_b, b_to_a = seed_match_cosines([a, b], x)
+    assert b_to_a.shape == (10,) and torch.allclose(b_to_a, torch.ones(10), atol=1e-5)
+    live_a = int((torch.relu(a.pre_acts(x)) > 0).any(0).sum())
+    assert a_to_b.shape == (live_a,) and (a_to_b > 1 - 1e-5).sum() >= 1
+    # a density floor keeps only latents firing more often than it
+    dens = (a.encode(x) > 0).float().mean(0)
+    assert seed_match_cosines([a, b], x, min_density=0.5)[0].shape == (int((dens > 0.5).sum()),)

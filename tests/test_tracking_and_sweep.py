@@ -99,3 +99,21 @@ def test_sweep_recomputes_invalid_rows_and_keeps_only_its_own(tmp_path):
     assert calls == [0, 1, 2, 1] and df.y.tolist() == [1, 5]
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["x"] for r in rows] == [0, 1]  # the stale x=2 row and the superseded x=1 row are gone
+
+
+def test_sweep_in_worker_processes_matches_the_serial_sweep(tmp_path):
+    from resa_utils.recovery import synthetic_row
+
+    def cfg(seed, method):
+        return {"syn": {"n_features": 12, "d": 6, "sparsities": [2], "n_samples": 2000, "seed": seed},
+                "train": {"method": method, "d_sae": 16, "k": 2, "n_tokens": 4096, "batch_size": 256,
+                          "seed": seed, "gba_interval": 4, "dead_tokens": 1024},
+                "probe_samples": [1024], "n_eval": 1000}
+    configs = [cfg(s, m) for s in (0, 1) for m in ("topk", "gba")]
+    serial = run_sweep(tmp_path / "a.jsonl", configs, synthetic_row)
+    parallel = run_sweep(tmp_path / "b.jsonl", configs, synthetic_row, workers=2)
+    cols = ["recovery@0.9", "fvu", "l0", "dead_frac"]
+    pd.testing.assert_frame_equal(serial[cols], parallel[cols])  # same rows, in configs order
+    assert [len(c) for c in parallel.curve] == [2] * 4  # the probe and the stopping point
+    with pytest.raises(TypeError, match="module-level function"):
+        run_sweep(tmp_path / "c.jsonl", configs, lambda c: {}, workers=2)
