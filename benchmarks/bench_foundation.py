@@ -260,6 +260,8 @@ def bench_sae(quick: bool) -> list[Goal]:
         Row("resa relu_l1 (b=-0.1) dense", ours_step("relu_l1", sample, bias=-0.1, relu_path="dense"),
             dense_flops),
         Row("resa relu_l1 (b=-0.1) sparse", ours_step("relu_l1", sample, bias=-0.1, relu_path="sparse")),
+        Row("resa crosscoder (2 x d/2)", ours_step("crosscoder", sample), dense_flops,
+            note="two models of width d/2: the same matmuls as relu_l1 above, plus decoder norms"),
     ]
     mms = matmul_rows()
     secs = round_robin(mms + rows, batches, warmup, n)
@@ -282,7 +284,9 @@ def bench_sae(quick: bool) -> list[Goal]:
           " and enc);\n  dense rows 10BdF (5 matmuls: enc fwd, dec fwd, dec dgrad, dec wgrad, enc"
           " wgrad; no input grad)")
     print("gba: no bias update falls in the timed steps (every 50 steps); its buffering is timed.")
-    return [Goal("resa topk FLOP/s fraction of peak", sparse_flops / ours / peak, 0.5)]
+    cc = secs["resa crosscoder (2 x d/2)"]
+    return [Goal("resa topk FLOP/s fraction of peak", sparse_flops / ours / peak, 0.5),
+            Goal("resa crosscoder FLOP/s fraction of peak", dense_flops / cc / peak, 0.5)]
 
 
 # --------------------------------------------------------------------------- section 2

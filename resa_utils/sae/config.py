@@ -10,7 +10,7 @@ ARCHITECTURES = ("standard", "topk", "jumprelu")
 """Inference architectures (SAELens names): `standard` = ReLU (L1 and GBA train it), `topk`,
 `jumprelu` = ReLU zeroed at or below a per-latent threshold (GBA with `gba_activation="jumprelu"`)."""
 
-METHODS = ("topk", "relu_l1", "gba")
+METHODS = ("topk", "relu_l1", "gba", "crosscoder")
 """Training methods; each has one trainer class (registry: `resa_utils.sae.train.TRAINERS`)."""
 
 
@@ -62,7 +62,8 @@ class SAEConfig:
 @dataclass
 class TrainConfig:
     method: str = "topk"
-    """'topk' (with AuxK), 'relu_l1' (L1 penalty) or 'gba' (group bias adaptation, no penalty)."""
+    """'topk' (with AuxK), 'relu_l1' (L1 penalty), 'gba' (group bias adaptation, no penalty) or
+    'crosscoder' (one dictionary over several models' concatenated activations)."""
     d_sae: int = 4096
     """Number of latents."""
     k: int = 32
@@ -98,6 +99,16 @@ class TrainConfig:
     gba_activation: str = "relu"
     """GBA: 'relu' outputs relu(w·x + b); 'jumprelu' outputs w·x where w·x + b > 0, else 0 (the
     bias gates without shrinking), exported as a SAELens `jumprelu` SAE with threshold −b."""
+    n_models: int = 2
+    """Crosscoder: models whose activations of the same tokens are concatenated along the last
+    dim (equal widths, d_in = n_models · d_model)."""
+    crosscoder_activation: str = "relu"
+    """Crosscoder: 'relu' with the decoder-norm-weighted L1 penalty (`l1_coefficient`, the
+    authors' λ = 2) or 'topk' (`k` latents per token, no penalty)."""
+    l1_warmup_frac: float = 0.05
+    """Crosscoder: share of the first steps over which the L1 coefficient ramps up from 0."""
+    dec_init_norm: float = 0.08
+    """Crosscoder: initial norm of each latent's decoder block for each model."""
     lr: float | None = None
     """Adam learning rate; None = sparsify's width-scaled 2e-4 / sqrt(d_sae / 16384)."""
     lr_decay_frac: float = 0.2
@@ -150,6 +161,17 @@ class TrainConfig:
                  f"gba_eps={self.gba_eps} must be in [0, gba_p_low={self.gba_p_low})"),
                 (self.gba_activation in ("relu", "jumprelu"),
                  f"gba_activation={self.gba_activation!r} must be 'relu' or 'jumprelu'"),
+            ]
+        if self.method == "crosscoder":
+            checks += [
+                (self.n_models >= 1, f"n_models={self.n_models} must be >= 1"),
+                (self.crosscoder_activation in ("relu", "topk"),
+                 f"crosscoder_activation={self.crosscoder_activation!r} must be 'relu' or 'topk'"),
+                (0 <= self.l1_warmup_frac <= 1, f"l1_warmup_frac={self.l1_warmup_frac} must be in [0, 1]"),
+                (self.dec_init_norm > 0, f"dec_init_norm={self.dec_init_norm} must be > 0"),
+                (self.l1_coefficient >= 0, f"l1_coefficient={self.l1_coefficient} must be >= 0"),
+                (self.crosscoder_activation != "topk" or 0 < self.k <= self.d_sae,
+                 f"k={self.k} must be in 1..d_sae={self.d_sae}: lower k or raise d_sae"),
             ]
         for ok, msg in checks:
             if not ok:

@@ -71,12 +71,14 @@ class SAE(nn.Module):
 
     # ------------------------------------------------------------------ transforms
     @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> "SAE":
-        """Turn an SAE trained on `x * scale` into one on raw `x` with the same latents."""
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
-        self.cfg.metadata["input_scale_folded"] = float(scale)
+    def fold_input_scale(self, scale: "float | torch.Tensor") -> "SAE":
+        """Turn an SAE trained on `x * scale` into one on raw `x` with the same latents; `scale`
+        is a number or one factor per input dimension (`[d_in]`, e.g. per model in a crosscoder)."""
+        s = torch.as_tensor(scale, dtype=self.W_enc.dtype).to(self.W_enc.device)
+        self.W_enc.mul_(s.unsqueeze(-1) if s.ndim else s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+        self.cfg.metadata["input_scale_folded"] = s.tolist() if s.ndim else float(s)
         return self
 
     # ------------------------------------------------------------------ io

@@ -14,6 +14,7 @@ from ..activations import check_finite
 from ..progress import PROGRESS_INTERVAL_S, tqdm
 from ..models import default_device
 from .config import TrainConfig
+from .crosscoder import CrosscoderTrainer
 from .gba import GBATrainer
 from .metrics import evaluate_sae
 from .model import SAE
@@ -25,6 +26,7 @@ TRAINERS: dict[str, type[Trainer]] = {
     "topk": TopKTrainer,
     "relu_l1": ReluL1Trainer,
     "gba": GBATrainer,
+    "crosscoder": CrosscoderTrainer,
 }
 
 

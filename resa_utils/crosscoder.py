@@ -1,0 +1,58 @@
+"""Paper 4 (Baek & Tegmark 2025): what a crosscoder over a base and a distilled model says about
+their differences. Training is `TrainConfig(method="crosscoder")` (`sae/crosscoder.py`); this
+module reads a trained crosscoder: per-model decoder norms, the relative norm r_i, and the
+model-specific / shared split."""
+
+from __future__ import annotations
+
+import torch
+
+from .sae import SAE
+
+
+def n_models(sae: SAE) -> int:
+    """How many models a crosscoder reads (from its metadata); 1 for a plain SAE."""
+    return int(sae.cfg.metadata.get("n_models", 1))
+
+
+def decoder_norms(sae: SAE, ord: int = 2) -> torch.Tensor:
+    """`[F, M]`: the L`ord` norm of each latent's decoder block for each model, in the raw
+    activation scale of that model (the saved crosscoder has the normalisation folded in)."""
+    M = n_models(sae)
+    W = sae.W_dec.detach().float()
+    return torch.linalg.vector_norm(W.view(W.shape[0], M, W.shape[1] // M), ord=ord, dim=-1)
+
+
+def relative_norms(sae: SAE, ord: int = 2, scale_M: torch.Tensor | None = None) -> torch.Tensor:
+    """`r_i = ‖d_i^B‖ / (‖d_i^A‖ + ‖d_i^B‖)` for a two-model crosscoder (A = first, B = second):
+    ≈0 A-only, ≈0.5 shared, ≈1 B-only. `ord` 2 is the common replications' norm, 1 the
+    authors' code. Norms are compared in the training scale (each model's activations at mean
+    norm √d) when `scale_M` holds the per-model factors that were folded in (metadata), so a
+    model with larger activations does not look more important."""
+    if n_models(sae) != 2:
+        raise ValueError(f"relative norms need a two-model crosscoder, this one reads {n_models(sae)}")
+    norms = decoder_norms(sae, ord)
+    if scale_M is None:
+        scale_M = folded_scales(sae)
+    norms = norms * scale_M.to(norms)
+    return norms[:, 1] / (norms[:, 0] + norms[:, 1]).clamp_min(1e-12)
+
+
+def folded_scales(sae: SAE) -> torch.Tensor:
+    """`[M]` per-model input scales folded into the saved crosscoder (ones if none)."""
+    M = n_models(sae)
+    s = sae.cfg.metadata.get("input_scale_folded")
+    if s is None:
+        return torch.ones(M)
+    s = torch.as_tensor(s, dtype=torch.float32).flatten()
+    return s.view(M, -1)[:, 0] if s.numel() > 1 else s.expand(M)
+
+
+def split_latents(r_F: torch.Tensor, low: float = 0.1, high: float = 0.9) -> dict[str, torch.Tensor]:
+    """Index sets by relative norm: first-model-only (r < low), second-model-only (r > high),
+    shared (the rest)."""
+    if not 0 <= low < high <= 1:
+        raise ValueError(f"need 0 <= low ({low}) < high ({high}) <= 1")
+    return {"first only": torch.nonzero(r_F < low).flatten(),
+            "shared": torch.nonzero((r_F >= low) & (r_F <= high)).flatten(),
+            "second only": torch.nonzero(r_F > high).flatten()}

@@ -1,0 +1,96 @@
+"""Crosscoder: planted shared and model-specific directions are found with the right relative
+norms; folding the per-model normalisation leaves the reconstruction unchanged; paired caches
+pair the same tokens and refuse caches of different tokens."""
+
+import pytest
+import torch
+
+from resa_utils.activations import ActivationCache, PairedCache, resid_hook
+from resa_utils.crosscoder import decoder_norms, relative_norms, split_latents
+from resa_utils.sae import TrainConfig, train_sae
+from resa_utils.sae.train import make_trainer
+
+
+def planted(n_each: int = 8, d: int = 16, n: int = 40_000, seed: int = 0, scale_b: float = 3.0):
+    """Paired activations `[n, 2d]`: `n_each` shared features (each with its own direction in
+    each model, firing in both), `n_each` A-only and `n_each` B-only; model B is `scale_b`
+    times larger, which the per-model normalisation must undo."""
+    g = torch.Generator().manual_seed(seed)
+    unit = lambda m: torch.nn.functional.normalize(torch.randn(m, d, generator=g), dim=1)  # noqa: E731
+    dirs_a = torch.cat([unit(n_each), unit(n_each), torch.zeros(n_each, d)])
+    dirs_b = torch.cat([unit(n_each), torch.zeros(n_each, d), unit(n_each)])
+    F = 3 * n_each
+    codes = torch.zeros(n, F)
+    support = torch.rand(n, F, generator=g).argsort(1)[:, :2]
+    codes.scatter_(1, support, torch.rand(n, 2, generator=g) + 0.5)
+    return torch.cat([codes @ dirs_a, scale_b * codes @ dirs_b], 1), dirs_a, dirs_b
+
+
+def test_crosscoder_finds_shared_and_model_specific_directions():
+    x, dirs_a, dirs_b = planted()
+    cfg = TrainConfig(method="crosscoder", d_sae=64, l1_coefficient=0.5, lr=3e-3, n_tokens=400_000,
+                      batch_size=256, seed=0)
+    sae = train_sae(x, cfg, progress=False).sae
+    r = relative_norms(sae)
+    truth = torch.nn.functional.normalize(torch.cat([dirs_a, 3.0 * dirs_b], 1), dim=1)  # in raw scale
+    W = torch.nn.functional.normalize(sae.W_dec.detach(), dim=1)
+    best_cos, best = (truth @ W.t()).max(1)
+    # every planted feature has a latent pointing its way; which blocks it uses decides r
+    assert (best_cos > 0.9).float().mean() >= 0.9, best_cos
+    rs = r[best]
+    assert ((rs[:8] - 0.5).abs() < 0.2).float().mean() >= 0.75, rs[:8]   # shared: r ≈ 0.5
+    assert (rs[8:16] < 0.1).float().mean() >= 0.75, rs[8:16]              # A-only: r ≈ 0
+    assert (rs[16:] > 0.9).float().mean() >= 0.75, rs[16:]                # B-only: r ≈ 1
+    groups = split_latents(r)
+    assert sum(len(v) for v in groups.values()) == 64
+
+
+def test_folding_the_normalisation_keeps_the_reconstruction():
+    x, *_ = planted(n=4096)
+    for act in ("relu", "topk"):
+        cfg = TrainConfig(method="crosscoder", d_sae=32, k=4, crosscoder_activation=act, n_tokens=2048,
+                          batch_size=256, lr=1e-3)
+        tr = make_trainer(cfg, x.shape[1])
+        tr.setup(x[:2048])
+        for i in range(8):
+            tr.train_step(x[i * 256:(i + 1) * 256])
+        s = tr.input_scale
+        assert s.shape == (32,) and torch.allclose(s[:16], s[0]) and torch.allclose(s[16:], s[16])
+        # each model's scaled activations have mean norm sqrt(d)
+        assert (x[:2048, 16:] * s[16:]).norm(dim=1).mean() == pytest.approx(4.0, rel=1e-4)
+        with torch.no_grad():
+            inner = tr.sae(x[:512] * s) / s
+            out = tr.export()
+            assert torch.allclose(out(x[:512]), inner, atol=1e-4, rtol=1e-4)
+            assert out.cfg.metadata["n_models"] == 2 and out.cfg.metadata["d_model"] == 16
+            # relative norms are read in the training scale: the export's raw norms differ by s
+            assert torch.allclose(relative_norms(out), tr.decoder_norms()[:, 1] / tr.decoder_norms().sum(1), atol=1e-5)
+            assert decoder_norms(out).shape == (32, 2)
+
+
+def test_decoder_starts_at_the_stated_norm_and_l1_ramps_up():
+    x, *_ = planted(n=2048)
+    tr = make_trainer(TrainConfig(method="crosscoder", d_sae=16, n_tokens=2048 * 10, batch_size=256), 32)
+    tr.setup(x)
+    assert torch.allclose(tr.decoder_norms(), torch.full((16, 2), 0.08), atol=1e-6)
+    assert torch.equal(tr.sae.W_enc, tr.sae.W_dec.t())
+    assert tr.l1_weight() == 0.0
+    tr.step = 4  # 5 % of 80 steps is 4
+    assert tr.l1_weight() == pytest.approx(tr.cfg.l1_coefficient)
+    with pytest.raises(ValueError, match="not a multiple of n_models=2"):
+        make_trainer(TrainConfig(method="crosscoder", d_sae=16), 33)
+
+
+def test_paired_cache_pairs_the_same_tokens(tmp_path, tiny_lm, tiny_windows):
+    h1, h2 = resid_hook(1), resid_hook(2)
+    a = ActivationCache.build(tmp_path / "a", tiny_lm, tiny_windows, [h1], windows_per_shard=4, progress=False)
+    b = ActivationCache.build(tmp_path / "b", tiny_lm, tiny_windows, [h2], windows_per_shard=4, progress=False)
+    paired = PairedCache(a, h1, b, h2)
+    both = paired.load()
+    assert torch.equal(both, torch.cat([a.load(h1), b.load(h2)], 1))
+    rows = {tuple(r.tolist()) for r in both}
+    batches = list(paired.batches(PairedCache.HOOK, 8, seed=0))
+    assert batches and all(tuple(r.tolist()) in rows for batch in batches for r in batch)
+    short = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows[:-1], [h2], windows_per_shard=4, progress=False)
+    with pytest.raises(ValueError, match="paired caches hold different tokens"):
+        PairedCache(a, h1, short, h2)
