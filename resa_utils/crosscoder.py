@@ -56,3 +56,33 @@ def split_latents(r_F: torch.Tensor, low: float = 0.1, high: float = 0.9) -> dic
     return {"first only": torch.nonzero(r_F < low).flatten(),
             "shared": torch.nonzero((r_F >= low) & (r_F <= high)).flatten(),
             "second only": torch.nonzero(r_F > high).flatten()}
+
+
+@torch.no_grad()
+def ablated_logits(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor,
+                   ablate: torch.Tensor | list[int]) -> torch.Tensor:
+    """The second model's logits `[B, T, V]` with the crosscoder spliced in at `hook` and the
+    latents `ablate` zeroed: the block output becomes `x_2 + (x̂_2' − x̂_2)`, i.e. the
+    reconstruction with those latents removed plus the crosscoder's error term, so an empty
+    ablation reproduces the clean forward exactly. The encoder reads both models'
+    activations of the same tokens (the first model runs up to `hook` once)."""
+    from .activations import run_with_cache, splice
+
+    if n_models(cc) != 2:
+        raise ValueError(f"ablated_logits needs a two-model crosscoder, this one reads {n_models(cc)}")
+    x_1 = run_with_cache(first_lm.model, ids_BT, [hook])[hook]
+    idx = torch.as_tensor(ablate, dtype=torch.long)
+    D = x_1.shape[-1]
+
+    def replace(x_2: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x_1, x_2], -1).reshape(-1, 2 * D).float()
+        f = cc.encode(x)
+        if idx.numel() == 0:
+            return x_2
+        f_abl = f.clone()
+        f_abl[:, idx] = 0
+        delta = (cc.decode(f_abl) - cc.decode(f))[:, D:]
+        return x_2 + delta.reshape(x_2.shape).to(x_2.dtype)
+
+    with splice(second_lm.model, hook, replace):
+        return second_lm.model(input_ids=ids_BT, use_cache=False).logits

@@ -94,3 +94,19 @@ def test_paired_cache_pairs_the_same_tokens(tmp_path, tiny_lm, tiny_windows):
     short = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows[:-1], [h2], windows_per_shard=4, progress=False)
     with pytest.raises(ValueError, match="paired caches hold different tokens"):
         PairedCache(a, h1, short, h2)
+
+
+def test_ablation_splice_is_exact_when_empty_and_moves_logits_otherwise(tiny_lm, tiny_windows):
+    from resa_utils.crosscoder import ablated_logits
+    from resa_utils.sae import SAE, SAEConfig
+
+    D = tiny_lm.d_model
+    cc = SAE(SAEConfig(d_in=2 * D, d_sae=16, metadata={"n_models": 2, "d_model": D}))
+    cc.init_weights(torch.Generator().manual_seed(0))
+    ids = tiny_windows[:2]
+    hook = resid_hook(1)
+    with torch.no_grad():
+        clean = tiny_lm.model(input_ids=ids, use_cache=False).logits
+    assert torch.equal(ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, []), clean)
+    moved = ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, list(range(16)))
+    assert not torch.allclose(moved, clean)
