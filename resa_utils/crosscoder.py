@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .sae import SAE
+from .sae.crosscoder import block_norms
 
 
 def n_models(sae: SAE) -> int:
@@ -18,9 +19,7 @@ def n_models(sae: SAE) -> int:
 def decoder_norms(sae: SAE, ord: int = 2) -> torch.Tensor:
     """`[F, M]`: the L`ord` norm of each latent's decoder block for each model, in the raw
     activation scale of that model (the saved crosscoder has the normalisation folded in)."""
-    M = n_models(sae)
-    W = sae.W_dec.detach().float()
-    return torch.linalg.vector_norm(W.view(W.shape[0], M, W.shape[1] // M), ord=ord, dim=-1)
+    return block_norms(sae.W_dec.detach().float(), n_models(sae), ord)
 
 
 def relative_norms(sae: SAE, ord: int = 2, scale_M: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,15 +69,15 @@ def ablated_logits(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor
 
     if n_models(cc) != 2:
         raise ValueError(f"ablated_logits needs a two-model crosscoder, this one reads {n_models(cc)}")
-    x_1 = run_with_cache(first_lm.model, ids_BT, [hook])[hook]
     idx = torch.as_tensor(ablate, dtype=torch.long)
+    if idx.numel() == 0:  # nothing removed: the error term gives back the clean activations
+        return second_lm.model(input_ids=ids_BT, use_cache=False).logits
+    x_1 = run_with_cache(first_lm.model, ids_BT, [hook])[hook]
     D = x_1.shape[-1]
 
     def replace(x_2: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x_1, x_2], -1).reshape(-1, 2 * D).float()
         f = cc.encode(x)
-        if idx.numel() == 0:
-            return x_2
         f_abl = f.clone()
         f_abl[:, idx] = 0
         delta = (cc.decode(f_abl) - cc.decode(f))[:, D:]

@@ -80,23 +80,12 @@ def pairwise_consistency(saes: list[SAE], thresholds: tuple[float, ...] = (0.9, 
                          eval_ND: torch.Tensor | None = None) -> dict[str, float]:
     """Seed consistency over ordered pairs (A, B) of SAEs: the share of A's latents (alive on
     `eval_ND`, if given) whose best decoder match in B has cosine > τ, averaged over pairs,
-    for each τ; plus the median best-match cosine."""
-    shares: dict[float, list[float]] = {t: [] for t in thresholds}
-    medians = []
-    for i, a in enumerate(saes):
-        dec_a = a.W_dec.detach()
-        if eval_ND is not None:
-            dec_a = dec_a[evaluate_sae(a, eval_ND)["density"] > 0]
-        for j, b in enumerate(saes):
-            if i == j:
-                continue
-            best = max_cosines(dec_a, b.W_dec.detach())
-            medians.append(float(best.median()))
-            for t in thresholds:
-                shares[t].append(float((best > t).float().mean()))
+    for each τ; plus the median best-match cosine (`seed_match_cosines` summarised)."""
+    pairs = seed_match_cosines(saes, eval_ND)
     nan = float("nan")
-    out = {f"consistency@{t}": sum(v) / len(v) if v else nan for t, v in shares.items()}
-    out["median_max_cos"] = sum(medians) / len(medians) if medians else nan
+    out = {f"consistency@{t}": sum(float((p > t).float().mean()) for p in pairs) / len(pairs) if pairs else nan
+           for t in thresholds}
+    out["median_max_cos"] = sum(float(p.median()) for p in pairs) / len(pairs) if pairs else nan
     return out
 
 
@@ -116,11 +105,12 @@ def random_match_cosines(n_a: int, n_b: int, d: int, seed: int = 0) -> torch.Ten
     return max_cosines(torch.randn(n_a, d, generator=g), torch.randn(n_b, d, generator=g))
 
 
-def seed_match_cosines(saes: list[SAE], eval_ND: torch.Tensor,
+def seed_match_cosines(saes: list[SAE], eval_ND: torch.Tensor | None,
                        min_density: float = 0.0) -> list[torch.Tensor]:
     """Seed consistency as distributions: for each ordered pair (A, B) of `saes` (one per seed),
     the best-match cosine in B of every latent of A firing on more than `min_density` of the
-    tokens `eval_ND` (0 = every live latent). One `[M_A]` tensor per pair, A-major order."""
-    masks = [evaluate_sae(s, eval_ND)["density"] > min_density for s in saes]
+    tokens `eval_ND` (0 = every live latent; `eval_ND` None = every latent). One `[M_A]` tensor
+    per pair, A-major order."""
+    masks = [None if eval_ND is None else evaluate_sae(s, eval_ND)["density"] > min_density for s in saes]
     return [best_match_cosines(a, b, masks[i]) for i, a in enumerate(saes)
             for j, b in enumerate(saes) if i != j]

@@ -349,8 +349,9 @@ def fit_layer_maps(load_source, load_target, pw: PairedWindows, source_layers: l
                    "cosine": mean_cosine(pred, y_te), "n_train": int(tr.sum()), "n_test": int(te.sum())}
             if (s, t) in shuffled:
                 sm = shuffled_stats(x_tr, y_tr, seed, torch.float32).solve(m.lam, relative=True)
-                row["shuffled_r2"] = r2_score(sm(x_te), y_te)
-                row["shuffled_cosine"] = mean_cosine(sm(x_te), y_te)
+                pred_sm = sm(x_te)
+                row["shuffled_r2"] = r2_score(pred_sm, y_te)
+                row["shuffled_cosine"] = mean_cosine(pred_sm, y_te)
             if (s, t) in keep:
                 maps[(s, t)] = m
             rows.append(row)

@@ -24,6 +24,13 @@ import torch
 from .trainer import Trainer
 
 
+def block_norms(W_dec_FD: torch.Tensor, n_models: int, ord: int = 2) -> torch.Tensor:
+    """`[F, M]`: the L`ord` norm of each latent's decoder block for each of the `n_models`
+    models (differentiable: the training penalty uses it)."""
+    F, D = W_dec_FD.shape
+    return torch.linalg.vector_norm(W_dec_FD.view(F, n_models, D // n_models), ord=ord, dim=-1)
+
+
 class CrosscoderTrainer(Trainer):
     def __init__(self, cfg, d_in: int, device="cpu", metadata: dict | None = None):
         if d_in % cfg.n_models:
@@ -61,7 +68,7 @@ class CrosscoderTrainer(Trainer):
 
     def decoder_norms(self) -> torch.Tensor:
         """`[F, M]` L2 norm of each latent's decoder block for each model (in training scale)."""
-        return self.sae.W_dec.view(self.cfg.d_sae, self.cfg.n_models, self.d_model).norm(dim=-1)
+        return block_norms(self.sae.W_dec, self.cfg.n_models)
 
     def l1_weight(self) -> float:
         """λ at this step: linear ramp from 0 over the first `l1_warmup_frac` of steps."""
