@@ -203,6 +203,76 @@ def _check_range(tensors: dict[str, torch.Tensor], dtype: torch.dtype, start: in
             )
 
 
+@dataclass
+class _ShardJob:
+    """What a worker needs to write shards of one cache (the model travels once per worker)."""
+
+    folder: Path
+    lm: object
+    windows_NT: torch.Tensor
+    hooks: list[str]
+    batch_size: int
+    drop_bos: bool
+    dtype: torch.dtype
+    windows_per_shard: int
+
+    def __call__(self, a: int, b: int) -> dict:
+        """Harvest windows `a:b` into one shard file (atomically); return its manifest entry."""
+        parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hooks}
+        for acts in _iter_batches(self.lm, self.windows_NT, self.hooks, self.batch_size,
+                                  self.drop_bos, None, False, start=a, stop=b):
+            for h in self.hooks:
+                parts[h].append(acts[h])
+        tensors = {h: torch.cat(v) for h, v in parts.items()}
+        _check_range(tensors, self.dtype, a)
+        tensors = {h: t.to(self.dtype).contiguous() for h, t in tensors.items()}
+        name = f"shard_{a // self.windows_per_shard:05d}.safetensors"
+        with atomic_path(self.folder / name) as tmp:
+            save_file(tensors, str(tmp))
+        return {"file": name, "start": a, "stop": b, "n_tokens": int(tensors[self.hooks[0]].shape[0]),
+                "sha256": sha256_file(self.folder / name)}
+
+
+_WORKER_JOB: _ShardJob | None = None
+
+
+def _init_shard_worker(job: _ShardJob, threads: int) -> None:
+    global _WORKER_JOB
+    from .perf import tune_allocator
+
+    torch.set_num_threads(threads)
+    tune_allocator()
+    _WORKER_JOB = job
+
+
+def _shard_in_worker(span: tuple[int, int]) -> dict:
+    with torch.no_grad():
+        return _WORKER_JOB(*span)
+
+
+def _run_shards(job: _ShardJob, spans: list[tuple[int, int]], workers: int) -> Iterator[dict]:
+    """Manifest entries of the shards at `spans` as they finish, in this process or in
+    `workers` spawned ones."""
+    if workers <= 1 or len(spans) <= 1:
+        with torch.no_grad():
+            for a, b in spans:
+                yield job(a, b)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = min(workers, len(spans))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_shard_worker, initargs=(job, threads))
+    try:
+        for f in as_completed([pool.submit(_shard_in_worker, span) for span in spans]):
+            yield f.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class ActivationCache:
     """On-disk activations: `manifest.json` + `shard_XXXXX.safetensors`, one tensor per hook.
 
@@ -230,7 +300,13 @@ class ActivationCache:
     @classmethod
     def build(cls, folder: str | Path, lm, windows_NT: torch.Tensor, hooks: list[str],
               batch_size: int = 8, windows_per_shard: int = 64, drop_bos: bool = True,
-              progress: bool = True, dtype: torch.dtype = torch.float32) -> "ActivationCache":
+              progress: bool = True, dtype: torch.dtype = torch.float32,
+              workers: int = 1) -> "ActivationCache":
+        """Harvest `windows_NT` at `hooks` into `folder` (resuming a killed build). `workers > 1`
+        runs shards in that many spawned processes, each with its share of the CPU threads and
+        its own copy of the model: on 2 cores a small model's forward gains about 1.3x (gemma-3-270m:
+        657 vs 491 tok/s), since its norms, attention and activations scale worse over threads
+        than its matmuls. Shards, manifest and values are the same as with one worker."""
         folder = Path(folder)
         for h in hooks:
             parse_hook(h, lm.n_layers)  # validate before any compute
@@ -256,28 +332,15 @@ class ActivationCache:
         wps = manifest["windows_per_shard"]
         done = {s["start"] for s in manifest["shards"]}
         n = windows_NT.shape[0]
-        todo = [a for a in range(0, n, wps) if a not in done]
-        bar = tqdm(total=n, initial=n - sum(min(wps, n - a) for a in todo), unit="win",
+        todo = [(a, min(a + wps, n)) for a in range(0, n, wps) if a not in done]
+        bar = tqdm(total=n, initial=n - sum(b - a for a, b in todo), unit="win",
                    desc=f"harvest {lm.name}", disable=not progress, mininterval=PROGRESS_INTERVAL_S)
-        for a in todo:
-            b = min(a + wps, n)
-            parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
-            for acts in _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, None,
-                                      False, start=a, stop=b):
-                for h in hooks:
-                    parts[h].append(acts[h])
-            tensors = {h: torch.cat(v) for h, v in parts.items()}
-            _check_range(tensors, dtype, a)
-            tensors = {h: t.to(dtype).contiguous() for h, t in tensors.items()}
-            name = f"shard_{a // wps:05d}.safetensors"
-            with atomic_path(folder / name) as tmp:
-                save_file(tensors, str(tmp))
-            manifest["shards"].append({"file": name, "start": a, "stop": b,
-                                       "n_tokens": int(tensors[hooks[0]].shape[0]),
-                                       "sha256": sha256_file(folder / name)})
+        job = _ShardJob(folder, lm, windows_NT, list(hooks), batch_size, drop_bos, dtype, wps)
+        for shard in _run_shards(job, todo, workers):
+            manifest["shards"].append(shard)
             manifest["shards"].sort(key=lambda s: s["start"])
             write_json(manifest_path, manifest)
-            bar.update(b - a)
+            bar.update(shard["stop"] - shard["start"])
         bar.close()
         manifest["complete"] = True
         manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
@@ -409,16 +472,18 @@ def _fingerprint(model: str, windows_NT: torch.Tensor, hooks: list[str], drop_bo
 
 def harvest_splits(folder: str | Path, lm, splits: dict[str, torch.Tensor], hooks: list[str],
                    dtype: torch.dtype = torch.bfloat16,
-                   batch_size: int = 8) -> tuple[dict[str, ActivationCache], dict]:
+                   batch_size: int = 8, workers: int = 1) -> tuple[dict[str, ActivationCache], dict]:
     """One `ActivationCache` per split (`folder/<split>`, e.g. train and eval windows), built,
     resumed or reused. Returns the caches and `{tokens, seconds, tokens/s}` for the tokens this
-    call harvested (`tokens/s` NaN when everything was already cached: no throughput claimed)."""
+    call harvested (`tokens/s` NaN when everything was already cached: no throughput claimed).
+    `workers`: processes per build (see `ActivationCache.build`)."""
     import time
 
     folder = Path(folder)
     before = {s: _cached_tokens(folder / s) for s in splits}
     t0 = time.perf_counter()
-    caches = {s: ActivationCache.build(folder / s, lm, ids, hooks, batch_size=batch_size, dtype=dtype)
+    caches = {s: ActivationCache.build(folder / s, lm, ids, hooks, batch_size=batch_size, dtype=dtype,
+                                     workers=workers)
               for s, ids in splits.items()}
     seconds = time.perf_counter() - t0
     new = sum(caches[s].n_tokens - before[s] for s in splits)

@@ -80,16 +80,33 @@ def _in_workers(fn: Callable[[dict], dict], todo: list[tuple[str, dict]],
     except Exception as e:
         raise TypeError(f"run_sweep(workers={workers}) needs a module-level function, not {fn!r}: "
                         "move it into a module or use workers=1") from e
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    cores = os.cpu_count() or 1
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
+                               initializer=_worker_init, initargs=(max(1, cores // workers),))
     try:
-        futures = {pool.submit(fn, c): (k, c) for k, c in todo}
+        futures = {pool.submit(_with_threads, fn, c, n): (k, c)
+                   for (k, c), n in zip(todo, task_threads(len(todo), workers, cores))}
         for f in as_completed(futures):
             k, c = futures[f]
             yield k, c, f.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def task_threads(n_tasks: int, workers: int, cores: int) -> list[int]:
+    """CPU threads for each of `n_tasks` run in order by `workers` processes: a core share per
+    worker, except that the last round's tasks, when fewer than `workers` remain, share all the
+    cores (one lone job at 1 of 2 threads would leave half the machine idle)."""
+    full = n_tasks - n_tasks % workers
+    tail = n_tasks - full
+    return [max(1, cores // workers) if i < full else max(1, cores // tail) for i in range(n_tasks)]
+
+
+def _with_threads(fn: Callable[[dict], dict], config: dict, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return fn(config)
 
 
 def _worker_init(threads: int) -> None:

@@ -115,6 +115,27 @@ def test_cache_roundtrip_and_resume(tmp_path, tiny_lm, tiny_windows):
     assert torch.equal(resumed.load(hooks[1]), direct[hooks[1]])
 
 
+def test_cache_built_in_worker_processes_equals_one_process(tmp_path, tiny_lm, tiny_windows):
+    """Two spawned workers write the same shards, manifest entries and values as one process,
+    and resume a killed build the same way."""
+    hooks = [resid_hook(0), resid_hook(2)]
+    one = ActivationCache.build(tmp_path / "one", tiny_lm, tiny_windows, hooks, windows_per_shard=3,
+                                progress=False, dtype=torch.bfloat16)
+    two = ActivationCache.build(tmp_path / "two", tiny_lm, tiny_windows, hooks, windows_per_shard=3,
+                                progress=False, dtype=torch.bfloat16, workers=2)
+    assert two.manifest == one.manifest and len(two.manifest["shards"]) > 2
+    for h in hooks:
+        assert torch.equal(two.load(h), one.load(h))
+    manifest = json.loads(two.manifest_path.read_text())
+    for s in manifest["shards"][1:]:
+        (tmp_path / "two" / s["file"]).unlink()
+    manifest["shards"], manifest["complete"] = manifest["shards"][:1], False
+    two.manifest_path.write_text(json.dumps(manifest))
+    again = ActivationCache.build(tmp_path / "two", tiny_lm, tiny_windows, hooks, windows_per_shard=3,
+                                  progress=False, dtype=torch.bfloat16, workers=2)
+    assert again.manifest == one.manifest
+
+
 def test_harvest_splits_counts_only_what_it_harvested(tmp_path, tiny_lm, tiny_windows):
     hooks = [resid_hook(1)]
     splits = {"train": tiny_windows[:6], "eval": tiny_windows[6:]}
