@@ -76,56 +76,9 @@ def subspace_basis(directions_KD: torch.Tensor, rtol: float = 1e-3) -> torch.Ten
 
 def project_out(acts_ND: torch.Tensor, basis_RD: torch.Tensor) -> torch.Tensor:
     """The activations with their component in the span of the orthonormal `basis_RD` removed."""
-    if basis_RD.shape[0] == 0:
-        return acts_ND
-    q = basis_RD.to(acts_ND.dtype)
-    return acts_ND - (acts_ND @ q.T) @ q
+    from .sae.train import _project_out
 
-
-@dataclass
-class RetrainJob:
-    """One SAE of the depth sweep or the ablate-and-retrain study, trained from cached
-    activations (a picklable spec, so `run_sweep(workers=...)` can run it in a spawned process)."""
-
-    train_dir: str
-    """`ActivationCache` folder of the training tokens."""
-    eval_dir: str
-    """`ActivationCache` folder of the held-out tokens."""
-    hook: str
-    cfg: object
-    """The `TrainConfig`."""
-    save_dir: str
-    metadata: dict
-    basis_file: str | None = None
-    """safetensors file whose `basis` (orthonormal rows) is projected out of both sets first."""
-    thresholds: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
-    """Firing-rate thresholds whose dense counts the row reports (`dense@t`)."""
-
-
-def train_retrain_job(config: dict, jobs: dict[str, RetrainJob]) -> dict:
-    """Train and evaluate `jobs[job_name(config)]`: the metrics row of `train_and_evaluate` plus
-    the held-out dense counts `dense@t`."""
-    from safetensors.torch import load_file
-
-    from .activations import ActivationCache
-    from .sae.metrics import evaluate_sae
-    from .sae.train import train_and_evaluate
-
-    job = jobs[job_name(config)]
-    x = ActivationCache(job.train_dir).load(job.hook)
-    ev = ActivationCache(job.eval_dir).load(job.hook)
-    if job.basis_file is not None:
-        basis = load_file(job.basis_file)["basis"]
-        x, ev = project_out(x, basis), project_out(ev, basis)
-    sae, row = train_and_evaluate(x, ev, job.cfg, job.save_dir, metadata=job.metadata)
-    del x
-    rates = evaluate_sae(sae, ev)["density"]
-    return {**row, **{f"dense@{t}": int((rates > t).sum()) for t in job.thresholds}}
-
-
-def job_name(config: dict) -> str:
-    """`L<layer>_<variant>_seed<seed>`: the name a `train_retrain_job` config is filed under."""
-    return f"L{config['layer']}_{config['variant']}_seed{config['seed']}"
+    return _project_out(acts_ND, basis_RD)
 
 
 # --------------------------------------------------------------------------- label statistics

@@ -168,37 +168,44 @@ def test_effective_unembedding_and_top_contexts(tiny_lm):
     assert text.startswith("3.00:") and f"[[{tok.decode([22])}]]" in text and tok.decode([20, 21]) in text
 
 
-def test_retrain_job_trains_on_the_projected_cache(tmp_path, tiny_lm, tiny_windows):
-    """The job reads its cache, projects the basis out of training and held-out tokens, and
-    gives the row `train_and_evaluate` gives on those projected tokens; in a spawned worker too."""
+def test_cache_job_trains_on_the_projected_cache(tmp_path, tiny_lm, tiny_windows):
+    """A CacheJob reads its caches, projects the basis out of training and held-out tokens, and
+    gives the row `train_and_evaluate` gives on those projected tokens, in a spawned worker too;
+    streamed from disk it trains on the cache shard by shard."""
+    from functools import partial
+
     from safetensors.torch import save_file
 
     from resa_utils.activations import ActivationCache, resid_hook
-    from resa_utils.sae.config import TrainConfig
-    from resa_utils.sae.train import train_and_evaluate
-    from resa_utils.sweep import run_sweep
+    from resa_utils.sae import CacheJob, TrainConfig, train_and_evaluate, train_cache_job
+    from resa_utils.sweep import config_key, run_sweep
 
     hook = resid_hook(1)
-    tr = ActivationCache.build(tmp_path / "tr", tiny_lm, tiny_windows[:8], [hook], progress=False)
+    tr = ActivationCache.build(tmp_path / "tr", tiny_lm, tiny_windows[:8], [hook], windows_per_shard=3, progress=False)
     ev = ActivationCache.build(tmp_path / "ev", tiny_lm, tiny_windows[8:], [hook], progress=False)
     d = tr.load(hook).shape[1]
     basis = dense.subspace_basis(torch.randn(3, d, generator=torch.Generator().manual_seed(0)))
     save_file({"basis": basis}, str(tmp_path / "basis.safetensors"))
     cfg = TrainConfig(method="topk", d_sae=4 * d, k=4, batch_size=32, n_tokens=256, seed=0)
-    configs = [{"layer": 1, "variant": v, "seed": 0} for v in ("original", "ablate")]
-    jobs = {dense.job_name(c): dense.RetrainJob(
-        str(tmp_path / "tr"), str(tmp_path / "ev"), hook, cfg, str(tmp_path / dense.job_name(c)), {},
+    configs = [{"variant": v} for v in ("original", "ablate", "streamed")]
+    jobs = {config_key(c): CacheJob(
+        str(tmp_path / "tr"), str(tmp_path / "ev"), hook, cfg, str(tmp_path / c["variant"]),
+        in_ram=c["variant"] != "streamed", density_thresholds=(0.01, 0.1),
         basis_file=str(tmp_path / "basis.safetensors") if c["variant"] == "ablate" else None)
         for c in configs}
-    from functools import partial
-    rows = run_sweep(tmp_path / "rows.jsonl", configs, partial(dense.train_retrain_job, jobs=jobs), workers=2)
+    rows = run_sweep(tmp_path / "rows.jsonl", configs, partial(train_cache_job, jobs=jobs), workers=2).set_index("variant")
     x, e = dense.project_out(tr.load(hook), basis), dense.project_out(ev.load(hook), basis)
-    sae, direct = train_and_evaluate(x, e, cfg, tmp_path / "direct")
-    ablated = rows[rows.variant == "ablate"].iloc[0]
-    assert ablated.fvu == pytest.approx(direct["fvu"], rel=1e-4)
-    assert rows[rows.variant == "original"].iloc[0].fvu != pytest.approx(direct["fvu"], rel=1e-4)
+    _, direct = train_and_evaluate(x, e, cfg, tmp_path / "direct")
+    assert rows.loc["ablate"].fvu == pytest.approx(direct["fvu"], rel=1e-4)
+    assert rows.loc["original"].fvu != pytest.approx(direct["fvu"], rel=1e-4)
+    _, streamed = train_and_evaluate((tr, hook), ev.load(hook), cfg, tmp_path / "direct_streamed")
+    assert rows.loc["streamed"].fvu == pytest.approx(streamed["fvu"], rel=1e-4)
     assert {"dense@0.1", "dense@0.01"} <= set(rows.columns)
-    assert (tmp_path / "L1_ablate_seed0" / "cfg.json").exists()
+    assert (tmp_path / "ablate" / "cfg.json").exists()
+    with pytest.raises(ValueError, match="in_ram"):
+        bad = CacheJob(str(tmp_path / "tr"), str(tmp_path / "ev"), hook, cfg, str(tmp_path / "bad"), in_ram=False,
+                       basis_file=str(tmp_path / "basis.safetensors"))
+        train_cache_job({"v": 0}, {config_key({"v": 0}): bad})
 
 
 def test_task_threads_give_a_lone_last_task_every_core():

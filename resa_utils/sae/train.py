@@ -129,3 +129,58 @@ def train_and_evaluate(train_ND: torch.Tensor, eval_ND: torch.Tensor, cfg: Train
     return result.sae, {"fvu": ev["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"],
                         "tokens_per_s": result.tokens_per_s, "seconds": result.seconds,
                         "curve": result.history}
+
+
+@dataclass
+class CacheJob:
+    """An SAE trained and evaluated from activation caches: a picklable spec, so
+    `run_sweep(workers=N)` can run several in spawned processes (see `train_cache_job`)."""
+
+    train_dir: str
+    """`ActivationCache` folder of the training tokens."""
+    eval_dir: str
+    """`ActivationCache` folder of the held-out tokens."""
+    hook: str
+    cfg: TrainConfig
+    save_dir: str
+    metadata: dict = field(default_factory=dict)
+    in_ram: bool = True
+    """Load the training tokens into RAM (else stream them from disk, shard by shard)."""
+    basis_file: str | None = None
+    """safetensors file whose `basis` (orthonormal rows) is projected out of both sets first
+    (needs `in_ram`)."""
+    density_thresholds: tuple[float, ...] = ()
+    """Firing rates whose held-out counts the row reports as `dense@t`."""
+
+
+def train_cache_job(config: dict, jobs: dict[str, CacheJob]) -> dict:
+    """Train and evaluate `jobs[config_key(config)]` (`train_and_evaluate`'s row, plus the
+    `dense@t` counts). Module-level, so `run_sweep(..., partial(train_cache_job, jobs=jobs),
+    workers=N)` can run it in worker processes."""
+    from safetensors.torch import load_file
+
+    from ..activations import ActivationCache
+    from ..sweep import config_key
+
+    job = jobs[config_key(config)]
+    train_cache, eval_acts = ActivationCache(job.train_dir), ActivationCache(job.eval_dir).load(job.hook)
+    data = train_cache.load(job.hook) if job.in_ram else (train_cache, job.hook)
+    if job.basis_file is not None:
+        if not job.in_ram:
+            raise ValueError("a CacheJob with basis_file needs in_ram=True (the projection is applied in RAM)")
+        basis = load_file(job.basis_file)["basis"]
+        data, eval_acts = _project_out(data, basis), _project_out(eval_acts, basis)
+    sae, row = train_and_evaluate(data, eval_acts, job.cfg, job.save_dir, metadata=job.metadata)
+    del data
+    if job.density_thresholds:
+        rates = evaluate_sae(sae, eval_acts)["density"]
+        row.update({f"dense@{t}": int((rates > t).sum()) for t in job.density_thresholds})
+    return row
+
+
+def _project_out(acts_ND: torch.Tensor, basis_RD: torch.Tensor) -> torch.Tensor:
+    """The activations without their component in the span of the orthonormal rows `basis_RD`."""
+    if basis_RD.shape[0] == 0:
+        return acts_ND
+    q = basis_RD.to(acts_ND.dtype)
+    return acts_ND - (acts_ND @ q.T) @ q
