@@ -85,3 +85,115 @@ def ablated_logits(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor
 
     with splice(second_lm.model, hook, replace):
         return second_lm.model(input_ids=ids_BT, use_cache=False).logits
+
+
+@torch.no_grad()
+def encode_batches(cc: SAE, x_ND: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Latent activations `[N, F]` of the (paired) activations `x_ND`, `batch_size` rows at a time."""
+    return torch.cat([cc.encode(x_ND[a:a + batch_size].float()) for a in range(0, x_ND.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def per_model_fvu(cc: SAE, x_ND: torch.Tensor, batch_size: int = 4096) -> list[float]:
+    """Held-out FVU of each model's block of the reconstruction (squared error over the block's
+    variance around its mean), in the models' order."""
+    M = n_models(cc)
+    D = x_ND.shape[1] // M
+    err, var = torch.zeros(M, dtype=torch.float64), torch.zeros(M, dtype=torch.float64)
+    mean = x_ND.float().mean(0)
+    for a in range(0, x_ND.shape[0], batch_size):
+        x = x_ND[a:a + batch_size].float()
+        e = (x - cc.decode(cc.encode(x))).pow(2).view(len(x), M, D).sum((0, 2))
+        v = (x - mean).pow(2).view(len(x), M, D).sum((0, 2))
+        err += e.double()
+        var += v.double()
+    return (err / var.clamp_min(1e-12)).tolist()
+
+
+# --------------------------------------------------------------------------- reasoning categories
+
+CATEGORIES = {"self-reflection": ("Wait",), "deduction": ("Therefore",),
+              "alternative": ("Alternatively",), "contrast": ("However",)}
+"""The paper's reasoning categories and the words that mark them (its LLM labels read
+top-activating contexts; ours is this stated word rule)."""
+
+
+def word_variants(tokenizer, word: str) -> list[list[int]]:
+    """Token sequences of `word` as it appears in text: capitalised or not, with or without a
+    leading space (each distinct encoding once)."""
+    seqs: list[list[int]] = []
+    for w in dict.fromkeys([word, word.lower(), word.capitalize()]):
+        for form in (w, " " + w):
+            ids = tokenizer(form, add_special_tokens=False)["input_ids"]
+            if ids and ids not in seqs:
+                seqs.append(ids)
+    return seqs
+
+
+def category_positions(ids_NT: torch.Tensor, tokenizer,
+                       categories: dict[str, tuple[str, ...]] | None = None) -> dict[str, torch.Tensor]:
+    """`{category: bool [N, T]}`: True at the first token of every occurrence of one of the
+    category's words (any `word_variants` encoding) in the windows; a leading space that the
+    tokenizer splits off does not count as the word's first token."""
+    categories = CATEGORIES if categories is None else categories
+    out = {}
+    for cat, words in categories.items():
+        mask = torch.zeros(ids_NT.shape, dtype=torch.bool)
+        for word in words:
+            for seq in word_variants(tokenizer, word):
+                L = len(seq)
+                if L > ids_NT.shape[1]:
+                    continue
+                hit = (ids_NT.unfold(1, L, 1) == torch.tensor(seq)).all(-1)  # [N, T - L + 1]
+                lead = next(i for i, t in enumerate(seq) if tokenizer.decode([t]).strip())
+                mask[:, lead:lead + hit.shape[1]] |= hit
+        out[cat] = mask
+    return out
+
+
+def latent_categories(acts_NF: torch.Tensor, masks: dict[str, torch.Tensor], min_share: float = 0.5,
+                      min_firings: int = 5) -> "pd.DataFrame":
+    """A category per latent by its token association: the share of its activation mass (sum of
+    its activations over the tokens) that falls on each category's marked tokens (`masks`, flat
+    `[N]` over the same tokens as `acts_NF`). A latent whose largest share reaches `min_share`
+    and that fires on at least `min_firings` tokens gets that category, else "other"; the
+    shares are returned beside it (and the lift: share over the category's share of tokens)."""
+    import pandas as pd
+
+    acts = acts_NF.float().clamp_min(0)
+    mass = acts.sum(0)
+    fires = (acts > 0).sum(0)
+    cats = list(masks)
+    share = torch.stack([acts[masks[c].flatten()].sum(0) for c in cats], 1) / mass.clamp_min(1e-12)[:, None]
+    base = torch.tensor([float(masks[c].float().mean()) for c in cats])
+    best, arg = share.max(1) if cats else (torch.zeros(len(mass)), torch.zeros(len(mass), dtype=torch.long))
+    label = [cats[a] if (b >= min_share and f >= min_firings) else "other"
+             for a, b, f in zip(arg.tolist(), best.tolist(), fires.tolist())]
+    df = pd.DataFrame({"latent": range(len(mass)), "category": label, "firings": fires.tolist(),
+                       **{f"share {c}": share[:, i].tolist() for i, c in enumerate(cats)}})
+    df["lift"] = [float(b / base[a]) if base[a] > 0 else float("nan") for a, b in zip(arg.tolist(), best.tolist())]
+    return df
+
+
+@torch.no_grad()
+def token_logit_drops(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor,
+                      at_BT: torch.Tensor, latent_sets: dict[str, torch.Tensor | list[int]],
+                      batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """For each named latent set, the fall of the second model's logit of the next token,
+    clean minus ablated (`ablated_logits`: crosscoder spliced in with its error term, the set
+    zeroed), at every marked position `at_BT` (the position before a category token predicts
+    it). Returns `{name: [n_marked]}` in the marked positions' order."""
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in latent_sets}
+    for a in range(0, ids_BT.shape[0], batch_size):
+        ids, at = ids_BT[a:a + batch_size], at_BT[a:a + batch_size, :-1]
+        if not at.any():
+            continue
+        nxt = ids[:, 1:][at]
+
+        def next_logit(logits_BTV: torch.Tensor) -> torch.Tensor:
+            return logits_BTV[:, :-1][at].gather(1, nxt[:, None]).squeeze(1).float()
+
+        clean = next_logit(ablated_logits(first_lm, second_lm, cc, hook, ids, []))
+        for name, idx in latent_sets.items():
+            out[name].append(clean - next_logit(ablated_logits(first_lm, second_lm, cc, hook, ids, idx)))
+    return {n: torch.cat(v) if v else torch.zeros(0) for n, v in out.items()}

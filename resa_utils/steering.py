@@ -49,7 +49,7 @@ def steer(lm, layer: int, v_D: torch.Tensor, alpha: float):
 
 
 def generate_steered(lm, prompts: list[str], layer: int, delta_ND: torch.Tensor,
-                     max_new_tokens: int) -> list[dict]:
+                     max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[dict]:
     """Greedy continuations of `prompts`, prompt i steered by `delta_ND[i]` added at every position
     of block `layer`'s output (a zero row: unsteered). All prompts run as one batch, so prompts
     steered by different vectors share one `generate` (memory-bound on CPU: many rows cost
@@ -60,7 +60,7 @@ def generate_steered(lm, prompts: list[str], layer: int, delta_ND: torch.Tensor,
         raise ValueError(f"{delta_ND.shape[0]} steering rows for {len(prompts)} prompts: give one per prompt")
     delta = delta_ND.to(device=lm.device, dtype=lm.dtype)[:, None, :]
     with splice(lm.model, resid_hook(layer), lambda h: h + delta):
-        return generate(lm, prompts, max_new_tokens, batch_size=len(prompts))
+        return generate(lm, prompts, max_new_tokens, batch_size=len(prompts), stop=stop)
 
 
 @dataclass
@@ -211,4 +211,46 @@ def random_like(v_D: torch.Tensor, seed: int) -> torch.Tensor:
     """A random direction with the norm of `v_D` (the steering control)."""
     r = torch.randn(v_D.shape, generator=torch.Generator().manual_seed(seed))
     return r / r.norm() * v_D.norm()
+
+
+
+def evaluate_steered(lm, problems: list, make_prompt, layer: int, vectors: dict[str, torch.Tensor],
+                     scales: list[float], path: str | Path, setup: dict, max_new_tokens: int = 128,
+                     batch_size: int = 64, stop: tuple[str, ...] = ("</answer>",)):
+    """Greedy answers to `problems` with `scale · v` (v as given, not normalised) added to block
+    `layer`'s output at every position, for every named vector and scale (scale 0: unsteered,
+    run once). One DataFrame row per (vector, scale, problem): correct, n_tokens, text and the
+    reflection-phrase counts. Batches mix settings (each row its own vector) and are sweep rows
+    in `path`, keyed by `setup`, so a killed sweep resumes."""
+    import pandas as pd
+
+    from .sweep import config_key, run_sweep
+    from .tasks import REFLECTION_PHRASES, is_correct, reflection_counts
+
+    if not problems or not vectors or not scales:
+        raise ValueError("evaluate_steered needs problems, vectors and scales (none may be empty)")
+    D = int(lm.model.config.hidden_size)
+    for name, v in vectors.items():
+        if tuple(v.shape) != (D,):
+            raise ValueError(f"steering vector {name!r} has shape {tuple(v.shape)}, the model's width is {D}")
+    settings = [("none", 0.0)] if 0 in scales else []
+    settings += [(n, float(s)) for n in vectors for s in scales if s != 0]
+    jobs = [(n, s, p) for n, s in settings for p in problems]
+    keys = {n: config_key({"v": v.tolist()}) for n, v in vectors.items()}  # a changed vector reruns
+    configs = [{"setup": setup, "max_new_tokens": max_new_tokens, "stop": list(stop),
+                "jobs": [(n, s, keys.get(n, ""), p.uid) for n, s, p in jobs[a:a + batch_size]]}
+               for a in range(0, len(jobs), batch_size)]
+    by_uid = {p.uid: p for p in problems}
+
+    def run_batch(c: dict) -> dict:
+        batch = [(n, s, by_uid[u]) for n, s, _, u in c["jobs"]]
+        delta = torch.stack([vectors[n] * s if n in vectors else torch.zeros(D) for n, s, _ in batch])
+        gens = generate_steered(lm, [make_prompt(p) for _, _, p in batch], layer, delta, max_new_tokens, stop)
+        return {"results": [{"vector": n, "scale": s, "uid": p.uid, "correct": is_correct(g["text"], p.answer),
+                             "n_tokens": g["n_tokens"], "text": g["text"], **reflection_counts(g["text"])}
+                            for (n, s, p), g in zip(batch, gens)]}
+
+    rows = run_sweep(path, configs, run_batch, desc="steered generations")
+    columns = ["vector", "scale", "uid", "correct", "n_tokens", "text", *REFLECTION_PHRASES]
+    return pd.DataFrame([r for batch in rows.results for r in batch])[columns]
 

@@ -110,3 +110,76 @@ def test_ablation_splice_is_exact_when_empty_and_moves_logits_otherwise(tiny_lm,
     assert torch.equal(ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, []), clean)
     moved = ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, list(range(16)))
     assert not torch.allclose(moved, clean)
+
+
+def test_category_positions_mark_every_form_of_the_word(tiny_lm):
+    from resa_utils.crosscoder import category_positions, word_variants
+
+    tok = tiny_lm.tokenizer
+    text = "Wait, the sum is 7. Therefore it is 7. wait no. However fine. Waiter here."
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    marks = category_positions(ids, tok, {"self-reflection": ("Wait",), "contrast": ("However",),
+                                           "deduction": ("Therefore",), "none": ("Alternatively",)})
+    assert int(marks["contrast"].sum()) == 1 and int(marks["deduction"].sum()) == 1
+    assert int(marks["none"].sum()) == 0
+    hits = [tok.decode([h]) for h in ids[marks["self-reflection"]].tolist()]
+    assert all(h.strip()[:1] in "Ww" for h in hits) and len(hits) >= 2  # "Wait", " wait" (and "Waiter" if it shares the token)
+    assert all(s for s in word_variants(tok, "Wait"))
+
+
+def test_latent_categories_follow_the_activation_mass():
+    from resa_utils.crosscoder import latent_categories
+
+    N = 200
+    wait = torch.zeros(N, dtype=torch.bool)
+    wait[::20] = True
+    therefore = torch.zeros(N, dtype=torch.bool)
+    therefore[5::20] = True
+    acts = torch.zeros(N, 4)
+    acts[wait, 0] = 2.0                      # fires only on "Wait"
+    acts[:, 1] = 1.0                         # fires everywhere
+    acts[therefore, 2] = 1.0                 # mostly on "Therefore", a little elsewhere
+    acts[7, 2] = 0.5
+    acts[wait.nonzero()[:2, 0], 3] = 1.0     # on "Wait" but too rarely
+    df = latent_categories(acts, {"self-reflection": wait, "deduction": therefore}, min_share=0.5, min_firings=5)
+    assert df.category.tolist() == ["self-reflection", "other", "deduction", "other"]
+    assert df.loc[0, "share self-reflection"] == 1.0 and df.loc[0, "lift"] == pytest.approx(20.0)
+    assert df.loc[1, "share self-reflection"] == pytest.approx(0.05)
+
+
+def test_token_logit_drops_are_zero_for_nothing_and_match_the_splice(tiny_lm, tiny_windows):
+    from resa_utils.crosscoder import ablated_logits, token_logit_drops
+    from resa_utils.sae import SAE, SAEConfig
+
+    D = tiny_lm.d_model
+    cc = SAE(SAEConfig(d_in=2 * D, d_sae=16, metadata={"n_models": 2, "d_model": D}))
+    cc.init_weights(torch.Generator().manual_seed(0))
+    ids = tiny_windows[:3]
+    at = torch.zeros(ids.shape, dtype=torch.bool)
+    at[0, 3] = at[2, 10] = True
+    hook = resid_hook(1)
+    drops = token_logit_drops(tiny_lm, tiny_lm, cc, hook, ids, at, {"none": [], "all": list(range(16))}, batch_size=2)
+    assert drops["none"].shape == (2,) and torch.equal(drops["none"], torch.zeros(2))
+    with torch.no_grad():
+        clean = tiny_lm.model(input_ids=ids, use_cache=False).logits
+    moved = ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, list(range(16)))
+    want = torch.stack([clean[0, 3, ids[0, 4]] - moved[0, 3, ids[0, 4]], clean[2, 10, ids[2, 11]] - moved[2, 10, ids[2, 11]]])
+    assert torch.allclose(drops["all"], want, atol=1e-5) and drops["all"].abs().sum() > 0
+
+
+def test_per_model_fvu_and_batched_encoding_match_the_direct_computation():
+    from resa_utils.crosscoder import encode_batches, per_model_fvu
+    from resa_utils.sae import SAE, SAEConfig
+
+    D = 6
+    cc = SAE(SAEConfig(d_in=2 * D, d_sae=20, metadata={"n_models": 2}))
+    cc.init_weights(torch.Generator().manual_seed(1))
+    x = torch.randn(50, 2 * D, generator=torch.Generator().manual_seed(2))
+    x[:, D:] *= 3
+    with torch.no_grad():
+        f = cc.encode(x)
+        xh = cc.decode(f)
+    assert torch.allclose(encode_batches(cc, x, batch_size=7), f, atol=1e-6)
+    want = [float((x[:, s] - xh[:, s]).pow(2).sum() / (x[:, s] - x[:, s].mean(0)).pow(2).sum())
+            for s in (slice(0, D), slice(D, 2 * D))]
+    assert per_model_fvu(cc, x, batch_size=7) == pytest.approx(want, rel=1e-5)

@@ -128,3 +128,32 @@ def test_generate_steered_steers_each_prompt_by_its_own_row():
     assert [r["text"] for r in both] == [plain[0]["text"], steered[0]["text"]]  # ... and only its
     with pytest.raises(ValueError, match="one per prompt"):
         steering.generate_steered(lm, prompts, 1, v[None], 6)
+
+
+def test_evaluate_steered_rows_match_steered_generation_and_resume(tmp_path):
+    from resa_utils.generation import generate
+    from resa_utils.tasks import make_problems
+
+    lm = load_model("tiny-llama")
+    probs = make_problems("chain_sum", 3, seed=0)
+    make_prompt = lambda p: p.question  # noqa: E731
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
+    vectors = {"v": v, "w": -v}
+    df = steering.evaluate_steered(lm, probs, make_prompt, 1, vectors, [0, 20.0], tmp_path / "s.jsonl", {"x": 1},
+                                   max_new_tokens=5, batch_size=4)
+    assert len(df) == 3 * 3 and set(df.vector) == {"none", "v", "w"}  # scale 0 runs once, unsteered
+    plain = generate(lm, [make_prompt(p) for p in probs], 5)
+    assert df[df.vector == "none"].text.tolist() == [g["text"] for g in plain]
+    one = steering.generate_steered(lm, [make_prompt(probs[1])], 1, (20.0 * v)[None], 5)
+    assert df[(df.vector == "v") & (df.uid == probs[1].uid)].text.iloc[0] == one[0]["text"]
+    calls = []
+    real = steering.generate_steered
+    steering.generate_steered = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        again = steering.evaluate_steered(lm, probs, make_prompt, 1, vectors, [0, 20.0], tmp_path / "s.jsonl",
+                                          {"x": 1}, max_new_tokens=5, batch_size=4)
+    finally:
+        steering.generate_steered = real
+    assert not calls and again.text.tolist() == df.text.tolist()  # resumed from the sweep file
+    with pytest.raises(ValueError, match="width"):
+        steering.evaluate_steered(lm, probs, make_prompt, 1, {"bad": torch.ones(3)}, [1.0], tmp_path / "b.jsonl", {})
