@@ -456,6 +456,69 @@ class PairedCache:
     batches = ActivationCache.batches
 
 
+class KeptRows:
+    """A cache (or `PairedCache`) read with some rows left out, same reading interface:
+    `keep_N` is a bool per row in corpus order. Used to keep special tokens' attention-sink
+    activations (norms hundreds of times the typical one) out of a dictionary's data."""
+
+    def __init__(self, cache, keep_N: torch.Tensor):
+        keep_N = torch.as_tensor(keep_N, dtype=torch.bool).flatten()
+        if keep_N.numel() != cache.n_tokens:
+            raise ValueError(f"the row mask has {keep_N.numel():,} entries, the cache {cache.n_tokens:,} rows: "
+                             "build it from the same windows the cache was harvested from")
+        self.cache, shards, start = cache, [], 0
+        for s in cache.manifest["shards"]:
+            k = keep_N[start:start + s["n_tokens"]]
+            shards.append({"inner": s, "keep": k, "n_tokens": int(k.sum())})
+            start += s["n_tokens"]
+        self.manifest = {"shards": shards}
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s["n_tokens"] for s in self.manifest["shards"])
+
+    @property
+    def hooks(self) -> list[str]:
+        return self.cache.hooks
+
+    def check_hook(self, hook: str) -> None:
+        self.cache.check_hook(hook)
+
+    def read_shard(self, shard: dict, hook: str, verify: bool = True) -> torch.Tensor:
+        return self.cache.read_shard(shard["inner"], hook, verify)[shard["keep"]]
+
+    def load(self, hook: str, verify: bool = True) -> torch.Tensor:
+        self.check_hook(hook)
+        return torch.cat([self.read_shard(s, hook, verify) for s in self.manifest["shards"]])
+
+    batches = ActivationCache.batches
+
+
+def typical_rows(cache, hook: str, max_ratio: float, n_blocks: int = 1) -> torch.Tensor:
+    """`[N]` bool per row, in corpus order: False where the row's norm in any of its `n_blocks`
+    equal-width blocks (one per model of a `PairedCache`) exceeds `max_ratio` times that block's
+    median norm. Catches attention sinks that are not special tokens (in SmolLM2 the first
+    content tokens after BOS: norms up to ~150x the median)."""
+    norms = []
+    for shard in cache.manifest["shards"]:
+        x = cache.read_shard(shard, hook)
+        norms.append(x.view(x.shape[0], n_blocks, -1).norm(dim=-1))
+    norms_NB = torch.cat(norms)
+    return (norms_NB <= max_ratio * norms_NB.median(0).values).all(1)
+
+
+def content_positions(ids_NT: torch.Tensor, tokenizer) -> torch.Tensor:
+    """`[N, T]` bool: the positions a dictionary should learn from, every one but the first
+    (BOS, dropped by the harvest) and special tokens (packed documents' EOS separators, chat
+    markers). In small models these carry attention-sink activations (SmolLM2-135M at block 14:
+    norm ~25,000 against a median ~150), which would dominate a squared-error loss and its FVU.
+    `mask[:, 1:].reshape(-1)` is the row mask of a cache harvested with `drop_bos`."""
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids_NT.dtype)
+    keep = ~torch.isin(ids_NT, special)
+    keep[:, 0] = False
+    return keep
+
+
 def _file_stamp(path: Path) -> tuple[int, ...]:
     """Changes whenever the file's contents may have (taken before hashing it): inode, size and
     both timestamps (ctime cannot be set back by copying tools, unlike mtime)."""

@@ -59,12 +59,14 @@ def split_latents(r_F: torch.Tensor, low: float = 0.1, high: float = 0.9) -> dic
 
 @torch.no_grad()
 def ablated_logits(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor,
-                   ablate: torch.Tensor | list[int]) -> torch.Tensor:
+                   ablate: torch.Tensor | list[int], where_BT: torch.Tensor | None = None) -> torch.Tensor:
     """The second model's logits `[B, T, V]` with the crosscoder spliced in at `hook` and the
     latents `ablate` zeroed: the block output becomes `x_2 + (x̂_2' − x̂_2)`, i.e. the
     reconstruction with those latents removed plus the crosscoder's error term, so an empty
     ablation reproduces the clean forward exactly. The encoder reads both models'
-    activations of the same tokens (the first model runs up to `hook` once)."""
+    activations of the same tokens (the first model runs up to `hook` once). `where_BT` (bool)
+    limits the ablation to those positions (e.g. `activations.content_positions`: the
+    crosscoder never saw BOS or special tokens)."""
     from .activations import run_with_cache, splice
 
     if n_models(cc) != 2:
@@ -80,8 +82,10 @@ def ablated_logits(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor
         f = cc.encode(x)
         f_abl = f.clone()
         f_abl[:, idx] = 0
-        delta = (cc.decode(f_abl) - cc.decode(f))[:, D:]
-        return x_2 + delta.reshape(x_2.shape).to(x_2.dtype)
+        delta = (cc.decode(f_abl) - cc.decode(f))[:, D:].reshape(x_2.shape)
+        if where_BT is not None:
+            delta = delta * where_BT[..., None].to(delta)
+        return x_2 + delta.to(x_2.dtype)
 
     with splice(second_lm.model, hook, replace):
         return second_lm.model(input_ids=ids_BT, use_cache=False).logits
@@ -176,24 +180,37 @@ def latent_categories(acts_NF: torch.Tensor, masks: dict[str, torch.Tensor], min
 
 
 @torch.no_grad()
-def token_logit_drops(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor,
-                      at_BT: torch.Tensor, latent_sets: dict[str, torch.Tensor | list[int]],
-                      batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """For each named latent set, the fall of the second model's logit of the next token,
-    clean minus ablated (`ablated_logits`: crosscoder spliced in with its error term, the set
-    zeroed), at every marked position `at_BT` (the position before a category token predicts
-    it). Returns `{name: [n_marked]}` in the marked positions' order."""
-    out: dict[str, list[torch.Tensor]] = {n: [] for n in latent_sets}
+def token_drops(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor,
+                at_BT: torch.Tensor, latent_sets: dict[str, torch.Tensor | list[int]],
+                batch_size: int = 8, where_BT: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """For each named latent set, the fall of the second model's logit and of its log-probability
+    of the next token, clean minus ablated (`ablated_logits`: crosscoder spliced in with its error
+    term, the set zeroed, at `where_BT` positions if given), at every marked position `at_BT`
+    (the position before a category token predicts it). A logit can fall with every other
+    logit, leaving the prediction as it was; the log-probability cannot. Returns
+    `{"logit" | "log-prob": {name: [n_marked]}}` in the marked positions' order."""
+    out: dict[str, dict[str, list[torch.Tensor]]] = {k: {n: [] for n in latent_sets} for k in ("logit", "log-prob")}
     for a in range(0, ids_BT.shape[0], batch_size):
         ids, at = ids_BT[a:a + batch_size], at_BT[a:a + batch_size, :-1]
         if not at.any():
             continue
         nxt = ids[:, 1:][at]
 
-        def next_logit(logits_BTV: torch.Tensor) -> torch.Tensor:
-            return logits_BTV[:, :-1][at].gather(1, nxt[:, None]).squeeze(1).float()
+        def next_token(logits_BTV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = logits_BTV[:, :-1][at].float()
+            return rows.gather(1, nxt[:, None]).squeeze(1), rows.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
 
-        clean = next_logit(ablated_logits(first_lm, second_lm, cc, hook, ids, []))
+        clean = next_token(ablated_logits(first_lm, second_lm, cc, hook, ids, []))
+        where = None if where_BT is None else where_BT[a:a + batch_size]
         for name, idx in latent_sets.items():
-            out[name].append(clean - next_logit(ablated_logits(first_lm, second_lm, cc, hook, ids, idx)))
-    return {n: torch.cat(v) if v else torch.zeros(0) for n, v in out.items()}
+            moved = next_token(ablated_logits(first_lm, second_lm, cc, hook, ids, idx, where))
+            for k, c, m in zip(("logit", "log-prob"), clean, moved):
+                out[k][name].append(c - m)
+    return {k: {n: torch.cat(v) if v else torch.zeros(0) for n, v in d.items()} for k, d in out.items()}
+
+
+def token_logit_drops(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor,
+                      at_BT: torch.Tensor, latent_sets: dict[str, torch.Tensor | list[int]],
+                      batch_size: int = 8, where_BT: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The logit part of `token_drops`: `{name: [n_marked]}`."""
+    return token_drops(first_lm, second_lm, cc, hook, ids_BT, at_BT, latent_sets, batch_size, where_BT)["logit"]

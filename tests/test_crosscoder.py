@@ -96,6 +96,49 @@ def test_paired_cache_pairs_the_same_tokens(tmp_path, tiny_lm, tiny_windows):
         PairedCache(a, h1, short, h2)
 
 
+def test_kept_rows_leave_out_exactly_the_masked_rows(tmp_path, tiny_lm, tiny_windows):
+    from resa_utils.activations import KeptRows, content_positions
+
+    h1, h2 = resid_hook(1), resid_hook(2)
+    ids = tiny_windows.clone()
+    special = tiny_lm.tokenizer.all_special_ids[0]
+    ids[0, 5] = ids[3, 7] = ids[6, 2] = special                  # an EOS between packed documents, say
+    a = ActivationCache.build(tmp_path / "a", tiny_lm, ids, [h1], windows_per_shard=3, progress=False)
+    b = ActivationCache.build(tmp_path / "b", tiny_lm, ids, [h2], windows_per_shard=3, progress=False)
+    paired = PairedCache(a, h1, b, h2)
+    content = content_positions(ids, tiny_lm.tokenizer)
+    is_special = torch.isin(ids[:, 1:], torch.tensor(tiny_lm.tokenizer.all_special_ids))
+    assert not content[:, 0].any() and torch.equal(~content[:, 1:], is_special) and not content[3, 7]
+    keep = content[:, 1:].reshape(-1)
+    kept = KeptRows(paired, keep)
+    assert kept.n_tokens == paired.n_tokens - int(is_special.sum()) and is_special.sum() >= 3
+    assert torch.equal(kept.load(PairedCache.HOOK), paired.load()[keep])
+    rows = {tuple(r.tolist()) for r in kept.load(PairedCache.HOOK)}
+    seen = [tuple(r.tolist()) for batch in kept.batches(PairedCache.HOOK, 4, seed=1) for r in batch]
+    assert seen and all(r in rows for r in seen) and len(seen) == kept.n_tokens // 4 * 4
+    with pytest.raises(ValueError, match="row mask has"):
+        KeptRows(paired, keep[:-1])
+
+
+def test_typical_rows_drop_rows_far_above_the_median_norm_in_either_block():
+    from resa_utils.activations import typical_rows
+
+    class Mem:  # one-shard stand-in for a cache
+        def __init__(self, x):
+            self.x, self.manifest = x, {"shards": [{"n_tokens": len(x)}]}
+
+        def read_shard(self, shard, hook):
+            return self.x
+
+    x = torch.randn(100, 2, 4, generator=torch.Generator().manual_seed(0))
+    x = (x / x.norm(dim=-1, keepdim=True)).reshape(100, 8)         # every block at norm 1
+    x[3, :4] *= 50                                                   # a sink in the first model only
+    x[7, 4:] *= 50                                                   # and one in the second
+    x[9] *= 5                                                        # big but under the ratio
+    keep = typical_rows(Mem(x), "h", max_ratio=10, n_blocks=2)
+    assert keep.sum() == 98 and not keep[3] and not keep[7] and keep[9]
+
+
 def test_ablation_splice_is_exact_when_empty_and_moves_logits_otherwise(tiny_lm, tiny_windows):
     from resa_utils.crosscoder import ablated_logits
     from resa_utils.sae import SAE, SAEConfig
@@ -110,6 +153,10 @@ def test_ablation_splice_is_exact_when_empty_and_moves_logits_otherwise(tiny_lm,
     assert torch.equal(ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, []), clean)
     moved = ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, list(range(16)))
     assert not torch.allclose(moved, clean)
+    where = torch.zeros(ids.shape, dtype=torch.bool)
+    where[:, 6:] = True                                        # ablate from position 6 on: causal, so earlier logits stay clean
+    part = ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, list(range(16)), where)
+    assert torch.allclose(part[:, :6], clean[:, :6], atol=1e-5) and not torch.allclose(part[:, 6:], clean[:, 6:])
 
 
 def test_category_positions_mark_every_form_of_the_word(tiny_lm):
@@ -165,6 +212,13 @@ def test_token_logit_drops_are_zero_for_nothing_and_match_the_splice(tiny_lm, ti
     moved = ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, list(range(16)))
     want = torch.stack([clean[0, 3, ids[0, 4]] - moved[0, 3, ids[0, 4]], clean[2, 10, ids[2, 11]] - moved[2, 10, ids[2, 11]]])
     assert torch.allclose(drops["all"], want, atol=1e-5) and drops["all"].abs().sum() > 0
+    from resa_utils.crosscoder import token_drops
+
+    both = token_drops(tiny_lm, tiny_lm, cc, hook, ids, at, {"all": list(range(16))}, batch_size=2)
+    assert torch.equal(both["logit"]["all"], drops["all"])
+    lp_c, lp_m = clean.float().log_softmax(-1), moved.float().log_softmax(-1)
+    want_lp = torch.stack([lp_c[0, 3, ids[0, 4]] - lp_m[0, 3, ids[0, 4]], lp_c[2, 10, ids[2, 11]] - lp_m[2, 10, ids[2, 11]]])
+    assert torch.allclose(both["log-prob"]["all"], want_lp, atol=1e-5)
 
 
 def test_per_model_fvu_and_batched_encoding_match_the_direct_computation():

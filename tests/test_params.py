@@ -146,3 +146,27 @@ def test_lrt_refuses_one_to_one_pairing_of_two_tokenizers(no_compute):
     with pytest.raises(P.ParameterError, match="parameter `cross_pairing` = .*tokenize differently.*word_end"):
         run.check_params("02_lrt_affine_transfer", bad)
     run.check_params("02_lrt_affine_transfer", {**bad, "cross_pairing": "word_end"})
+
+
+@pytest.mark.parametrize("change,name,text", [
+    ({"r_lean": 0.4}, "r_lean", "needs r_low"),
+    ({"steer_scales": [0.5, 1.0]}, "steer_scales", "must include 0"),
+    ({"ablation_windows": 500}, "ablation_windows", "exceeds the"),
+    ({"train_tokens": 10}, "train_tokens", "less than one batch"),
+    ({"layer": 99}, "layer", "out of range"),
+    ({"max_norm_ratio": 1.0}, "max_norm_ratio", ""),
+])
+def test_distill_crosscoders_cross_checks(change, name, text, no_compute):
+    good = run.load_params("smoke", "04_distill_crosscoders")
+    with pytest.raises(P.ParameterError, match=rf"parameter `{name}(\[\d+\])?` = .*{text}"):
+        run.check_params("04_distill_crosscoders", {**good, **change})
+
+
+def test_distill_crosscoders_refuse_two_tokenizers(no_compute):
+    from resa_utils.models import load_tokenizer
+
+    if load_tokenizer("smollm2-135m-instruct") is None or load_tokenizer("gemma-3-270m") is None:
+        pytest.skip("real tokenizers not converted yet (make models)")
+    good = run.load_params("smoke", "04_distill_crosscoders")
+    with pytest.raises(P.ParameterError, match=r"parameter `reasoner_model` = .*another tokenizer than base_model='smollm2"):
+        run.check_params("04_distill_crosscoders", {**good, "base_model": "smollm2-135m-instruct", "reasoner_model": "gemma-3-270m"})
