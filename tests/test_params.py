@@ -104,6 +104,20 @@ def test_papermill_reads_every_assignment_of_every_parameters_cell():
         assert names == set(run.notebook_parameters(nb)), f"{nb}: papermill misses {names - set(run.notebook_parameters(nb))}"
 
 
+def _assert_refused(notebook: str, change: dict, name: str, text: str) -> None:
+    """The smoke profile's parameters with `change` are refused, naming `name` and saying `text`."""
+    good = run.load_params("smoke", notebook)
+    with pytest.raises(P.ParameterError, match=rf"parameter `{name}(\[\d+\])?` = .*{text}"):
+        run.check_params(notebook, {**good, **change})
+
+
+def _real_tokenizers_or_skip() -> None:
+    from resa_utils.models import load_tokenizer
+
+    if load_tokenizer("smollm2-135m-instruct") is None or load_tokenizer("gemma-3-270m") is None:
+        pytest.skip("real tokenizers not converted yet (make models)")
+
+
 @pytest.mark.parametrize("change,name,text", [
     ({"layers": [0, 9]}, "layers", "out of range"),
     ({"dense_threshold": 1.5}, "dense_threshold", ""),
@@ -114,9 +128,8 @@ def test_papermill_reads_every_assignment_of_every_parameters_cell():
     ({"density_sweep": [0.05, 0.2]}, "density_sweep", "should include dense_threshold"),
 ])
 def test_dense_latents_cross_checks(change, name, text, no_compute):
+    _assert_refused("03_dense_latents", change, name, text)
     good = run.load_params("smoke", "03_dense_latents")
-    with pytest.raises(P.ParameterError, match=rf"parameter `{name}(\[\d+\])?` = .*{text}"):
-        run.check_params("03_dense_latents", {**good, **change})
     run.check_params("03_dense_latents", {**good, "corpus": "wiki-vital", "pos_analysis": False})
 
 
@@ -131,16 +144,11 @@ def test_dense_latents_cross_checks(change, name, text, no_compute):
     ({"strict_tokens": True}, "strict_tokens", "tokens for tiny-qwen2"),
 ])
 def test_lrt_cross_checks(change, name, text, no_compute):
-    good = run.load_params("smoke", "02_lrt_affine_transfer")
-    with pytest.raises(P.ParameterError, match=rf"parameter `{name}(\[\d+\])?` = .*{text}"):
-        run.check_params("02_lrt_affine_transfer", {**good, **change})
+    _assert_refused("02_lrt_affine_transfer", change, name, text)
 
 
 def test_lrt_refuses_one_to_one_pairing_of_two_tokenizers(no_compute):
-    from resa_utils.models import load_tokenizer
-
-    if load_tokenizer("smollm2-135m-instruct") is None or load_tokenizer("gemma-3-270m") is None:
-        pytest.skip("real tokenizers not converted yet (make models)")
+    _real_tokenizers_or_skip()
     good = run.load_params("smoke", "02_lrt_affine_transfer")
     bad = {**good, "cross_source": "smollm2-135m-instruct", "cross_target": "gemma-3-270m", "cross_pairing": "tokens"}
     with pytest.raises(P.ParameterError, match="parameter `cross_pairing` = .*tokenize differently.*word_end"):
@@ -157,16 +165,11 @@ def test_lrt_refuses_one_to_one_pairing_of_two_tokenizers(no_compute):
     ({"max_norm_ratio": 1.0}, "max_norm_ratio", ""),
 ])
 def test_distill_crosscoders_cross_checks(change, name, text, no_compute):
-    good = run.load_params("smoke", "04_distill_crosscoders")
-    with pytest.raises(P.ParameterError, match=rf"parameter `{name}(\[\d+\])?` = .*{text}"):
-        run.check_params("04_distill_crosscoders", {**good, **change})
+    _assert_refused("04_distill_crosscoders", change, name, text)
 
 
 def test_distill_crosscoders_refuse_two_tokenizers(no_compute):
-    from resa_utils.models import load_tokenizer
-
-    if load_tokenizer("smollm2-135m-instruct") is None or load_tokenizer("gemma-3-270m") is None:
-        pytest.skip("real tokenizers not converted yet (make models)")
+    _real_tokenizers_or_skip()
     good = run.load_params("smoke", "04_distill_crosscoders")
     with pytest.raises(P.ParameterError, match=r"parameter `reasoner_model` = .*another tokenizer than base_model='smollm2"):
         run.check_params("04_distill_crosscoders", {**good, "base_model": "smollm2-135m-instruct", "reasoner_model": "gemma-3-270m"})
