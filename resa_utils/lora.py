@@ -123,15 +123,17 @@ def add_lora(model: torch.nn.Module, cfg: LoraTrainConfig):
 
 def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_dir: str | Path,
                loss_fn: Callable | None = None, progress: bool = True,
-               init_adapter: str | Path | None = None, callbacks: list | None = None) -> LoraResult:
+               init_adapter: str | Path | None = None, callbacks: list | None = None,
+               rows: list[dict] | None = None) -> LoraResult:
     """Train LoRA adapters on `lm.model` and save them to `out_dir/adapter`; checkpoints in
     `out_dir/checkpoints` make a rerun resume (a run finished on the same examples and config
     returns at once; other examples or config start afresh).
 
     `loss_fn(model, inputs) -> loss` replaces the response-only CE (inputs hold input_ids,
     attention_mask and labels). `init_adapter` starts from a saved adapter of the same rank
-    (continued training, e.g. rejection sampling on top of a distilled reasoner). The adapters
-    stay attached to `lm.model` afterwards, in eval mode.
+    (continued training, e.g. rejection sampling on top of a distilled reasoner). `rows`
+    (tokenized `{"input_ids", "labels"}` dicts, e.g. packed chunks) replace `examples`. The
+    adapters stay attached to `lm.model` afterwards, in eval mode.
     """
     import warnings
 
@@ -145,7 +147,9 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     out_dir = Path(out_dir)
     adapter = out_dir / "adapter"
     done = out_dir / "result.json"
-    rows = tokenize_examples(lm.tokenizer, examples, cfg.max_length)
+    rows = rows if rows is not None else tokenize_examples(lm.tokenizer, examples, cfg.max_length)
+    if not rows:
+        raise ValueError("train_lora got no training rows: the training set is empty")
     torch.manual_seed(cfg.seed)  # the adapters' initialisation depends on cfg alone
     model = add_lora(lm.model, cfg)
     key = {"cfg": _cfg_json(cfg), "data": config_key(rows),
@@ -169,7 +173,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if loss_fn is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = loss_fn(model, inputs)
+            loss = loss_fn(getattr(model, "module", model), inputs)  # unwrapped under DDP
             return (loss, None) if return_outputs else loss
 
     args = TrainingArguments(
