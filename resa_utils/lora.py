@@ -124,7 +124,7 @@ def add_lora(model: torch.nn.Module, cfg: LoraTrainConfig):
 def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_dir: str | Path,
                loss_fn: Callable | None = None, progress: bool = True,
                init_adapter: str | Path | None = None, callbacks: list | None = None,
-               rows: list[dict] | None = None) -> LoraResult:
+               rows: list[dict] | None = None, extra_key: dict | None = None) -> LoraResult:
     """Train LoRA adapters on `lm.model` and save them to `out_dir/adapter`; checkpoints in
     `out_dir/checkpoints` make a rerun resume (a run finished on the same examples and config
     returns at once; other examples or config start afresh).
@@ -132,8 +132,10 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     `loss_fn(model, inputs) -> loss` replaces the response-only CE (inputs hold input_ids,
     attention_mask and labels). `init_adapter` starts from a saved adapter of the same rank
     (continued training, e.g. rejection sampling on top of a distilled reasoner). `rows`
-    (tokenized `{"input_ids", "labels"}` dicts, e.g. packed chunks) replace `examples`. The
-    adapters stay attached to `lm.model` afterwards, in eval mode.
+    (tokenized `{"input_ids", "labels"}` dicts, e.g. packed chunks) replace `examples`.
+    `extra_key` (JSON values) names what else decides the result, e.g. the SAE a loss splices
+    in: a finished run is reused only when it matches too. The adapters stay attached to
+    `lm.model` afterwards, in eval mode.
     """
     import warnings
 
@@ -154,7 +156,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     model = add_lora(lm.model, cfg)
     key = {"cfg": _cfg_json(cfg), "data": config_key(rows),
            "init": (sha256_file(Path(init_adapter) / "adapter_model.safetensors")[:16]
-                    if init_adapter else None)}
+                    if init_adapter else None), **({"extra": extra_key} if extra_key else {})}
     if done.exists() and {k: read_json(done).get(k) for k in key} == key:
         _load_adapter_weights(model, adapter)
         lm.model = model.eval()

@@ -156,11 +156,28 @@ def sae_tune(lm, chunks_NT: torch.Tensor, cfg: LoraTrainConfig, out_dir: str | P
     elif not 0 <= layer < len(decoder_layers(_base(lm.model))):
         raise ValueError(f"layer={layer} is out of range for {lm.name}")
     fn = (kl_loss_fn if loss == "kl" else ce_loss_fn)(layer, sae)
-    res = train_lora(lm, [], cfg, out_dir, loss_fn=fn, progress=progress, rows=chunk_rows(chunks_NT))
+    extra = {"model": weights_fingerprint(lm.model), "loss": loss, "layer": layer,
+             "sae": None if sae is None else weights_fingerprint(sae)}
+    res = train_lora(lm, [], cfg, out_dir, loss_fn=fn, progress=progress, rows=chunk_rows(chunks_NT),
+                     extra_key=extra)
     if loss == "kl":
         n_params = sum(p.numel() for p in lm.model.parameters())
         res.flops += 2.0 * n_params * res.tokens
     return res
+
+
+@torch.no_grad()
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short SHA-256 of every parameter and buffer (names, shapes and values): what keys a
+    training or an evaluation to the exact weights it read, so a cached result is never reused
+    for other weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def merge_adapter(lm):

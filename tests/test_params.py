@@ -173,3 +173,26 @@ def test_distill_crosscoders_refuse_two_tokenizers(no_compute):
     good = run.load_params("smoke", "04_distill_crosscoders")
     with pytest.raises(P.ParameterError, match=r"parameter `reasoner_model` = .*another tokenizer than base_model='smollm2"):
         run.check_params("04_distill_crosscoders", {**good, "base_model": "smollm2-135m-instruct", "reasoner_model": "gemma-3-270m"})
+
+
+@pytest.mark.parametrize("change,name,text", [
+    ({"layer": 9}, "layer", ""),
+    ({"sweep_layers": [3]}, "sweep_layers", "must include layer"),
+    ({"sweep_layers": [1, 9]}, "sweep_layers", ""),
+    ({"profile": "cpu"}, "source_model", "is the target itself"),
+    ({"target_model": ""}, "target_model", "not registered: notebook 00"),
+    ({"n_layer_test": 100}, "n_layer_test", "exceeds n_test"),
+    ({"n_tune_problems": 1}, "n_tune_problems", "training set would be empty"),
+    ({"n_heldout_problems": 1}, "n_heldout_problems", "less than one held-out chunk"),
+])
+def test_resa_cross_checks(change, name, text, no_compute):
+    _assert_refused("01_resa_sae_tuning", change, name, text)
+
+
+def test_resa_refuses_a_sibling_of_another_architecture(no_compute):
+    _real_tokenizers_or_skip()
+    good = run.load_params("smoke", "01_resa_sae_tuning")
+    same = {**good, "target_model": "smollm2-135m-instruct", "source_model": "smollm2-135m-instruct"}
+    run.check_params("01_resa_sae_tuning", {**same, "sibling_model": "smollm2-135m-instruct"})
+    with pytest.raises(P.ParameterError, match="parameter `sibling_model` = .*blocks where the target has"):
+        run.check_params("01_resa_sae_tuning", {**same, "sibling_model": "gemma-3-270m"})

@@ -169,3 +169,13 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_failed(tiny_repo):
     assert json.loads(staged.read_text())["status"] in ("failed", "interrupted")
     assert _last_wandb(tiny_repo)["exit_code"] not in (0, None)
     assert not (results_root() / "smoke" / TINY).exists()
+
+
+def test_a_notebook_waiting_for_notebook_00s_models_is_checked_after_00():
+    from resa_utils import params as P
+
+    waiting = P.ParameterError("parameter `target_model` = 'm-reasoner': is not registered: notebook 00 has not built it here")
+    both = ["00_reasoning_models", "01_resa_sae_tuning"]
+    assert run._waits_for_builder("01_resa_sae_tuning", both, waiting)
+    assert not run._waits_for_builder("01_resa_sae_tuning", ["01_resa_sae_tuning"], waiting)  # 00 not in this run
+    assert not run._waits_for_builder("01_resa_sae_tuning", both, P.ParameterError("parameter `k` = -1: must be >= 1"))
