@@ -180,13 +180,19 @@ def test_distill_crosscoders_refuse_two_tokenizers(no_compute):
     ({"sweep_layers": [3]}, "sweep_layers", "must include layer"),
     ({"sweep_layers": [1, 9]}, "sweep_layers", ""),
     ({"profile": "cpu"}, "source_model", "is the target itself"),
-    ({"target_model": ""}, "target_model", "not registered: notebook 00"),
     ({"n_layer_test": 100}, "n_layer_test", "exceeds n_test"),
     ({"n_tune_problems": 1}, "n_tune_problems", "training set would be empty"),
     ({"n_heldout_problems": 1}, "n_heldout_problems", "less than one held-out chunk"),
 ])
 def test_resa_cross_checks(change, name, text, no_compute):
     _assert_refused("01_resa_sae_tuning", change, name, text)
+
+
+def test_resa_names_notebook_00_when_its_models_are_missing(no_compute, monkeypatch):
+    import resa_utils.adapters
+
+    monkeypatch.setattr(resa_utils.adapters, "is_registered", lambda name: False)  # whatever earlier tests registered
+    _assert_refused("01_resa_sae_tuning", {"target_model": ""}, "target_model", "not registered: notebook 00")
 
 
 def test_resa_refuses_a_sibling_of_another_architecture(no_compute):
