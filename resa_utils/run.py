@@ -30,7 +30,6 @@ from pathlib import Path
 import yaml
 
 from .params import ParameterError
-
 from .tracking import (PROFILE_ENV, REFERENCE_PROFILE, RESULTS_ENV, STAGING, effective_profile,
                        notebooks_dir, parameters_cell, read_metrics, results_dir, results_root)
 

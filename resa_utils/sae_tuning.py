@@ -13,7 +13,6 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .activations import decoder_layers, resid_hook, splice
 from .lora import LoraResult, LoraTrainConfig, train_lora
@@ -53,11 +52,17 @@ def chunk_rows(chunks_NT: torch.Tensor) -> list[dict]:
     return [{"input_ids": r.tolist(), "labels": r.tolist()} for r in chunks_NT]
 
 
-def check_sae_fits(sae: SAE, model: torch.nn.Module, layer: int) -> None:
-    """Refuse an SAE whose width differs from the model's hidden size, or a layer out of range."""
-    n_layers, d = len(decoder_layers(_base(model))), int(_base(model).config.hidden_size)
+def check_layer(model: torch.nn.Module, layer: int) -> None:
+    """Refuse a block index out of range for `model`."""
+    n_layers = len(decoder_layers(_base(model)))
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer={layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
+
+
+def check_sae_fits(sae: SAE, model: torch.nn.Module, layer: int) -> None:
+    """Refuse an SAE whose width differs from the model's hidden size, or a layer out of range."""
+    check_layer(model, layer)
+    d = int(_base(model).config.hidden_size)
     if sae.cfg.d_in != d:
         raise ValueError(f"the SAE reads d_in={sae.cfg.d_in} but the model's hidden size is {d}: "
                          "train the SAE on this model family's residual stream")
@@ -119,13 +124,18 @@ def kl_to_teacher(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Te
     return _TeacherKL.apply(student_logits_BTV, teacher_logits_BTV.detach(), m / m.sum().clamp_min(1))
 
 
+def _adapter_off(model: torch.nn.Module):
+    """The teacher's context: the peft adapter disabled (nothing to do for a plain model)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+
+
 def kl_loss_fn(layer: int, sae: SAE | None):
     """Resa's loss for `train_lora`: the teacher is the same model with its adapter disabled and no
     splice, run in the same step without grad; the student has the adapter on and the SAE spliced."""
 
     def loss_fn(model, inputs: dict) -> torch.Tensor:
         ids, am = inputs["input_ids"], inputs.get("attention_mask")
-        with torch.no_grad(), model.disable_adapter():
+        with torch.no_grad(), _adapter_off(model):
             teacher = model(input_ids=ids, attention_mask=am).logits
         with sae_spliced(model, layer, sae):
             student = model(input_ids=ids, attention_mask=am).logits
@@ -153,8 +163,8 @@ def sae_tune(lm, chunks_NT: torch.Tensor, cfg: LoraTrainConfig, out_dir: str | P
         raise ValueError(f"loss={loss!r}: use one of {LOSSES}")
     if sae is not None:
         check_sae_fits(sae, lm.model, layer)
-    elif not 0 <= layer < len(decoder_layers(_base(lm.model))):
-        raise ValueError(f"layer={layer} is out of range for {lm.name}")
+    else:
+        check_layer(lm.model, layer)
     fn = (kl_loss_fn if loss == "kl" else ce_loss_fn)(layer, sae)
     extra = {"model": weights_fingerprint(lm.model), "loss": loss, "layer": layer,
              "sae": None if sae is None else weights_fingerprint(sae)}
@@ -230,18 +240,11 @@ def heldout_loss(lm, chunks_NT: torch.Tensor, layer: int, sae: SAE | None, loss:
                  batch_size: int = 4) -> float:
     """The training objective on held-out chunks (adapter on, SAE spliced), the stated criterion
     for the lr sweep: mean KL to the adapter-off, unspliced model, or mean next-token CE."""
+    fn = (kl_loss_fn if loss == "kl" else ce_loss_fn)(layer, sae)
     total, n = 0.0, 0
-    model = lm.model
     for a in range(0, chunks_NT.shape[0], batch_size):
         ids = chunks_NT[a:a + batch_size].to(lm.device)
-        if loss == "kl":
-            with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-                teacher = model(input_ids=ids).logits
-            with sae_spliced(model, layer, sae):
-                value = kl_to_teacher(model(input_ids=ids).logits, teacher)
-        else:
-            with sae_spliced(model, layer, sae):
-                value = model(input_ids=ids, labels=ids).loss
+        value = fn(lm.model, {"input_ids": ids, "labels": ids})
         total += float(value) * ids.shape[0]
         n += ids.shape[0]
     return total / max(n, 1)
