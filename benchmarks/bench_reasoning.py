@@ -1,7 +1,7 @@
 """Reasoning-stage benchmarks (notebook 00, and 01/04 after it): every number is measured in this
 run, every ratio against a baseline measured in this same run.
 
-1. Generation: `resa_utils.generation.generate` at batch 32 (left padding, one KV cache per
+1. Generation: `resa_utils.lm.generation.generate` at batch 32 (left padding, one KV cache per
    batch) vs unbatched `model.generate`, one prompt at a time, greedy, same prompts and
    `max_new_tokens`; generated tokens/s. Goal: >= 5x, for the chosen base and the Qwen 0.5B.
 2. LoRA training tokens/s of each candidate base through the real training path
@@ -29,8 +29,8 @@ TINY = ["tiny-llama", "tiny-qwen2"]
 
 
 def prompts_for(lm, n: int) -> list[str]:
-    from resa_utils import tasks as T
-    from resa_utils.generation import chat_prompt
+    from resa_utils.data import tasks as T
+    from resa_utils.lm.generation import chat_prompt
 
     probs = T.make_problems("chain_sum", n, seed=123)
     return [chat_prompt(lm.tokenizer, T.prompt(p)) for p in probs]
@@ -51,8 +51,8 @@ def unbatched(lm, prompts: list[str], max_new: int) -> tuple[int, float]:
 
 
 def bench_generation(names: list[str], batch: int, n_unbatched: int, max_new: int) -> list[str]:
-    from resa_utils.generation import generate
-    from resa_utils.models import load_model
+    from resa_utils.lm.generation import generate
+    from resa_utils.lm.models import load_model
 
     print(f"\n== 1. Generation: batch {batch} vs one prompt at a time, greedy, "
           f"{max_new} new tokens max ==")
@@ -85,11 +85,11 @@ def matmul_peak() -> float:
 
 
 def bench_lora(names: list[str], steps: int) -> list[str]:
-    from resa_utils import tasks as T
-    from resa_utils.distill import trace_examples
-    from resa_utils.generation import chat_prompt
-    from resa_utils.lora import LoraTrainConfig, lora_tokens_per_s
-    from resa_utils.models import load_model
+    from resa_utils.data import tasks as T
+    from resa_utils.methods.distill import trace_examples
+    from resa_utils.lm.generation import chat_prompt
+    from resa_utils.lm.lora import LoraTrainConfig, lora_tokens_per_s
+    from resa_utils.lm.models import load_model
 
     peak = matmul_peak()
     print(f"\n== 2. LoRA training (r 32, all projections, batch 8, notebook 00's traces); "
@@ -111,7 +111,7 @@ def bench_lora(names: list[str], steps: int) -> list[str]:
 
 
 def main() -> None:
-    from resa_utils.perf import tune_allocator
+    from resa_utils.core.perf import tune_allocator
 
     tune_allocator()  # as every notebook does (start_run): all rows share it
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -27,7 +27,7 @@ def pytest_configure(config):
     """Results, W&B and the activation/SAE caches go to a temp folder, so no state leaks in from
     earlier runs (the notebooks' kernels inherit it too); only the converted real models and the
     fetched corpora (slow to rebuild) are shared, by links. The hub is off: nothing waits on network time-outs."""
-    from resa_utils.models import cache_dir
+    from resa_utils.core.paths import cache_dir
 
     root = Path(tempfile.mkdtemp(prefix="resa-tests-"))
     config._resa_tmp = root
@@ -58,8 +58,8 @@ def write_smoke_notebooks() -> list[Path]:
     import nbformat
     from papermill.translators import translate_parameters
 
-    from resa_utils import run
-    from resa_utils.tracking import parameters_cell
+    from resa_utils.harness import run
+    from resa_utils.harness.tracking import parameters_cell
 
     shutil.rmtree(SMOKE_DIR, ignore_errors=True)
     SMOKE_DIR.mkdir()
@@ -84,14 +84,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_lm():
-    from resa_utils.models import load_model
+    from resa_utils.lm.models import load_model
 
     return load_model("tiny-gemma3", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_windows(tiny_lm):
-    from resa_utils.data import load_texts, token_windows
+    from resa_utils.data.corpora import load_texts
+    from resa_utils.data.windows import token_windows
 
     return token_windows(load_texts(), tiny_lm.tokenizer, 32, n_windows=24)
 

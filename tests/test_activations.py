@@ -4,18 +4,8 @@ from collections import Counter
 import pytest
 import torch
 
-from resa_utils.activations import (
-    ActivationCache,
-    check_finite,
-    harvest,
-    harvest_splits,
-    parse_hook,
-    resid_hook,
-    run_with_cache,
-    splice,
-    token_mask,
-)
-from resa_utils.models import load_model
+from resa_utils.lm.activations import (ActivationCache, check_finite, harvest, harvest_splits, parse_hook, resid_hook, run_with_cache, splice, token_mask)
+from resa_utils.lm.models import load_model
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-llama", "tiny-qwen2"])
@@ -180,8 +170,8 @@ def test_cache_batches_are_shuffled_and_complete(tmp_path, tiny_lm, tiny_windows
 
 
 def test_a_16_bit_cache_halves_the_disk_and_reads_float32(tmp_path):
-    from resa_utils.activations import ActivationCache, resid_hook
-    from resa_utils.models import load_model
+    from resa_utils.lm.activations import ActivationCache, resid_hook
+    from resa_utils.lm.models import load_model
 
     lm = load_model("tiny-llama")
     windows = torch.randint(5, 100, (6, 12))
@@ -198,8 +188,8 @@ def test_a_16_bit_cache_halves_the_disk_and_reads_float32(tmp_path):
 
 
 def test_float16_storage_refuses_values_beyond_its_range_and_bfloat16_keeps_them(tmp_path):
-    from resa_utils.activations import ActivationCache, resid_hook, splice
-    from resa_utils.models import load_model
+    from resa_utils.lm.activations import ActivationCache, resid_hook, splice
+    from resa_utils.lm.models import load_model
 
     lm = load_model("tiny-llama")
     windows = torch.randint(5, 100, (4, 10))

@@ -5,9 +5,9 @@ for a name notebook 00 has not made yet."""
 import pytest
 import torch
 
-from resa_utils import adapters
-from resa_utils.lora import LoraTrainConfig, train_lora
-from resa_utils.models import check_layer, load_model, resolve_model_name
+from resa_utils.lm import adapters
+from resa_utils.lm.lora import LoraTrainConfig, train_lora
+from resa_utils.lm.models import check_layer, load_model, resolve_model_name
 
 EXAMPLES = [(f"Q: {a} plus {b}?", f" A: {a + b}.") for a, b in [(1, 2), (3, 4), (5, 6)]] * 4
 

@@ -4,9 +4,10 @@ aligned to model tokens; windows respect documents; held-out splits are by docum
 import pytest
 import torch
 
-from resa_utils import corpora
-from resa_utils.corpora import POS_CLASSES, Document, parse_brown_file, pos_class
-from resa_utils.data import document_windows, load_texts, split_by_document, train_eval_windows
+from resa_utils.data import corpora
+from resa_utils.data.corpora import POS_CLASSES, Document, parse_brown_file, pos_class
+from resa_utils.data.windows import document_windows, split_by_document, train_eval_windows
+from resa_utils.data.corpora import load_texts
 
 RAW = "\n\n\t``/`` The/at jury/nn said/vbd ''/'' it/pps did/dod n't/* ./.\n\n\tIt/pps ran/vbd ./.\n"
 

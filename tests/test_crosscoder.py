@@ -5,8 +5,8 @@ pair the same tokens and refuse caches of different tokens."""
 import pytest
 import torch
 
-from resa_utils.activations import ActivationCache, PairedCache, resid_hook
-from resa_utils.crosscoder import decoder_norms, relative_norms, split_latents
+from resa_utils.lm.activations import ActivationCache, PairedCache, resid_hook
+from resa_utils.methods.crosscoder import decoder_norms, relative_norms, split_latents
 from resa_utils.sae import TrainConfig, train_sae
 from resa_utils.sae.train import make_trainer
 
@@ -97,7 +97,7 @@ def test_paired_cache_pairs_the_same_tokens(tmp_path, tiny_lm, tiny_windows):
 
 
 def test_kept_rows_leave_out_exactly_the_masked_rows(tmp_path, tiny_lm, tiny_windows):
-    from resa_utils.activations import KeptRows, content_positions
+    from resa_utils.lm.activations import KeptRows, content_positions
 
     h1, h2 = resid_hook(1), resid_hook(2)
     ids = tiny_windows.clone()
@@ -121,7 +121,7 @@ def test_kept_rows_leave_out_exactly_the_masked_rows(tmp_path, tiny_lm, tiny_win
 
 
 def test_typical_rows_drop_rows_far_above_the_median_norm_in_either_block():
-    from resa_utils.activations import typical_rows
+    from resa_utils.lm.activations import typical_rows
 
     class Mem:  # one-shard stand-in for a cache
         def __init__(self, x):
@@ -140,7 +140,7 @@ def test_typical_rows_drop_rows_far_above_the_median_norm_in_either_block():
 
 
 def test_ablation_splice_is_exact_when_empty_and_moves_logits_otherwise(tiny_lm, tiny_windows):
-    from resa_utils.crosscoder import ablated_logits
+    from resa_utils.methods.crosscoder import ablated_logits
     from resa_utils.sae import SAE, SAEConfig
 
     D = tiny_lm.d_model
@@ -160,7 +160,7 @@ def test_ablation_splice_is_exact_when_empty_and_moves_logits_otherwise(tiny_lm,
 
 
 def test_category_positions_mark_every_form_of_the_word(tiny_lm):
-    from resa_utils.crosscoder import category_positions, word_variants
+    from resa_utils.methods.crosscoder import category_positions, word_variants
 
     tok = tiny_lm.tokenizer
     text = "Wait, the sum is 7. Therefore it is 7. wait no. However fine. Waiter here."
@@ -175,7 +175,7 @@ def test_category_positions_mark_every_form_of_the_word(tiny_lm):
 
 
 def test_latent_categories_follow_the_activation_mass():
-    from resa_utils.crosscoder import latent_categories
+    from resa_utils.methods.crosscoder import latent_categories
 
     N = 200
     wait = torch.zeros(N, dtype=torch.bool)
@@ -195,7 +195,7 @@ def test_latent_categories_follow_the_activation_mass():
 
 
 def test_token_logit_drops_are_zero_for_nothing_and_match_the_splice(tiny_lm, tiny_windows):
-    from resa_utils.crosscoder import ablated_logits, token_logit_drops
+    from resa_utils.methods.crosscoder import ablated_logits, token_logit_drops
     from resa_utils.sae import SAE, SAEConfig
 
     D = tiny_lm.d_model
@@ -212,7 +212,7 @@ def test_token_logit_drops_are_zero_for_nothing_and_match_the_splice(tiny_lm, ti
     moved = ablated_logits(tiny_lm, tiny_lm, cc, hook, ids, list(range(16)))
     want = torch.stack([clean[0, 3, ids[0, 4]] - moved[0, 3, ids[0, 4]], clean[2, 10, ids[2, 11]] - moved[2, 10, ids[2, 11]]])
     assert torch.allclose(drops["all"], want, atol=1e-5) and drops["all"].abs().sum() > 0
-    from resa_utils.crosscoder import token_drops
+    from resa_utils.methods.crosscoder import token_drops
 
     both = token_drops(tiny_lm, tiny_lm, cc, hook, ids, at, {"all": list(range(16))}, batch_size=2)
     assert torch.equal(both["logit"]["all"], drops["all"])
@@ -222,7 +222,7 @@ def test_token_logit_drops_are_zero_for_nothing_and_match_the_splice(tiny_lm, ti
 
 
 def test_per_model_fvu_and_batched_encoding_match_the_direct_computation():
-    from resa_utils.crosscoder import encode_batches, per_model_fvu
+    from resa_utils.methods.crosscoder import encode_batches, per_model_fvu
     from resa_utils.sae import SAE, SAEConfig
 
     D = 6

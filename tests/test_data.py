@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from resa_utils.data import default_corpus_texts, load_texts, token_windows
+from resa_utils.data.corpora import default_corpus_texts, load_texts
+from resa_utils.data.windows import token_windows
 
 
 def test_default_corpus_is_offline_and_sizeable():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from resa_utils import dense
+from resa_utils.methods import dense
 
 
 def test_a_hand_built_antipodal_pair_scores_one_and_finds_its_partner():
@@ -125,7 +125,7 @@ def test_choosing_layers_random_sparse_latents_and_seed_matches():
 
 
 def test_label_stats_find_the_planted_statistic(tiny_lm):
-    from resa_utils.corpora import POS_CLASSES
+    from resa_utils.data.corpora import POS_CLASSES
 
     g = torch.Generator().manual_seed(5)
     N, D = 600, 8
@@ -176,9 +176,9 @@ def test_cache_job_trains_on_the_projected_cache(tmp_path, tiny_lm, tiny_windows
 
     from safetensors.torch import save_file
 
-    from resa_utils.activations import ActivationCache, resid_hook
+    from resa_utils.lm.activations import ActivationCache, resid_hook
     from resa_utils.sae import CacheJob, TrainConfig, train_and_evaluate, train_cache_job
-    from resa_utils.sweep import config_key, run_sweep
+    from resa_utils.core.sweep import config_key, run_sweep
 
     hook = resid_hook(1)
     tr = ActivationCache.build(tmp_path / "tr", tiny_lm, tiny_windows[:8], [hook], windows_per_shard=3, progress=False)
@@ -209,7 +209,7 @@ def test_cache_job_trains_on_the_projected_cache(tmp_path, tiny_lm, tiny_windows
 
 
 def test_task_threads_give_a_lone_last_task_every_core():
-    from resa_utils.sweep import task_threads
+    from resa_utils.core.sweep import task_threads
 
     assert task_threads(4, 2, 2) == [1, 1, 1, 1]
     assert task_threads(3, 2, 2) == [1, 1, 2]

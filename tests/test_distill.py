@@ -4,8 +4,8 @@ only, accuracy rows with Wilson intervals, and the lift rule."""
 import pandas as pd
 import pytest
 
-from resa_utils import distill
-from resa_utils import tasks as T
+from resa_utils.methods import distill
+from resa_utils.data import tasks as T
 
 
 def test_trace_examples_pair_each_prompt_with_its_trace():

@@ -4,9 +4,9 @@ stop strings cut; a killed evaluation resumes from its finished batches."""
 import pytest
 import torch
 
-from resa_utils.generation import evaluate, generate
-from resa_utils.models import load_model
-from resa_utils.tasks import Problem
+from resa_utils.lm.generation import evaluate, generate
+from resa_utils.lm.models import load_model
+from resa_utils.data.tasks import Problem
 
 PROMPTS = ["The function returns", "A list", "Classes provide a means of bundling data",
            "x", "The import statement is used to bring", "Errors should never pass"]
@@ -39,7 +39,7 @@ def test_evaluation_resumes_from_finished_batches(tmp_path, monkeypatch):
     lm = load_model("tiny-llama")
     problems = [Problem("t", f"question {i}", str(i), uid=f"t:{i}") for i in range(5)]
     calls = []
-    import resa_utils.generation as G
+    import resa_utils.lm.generation as G
 
     real = G.generate
 
@@ -58,7 +58,7 @@ def test_evaluation_resumes_from_finished_batches(tmp_path, monkeypatch):
 
 
 def test_chat_prompt_uses_the_template_without_a_second_bos():
-    from resa_utils.generation import chat_prompt
+    from resa_utils.lm.generation import chat_prompt
 
     tok = load_model("tiny-llama").tokenizer
     assert chat_prompt(tok, "2+2?") == "2+2?\n"  # no template: plain text
@@ -71,7 +71,7 @@ def test_chat_prompt_uses_the_template_without_a_second_bos():
 
 
 def test_sampling_is_seeded_and_greedy_is_the_default():
-    from resa_utils.generation import generate
+    from resa_utils.lm.generation import generate
 
     lm = load_model("tiny-llama")
     prompts = ["one two", "three four five"]
@@ -84,7 +84,7 @@ def test_sampling_is_seeded_and_greedy_is_the_default():
 
 
 def test_evaluation_reports_the_generation_time_of_every_batch(tmp_path):
-    from resa_utils import tasks as T
+    from resa_utils.data import tasks as T
 
     lm = load_model("tiny-llama")
     probs = T.make_problems("chain_sum", 4, seed=2)

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from resa_utils.lora import LoraTrainConfig, tokenize_examples, train_lora
-from resa_utils.models import load_model
+from resa_utils.lm.lora import LoraTrainConfig, tokenize_examples, train_lora
+from resa_utils.lm.models import load_model
 
 EXAMPLES = [(f"Q: {a} plus {b}?", f" A: {a + b}.") for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]] * 4
 
@@ -99,7 +99,7 @@ def test_a_model_marked_gguf_quantised_still_trains(tmp_path):
 
 
 def test_lora_speed_is_measured_on_the_real_path():
-    from resa_utils.lora import lora_tokens_per_s
+    from resa_utils.lm.lora import lora_tokens_per_s
 
     out = lora_tokens_per_s(load_model("tiny-llama"), EXAMPLES, _cfg(), steps=2)
     assert out["tokens/s"] > 0 and out["tokens_per_example"] > 1
@@ -108,7 +108,7 @@ def test_lora_speed_is_measured_on_the_real_path():
 def test_command_line_trains_the_same_adapter(tmp_path):
     from safetensors.torch import load_file
 
-    from resa_utils.lora import main, save_examples
+    from resa_utils.lm.lora import main, save_examples
 
     want = train_lora(load_model("tiny-llama"), EXAMPLES, _cfg(max_steps=2), tmp_path / "nb", progress=False)
     path = save_examples(tmp_path / "ex.jsonl", EXAMPLES, _cfg(max_steps=2))

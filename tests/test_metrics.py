@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from resa_utils.activations import resid_hook, splice
+from resa_utils.lm.activations import resid_hook, splice
 from resa_utils.sae import SAE, SAEConfig, ce_loss_recovered
 
 

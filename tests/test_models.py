@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from resa_utils import models
-from resa_utils.models import REGISTRY, check_gguf, load_model, resolve_model_name
+from resa_utils.lm import models
+from resa_utils.lm.registry import REGISTRY
+from resa_utils.lm.models import check_gguf, load_model, resolve_model_name
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-llama", "tiny-qwen2"])

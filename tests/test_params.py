@@ -8,8 +8,8 @@ import ast
 
 import pytest
 
-from resa_utils import params as P
-from resa_utils import run
+from resa_utils.harness import params as P
+from resa_utils.harness import run
 
 WRONG_TYPE = {bool: "maybe", int: "big", float: "big", str: 3, list: "x", tuple: "x"}
 """A value of the wrong type for a parameter whose default has this type."""
@@ -29,13 +29,13 @@ def _cases():
 @pytest.fixture
 def no_compute(monkeypatch):
     """Loading a model or training an SAE during the checks fails the test."""
-    import resa_utils.models
+    import resa_utils.lm.models
     import resa_utils.sae.train
 
     def refuse(*_a, **_k):
         raise AssertionError("compute started before the parameters were checked")
 
-    monkeypatch.setattr(resa_utils.models, "load_model", refuse)
+    monkeypatch.setattr(resa_utils.lm.models, "load_model", refuse)
     monkeypatch.setattr(resa_utils.sae.train, "train_sae", refuse)
 
 
@@ -94,7 +94,7 @@ def test_papermill_reads_every_assignment_of_every_parameters_cell():
     parameter can be neither overridden nor checked: compare with Python's own parse."""
     import nbformat
 
-    from resa_utils.tracking import notebooks_dir, parameters_cell
+    from resa_utils.harness.tracking import notebooks_dir, parameters_cell
 
     for nb in run.list_notebooks():
         book = nbformat.read(notebooks_dir() / f"{nb}.ipynb", as_version=4)
@@ -112,7 +112,7 @@ def _assert_refused(notebook: str, change: dict, name: str, text: str) -> None:
 
 
 def _real_tokenizers_or_skip() -> None:
-    from resa_utils.models import load_tokenizer
+    from resa_utils.lm.models import load_tokenizer
 
     if load_tokenizer("smollm2-135m-instruct") is None or load_tokenizer("gemma-3-270m") is None:
         pytest.skip("real tokenizers not converted yet (make models)")
@@ -189,9 +189,9 @@ def test_resa_cross_checks(change, name, text, no_compute):
 
 
 def test_resa_names_notebook_00_when_its_models_are_missing(no_compute, monkeypatch):
-    import resa_utils.adapters
+    import resa_utils.lm.adapters
 
-    monkeypatch.setattr(resa_utils.adapters, "is_registered", lambda name: False)  # whatever earlier tests registered
+    monkeypatch.setattr(resa_utils.lm.adapters, "is_registered", lambda name: False)  # whatever earlier tests registered
     _assert_refused("01_resa_sae_tuning", {"target_model": ""}, "target_model", "not registered: notebook 00")
 
 

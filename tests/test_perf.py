@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from resa_utils import perf
+from resa_utils.core import perf
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from resa_utils.activations import harvest, resid_hook
-from resa_utils.data import load_texts, token_windows
-from resa_utils.models import load_model
+from resa_utils.lm.activations import harvest, resid_hook
+from resa_utils.data.corpora import load_texts
+from resa_utils.data.windows import token_windows
+from resa_utils.lm.models import load_model
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from resa_utils.models import REGISTRY
+from resa_utils.lm.registry import REGISTRY
 
 
 def _installed(spec) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resa_utils import report, run
+from resa_utils.harness import report, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_results_readme_is_generated_from_the_committed_results(monkeypatch):
     monkeypatch.delenv("RESA_NOTEBOOKS_DIR", raising=False)
     committed = (ROOT / "results" / "README.md").read_text()
     assert report.render(run.list_notebooks()) == committed, \
-        "results/README.md is stale: run `python -m resa_utils.report`"
+        "results/README.md is stale: run `python -m resa_utils.harness.report`"
 
 
 def test_every_notebook_has_a_paper_entry_and_common_schema_results():

@@ -12,19 +12,19 @@ import nbformat
 import pytest
 import yaml
 
-from resa_utils import run
-from resa_utils.tracking import results_dir, results_root
+from resa_utils.harness import run
+from resa_utils.harness.tracking import results_dir, results_root
 
 from wandb_log import summary as wandb_summary
 
 TINY = "90_tiny"
 CELLS = [
     ("code", 'profile = "cpu"\nfail = False\nx = 1\nsleep = 0', ["parameters"]),
-    ("code", "from resa_utils import params as P\nfrom resa_utils.tracking import notebook_params\n"
+    ("code", "from resa_utils import params as P\nfrom resa_utils.harness.tracking import notebook_params\n"
              "params = notebook_params(globals())\n"
              "P.validate('90_tiny', params, {'profile': P.profile(), 'fail': P.boolean(), "
              "'x': P.integer(min=0, max=100), 'sleep': P.integer(min=0)})", []),
-    ("code", "from resa_utils.tracking import start_run\nrun = start_run('90_tiny', params)\n"
+    ("code", "from resa_utils.harness.tracking import start_run\nrun = start_run('90_tiny', params)\n"
              "run.record(x=x)\nrun.log_curves('train', {'a': [{'step': 1, 'loss': 2.0}, "
              "{'step': 2, 'loss': 1.0}]})", []),
     ("code", "if fail:\n    raise RuntimeError('boom')\nimport time\ntime.sleep(sleep)", []),
@@ -153,7 +153,7 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_failed(tiny_repo):
 
     yaml_path = Path(os.environ["RESA_NOTEBOOKS_DIR"]) / "params" / "smoke" / f"{TINY}.yaml"
     yaml_path.write_text("x: 2\nsleep: 120\n")
-    proc = subprocess.Popen([sys.executable, "-m", "resa_utils.run", "--profile", "smoke", TINY],
+    proc = subprocess.Popen([sys.executable, "-m", "resa_utils.harness.run", "--profile", "smoke", TINY],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     staged = results_root() / ".staging" / "smoke" / TINY / "metrics.json"
     deadline = time.monotonic() + 120
@@ -172,7 +172,7 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_failed(tiny_repo):
 
 
 def test_a_notebook_waiting_for_notebook_00s_models_is_checked_after_00():
-    from resa_utils import params as P
+    from resa_utils.harness import params as P
 
     waiting = P.ParameterError("parameter `target_model` = 'm-reasoner': is not registered: notebook 00 has not built it here")
     both = ["00_reasoning_models", "01_resa_sae_tuning"]

@@ -4,7 +4,7 @@ import torch
 from resa_utils.sae import SAE, SAEConfig, TrainConfig, evaluate_sae, fvu, train_sae
 from resa_utils.sae.kernels import topk_forward
 from resa_utils.sae.train import make_trainer
-from resa_utils.synthetic import SyntheticConfig, make_dataset, recovery_rate
+from resa_utils.data.synthetic import SyntheticConfig, make_dataset, recovery_rate
 
 
 def _data(n=4096, d=16, seed=0):

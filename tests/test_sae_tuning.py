@@ -4,12 +4,12 @@ the data packing, the refusals before compute, and the reasoning-feature count."
 import pytest
 import torch
 
-from resa_utils import sae_tuning as S
-from resa_utils.activations import run_with_cache, resid_hook
-from resa_utils.lora import LoraTrainConfig, add_lora
-from resa_utils.models import load_model
+from resa_utils.methods import sae_tuning as S
+from resa_utils.lm.activations import run_with_cache, resid_hook
+from resa_utils.lm.lora import LoraTrainConfig, add_lora
+from resa_utils.lm.models import load_model
 from resa_utils.sae import SAE, SAEConfig
-from resa_utils.tasks import split_problems
+from resa_utils.data.tasks import split_problems
 
 
 def _sae(d: int, seed: int = 0, k: int = 4) -> SAE:

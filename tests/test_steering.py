@@ -5,9 +5,9 @@ differences do not depend on batching."""
 import pytest
 import torch
 
-from resa_utils import steering
-from resa_utils.activations import resid_hook, run_with_cache
-from resa_utils.models import load_model
+from resa_utils.methods import steering
+from resa_utils.lm.activations import resid_hook, run_with_cache
+from resa_utils.lm.models import load_model
 
 
 def test_difference_of_means_on_a_constructed_case():
@@ -52,7 +52,7 @@ def test_last_token_states_and_logit_diff_do_not_depend_on_batching():
 
 
 def test_behaviour_files_load_and_split_without_overlap():
-    from resa_utils import steering
+    from resa_utils.methods import steering
 
     names = steering.behaviour_names()
     assert len(names) >= 4
@@ -72,7 +72,7 @@ def test_behaviour_files_load_and_split_without_overlap():
 
 
 def test_random_like_and_token_ids_in_logit_diff(tiny_lm):
-    from resa_utils import steering
+    from resa_utils.methods import steering
 
     v = torch.randn(tiny_lm.d_model)
     r = steering.random_like(v, seed=3)
@@ -86,7 +86,8 @@ def test_random_like_and_token_ids_in_logit_diff(tiny_lm):
 
 def _gemma3_mixed_attention():
     """Tiny Gemma 3 whose blocks alternate sliding (window 3) and full attention, as the real one."""
-    from resa_utils.models import LoadedModel, _tiny
+    from resa_utils.lm.models import LoadedModel
+    from resa_utils.lm.registry import _tiny
 
     model, tok = _tiny("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16, sliding_window=3,
                        layer_types=["sliding_attention", "full_attention"] * 2)()
@@ -115,7 +116,7 @@ def test_running_from_a_prefix_matches_the_full_steered_forward(name):
 
 
 def test_generate_steered_steers_each_prompt_by_its_own_row():
-    from resa_utils.generation import generate
+    from resa_utils.lm.generation import generate
 
     lm = load_model("tiny-llama")
     prompts = ["a b c", "d e"]
@@ -131,8 +132,8 @@ def test_generate_steered_steers_each_prompt_by_its_own_row():
 
 
 def test_evaluate_steered_rows_match_steered_generation_and_resume(tmp_path):
-    from resa_utils.generation import generate
-    from resa_utils.tasks import make_problems
+    from resa_utils.lm.generation import generate
+    from resa_utils.data.tasks import make_problems
 
     lm = load_model("tiny-llama")
     probs = make_problems("chain_sum", 3, seed=0)

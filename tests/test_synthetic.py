@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from resa_utils.recovery import pairwise_consistency
+from resa_utils.methods.recovery import pairwise_consistency
 from resa_utils.sae import SAE, SAEConfig
-from resa_utils.synthetic import SyntheticConfig, make_dataset, recovery_rate, sample_codes
+from resa_utils.data.synthetic import SyntheticConfig, make_dataset, recovery_rate, sample_codes
 
 
 def test_codes_have_exact_sparsity_and_equal_feature_frequency():
@@ -62,12 +62,12 @@ def test_bad_synthetic_config():
 
 
 def test_dead_latents_do_not_count_and_firing_corr_tells_a_feature_from_a_direction():
-    from resa_utils.synthetic import make_dataset_with_codes, matched_firing_corr
+    from resa_utils.data.synthetic import make_dataset_with_codes, matched_firing_corr
 
     syn = SyntheticConfig(n_features=8, d=6, sparsities=(2,), n_samples=4000, seed=3)
     x, feats, codes = make_dataset_with_codes(syn)
     assert torch.allclose(x, codes @ feats) and torch.allclose(make_dataset(syn)[0], x)
-    from resa_utils.synthetic import fresh_samples
+    from resa_utils.data.synthetic import fresh_samples
     x2, codes2 = fresh_samples(syn, feats, 500, seed=99)
     assert torch.allclose(x2, codes2 @ feats) and (codes2 > 0).sum(1).eq(2).all()
     assert not (x2[:, None, :] == x[None, :, :]).all(-1).any()  # new draws, not the training rows
@@ -95,8 +95,8 @@ def test_synthetic_scores_on_a_perfect_and_on_a_silent_sae():
     """Orthonormal features (n <= d) and an encoder that reads them: the SAE's latents are the
     codes, so every score is perfect; the same decoder with latents that never fire scores 0 on
     live recovery and firing, though every decoder row still sits on a feature."""
-    from resa_utils.recovery import FIRING_R, synthetic_scores
-    from resa_utils.synthetic import fresh_samples
+    from resa_utils.methods.recovery import FIRING_R, synthetic_scores
+    from resa_utils.data.synthetic import fresh_samples
 
     syn = SyntheticConfig(n_features=6, d=8, sparsities=(2,), n_samples=10, seed=1)
     feats = torch.linalg.qr(torch.randn(8, 6, generator=torch.Generator().manual_seed(0)))[0].T  # [6, 8] orthonormal
@@ -115,7 +115,7 @@ def test_synthetic_scores_on_a_perfect_and_on_a_silent_sae():
 
 
 def test_synthetic_run_scores_at_each_probe_and_at_the_stopping_point():
-    from resa_utils.recovery import synthetic_run
+    from resa_utils.methods.recovery import synthetic_run
     from resa_utils.sae import TrainConfig
 
     syn = SyntheticConfig(n_features=16, d=12, sparsities=(2,), n_samples=4096, seed=0)
@@ -127,7 +127,7 @@ def test_synthetic_run_scores_at_each_probe_and_at_the_stopping_point():
 
 
 def test_best_match_cosines_and_the_random_floor():
-    from resa_utils.recovery import best_match_cosines, random_match_cosines
+    from resa_utils.methods.recovery import best_match_cosines, random_match_cosines
 
     g = torch.Generator().manual_seed(0)
     a = SAE(SAEConfig(d_in=32, d_sae=40)).init_weights(g)
@@ -141,7 +141,7 @@ def test_best_match_cosines_and_the_random_floor():
 
 
 def test_seed_match_cosines_per_ordered_pair_over_firing_latents():
-    from resa_utils.recovery import seed_match_cosines
+    from resa_utils.methods.recovery import seed_match_cosines
 
     g = torch.Generator().manual_seed(0)
     a = SAE(SAEConfig(d_in=16, d_sae=20)).init_weights(g)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from resa_utils import tasks as T
+from resa_utils.data import tasks as T
 
 
 def test_chain_sum_answers_recompute():
@@ -75,7 +75,7 @@ def test_wilson_interval():
 
 
 def test_unknown_task_and_bad_difficulty_are_named():
-    from resa_utils.tasks import check_task
+    from resa_utils.data.tasks import check_task
 
     with pytest.raises(ValueError, match="unknown task 'gsm9k'.*chain_sum"):
         check_task("gsm9k")
@@ -87,7 +87,7 @@ def test_unknown_task_and_bad_difficulty_are_named():
 
 
 def test_lenient_grading_reads_the_last_number_but_strict_needs_the_format():
-    from resa_utils.tasks import is_correct
+    from resa_utils.data.tasks import is_correct
 
     text = "Let me add: 12 + 30 = 42"
     assert not is_correct(text, "42") and is_correct(text, "42", lenient=True)

@@ -8,13 +8,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from resa_utils.atomic import write_json  # noqa: E402
-from resa_utils.sweep import run_sweep  # noqa: E402
-from resa_utils.tracking import start_run  # noqa: E402
+from resa_utils.core.atomic import write_json  # noqa: E402
+from resa_utils.core.sweep import run_sweep  # noqa: E402
+from resa_utils.harness.tracking import start_run  # noqa: E402
 
 
 def test_start_run_stages_then_publishes_with_an_offline_wandb_run(monkeypatch):
-    from resa_utils.tracking import results_dir, staging_dir
+    from resa_utils.harness.tracking import results_dir, staging_dir
 
     monkeypatch.setenv("RESA_PROFILE", "smoke")
     run = start_run("99_test", {"lr": 0.1, "nested": {"k": 3}})
@@ -42,7 +42,7 @@ def test_start_run_stages_then_publishes_with_an_offline_wandb_run(monkeypatch):
 
 
 def test_paper_comparison_schema_is_enforced():
-    from resa_utils.tracking import comparison_frame
+    from resa_utils.harness.tracking import comparison_frame
 
     ok = {"claim": "c", "metric": "m", "paper": 1.0, "ours": "x", "held": "partly", "note": ""}
     assert list(comparison_frame([ok]).columns) == ["claim", "metric", "paper", "ours", "held", "note"]
@@ -79,7 +79,7 @@ def test_sweep_resumes_and_ignores_a_torn_line(tmp_path):
 
 
 def test_notebook_params_keeps_plain_values_only():
-    from resa_utils.tracking import notebook_params
+    from resa_utils.harness.tracking import notebook_params
 
     ns = {"lr": 0.1, "widths": [1, 2], "name": "x", "In": ["code"], "Out": {}, "_hidden": 1,
           "pd": pd, "fn": len}
@@ -102,7 +102,7 @@ def test_sweep_recomputes_invalid_rows_and_keeps_only_its_own(tmp_path):
 
 
 def test_sweep_in_worker_processes_matches_the_serial_sweep(tmp_path):
-    from resa_utils.recovery import synthetic_row
+    from resa_utils.methods.recovery import synthetic_row
 
     def cfg(seed, method):
         return {"syn": {"n_features": 12, "d": 6, "sparsities": [2], "n_samples": 2000, "seed": seed},

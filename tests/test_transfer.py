@@ -4,7 +4,7 @@ validation, shuffled pairs score near zero; positions pair across tokenizers at 
 import pytest
 import torch
 
-from resa_utils import transfer
+from resa_utils.methods import transfer
 
 
 def _planted(n=2000, s=12, t=20, noise=0.0, seed=0):
@@ -48,7 +48,7 @@ def test_shuffled_pairs_explain_nothing_held_out():
 def test_word_end_pairing_across_two_tokenizers():
     from transformers import AutoTokenizer
 
-    from resa_utils.models import cache_dir
+    from resa_utils.core.paths import cache_dir
 
     folders = [cache_dir() / "models" / n for n in ("smollm2-135m-instruct", "gemma-3-270m")]
     if not all((f / "tokenizer.json").exists() for f in folders):
@@ -130,7 +130,7 @@ class _OtherTok:
 def test_word_end_rows_point_at_tokens_ending_at_the_same_character():
     from transformers import AutoTokenizer
 
-    from resa_utils.models import cache_dir
+    from resa_utils.core.paths import cache_dir
 
     folders = [cache_dir() / "models" / n for n in ("smollm2-135m-instruct", "gemma-3-270m")]
     if not all((f / "tokenizer.json").exists() for f in folders):

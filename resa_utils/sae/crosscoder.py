@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .trainer import Trainer
+from resa_utils.sae.trainer import Trainer
 
 
 def block_norms(W_dec_FD: torch.Tensor, n_models: int, ord: int = 2) -> torch.Tensor:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from .config import SAEConfig
-from .model import SAE
-from .kernels import relu_forward
-from .topk import SPARSE_MIN_LATENTS
-from .trainer import Trainer
+from resa_utils.sae.config import SAEConfig
+from resa_utils.sae.kernels import relu_forward
+from resa_utils.sae.model import SAE
+from resa_utils.sae.topk import SPARSE_MIN_LATENTS
+from resa_utils.sae.trainer import Trainer
 
 
 class GBATrainer(Trainer):

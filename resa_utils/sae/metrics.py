@@ -7,8 +7,8 @@ from typing import Callable
 
 import torch
 
-from ..activations import splice
-from .model import SAE
+from resa_utils.lm.activations import splice
+from resa_utils.sae.model import SAE
 
 
 def fvu(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:

@@ -14,8 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import atomic_path, read_json, write_json
-from .config import SAEConfig
+from resa_utils.core.atomic import atomic_path, read_json, write_json
+from resa_utils.sae.config import SAEConfig
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import relu_forward
-from .topk import SPARSE_MIN_LATENTS
-from .trainer import Trainer
+from resa_utils.sae.kernels import relu_forward
+from resa_utils.sae.topk import SPARSE_MIN_LATENTS
+from resa_utils.sae.trainer import Trainer
 
 
 class ReluL1Trainer(Trainer):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import gather_encode, sparse_decode, topk_forward
-from .trainer import Trainer
+from resa_utils.sae.kernels import gather_encode, sparse_decode, topk_forward
+from resa_utils.sae.trainer import Trainer
 
 SPARSE_MIN_LATENTS = 1024
 """From this width on, the sparse kernels beat dense autograd on CPU (measured: ~3x slower

@@ -10,17 +10,17 @@ from typing import Callable
 
 import torch
 
-from ..activations import check_finite
-from ..progress import PROGRESS_INTERVAL_S, tqdm
-from ..models import default_device
-from .config import TrainConfig
-from .crosscoder import CrosscoderTrainer
-from .gba import GBATrainer
-from .metrics import evaluate_sae
-from .model import SAE
-from .relu_l1 import ReluL1Trainer
-from .topk import TopKTrainer
-from .trainer import Trainer, batch_stream, first_rows
+from resa_utils.core.progress import PROGRESS_INTERVAL_S, tqdm
+from resa_utils.lm.activations import check_finite
+from resa_utils.lm.models import default_device
+from resa_utils.sae.config import TrainConfig
+from resa_utils.sae.crosscoder import CrosscoderTrainer
+from resa_utils.sae.gba import GBATrainer
+from resa_utils.sae.metrics import evaluate_sae
+from resa_utils.sae.model import SAE
+from resa_utils.sae.relu_l1 import ReluL1Trainer
+from resa_utils.sae.topk import TopKTrainer
+from resa_utils.sae.trainer import Trainer, batch_stream, first_rows
 
 TRAINERS: dict[str, type[Trainer]] = {
     "topk": TopKTrainer,
@@ -159,8 +159,8 @@ def train_cache_job(config: dict, jobs: dict[str, CacheJob]) -> dict:
     workers=N)` can run it in worker processes."""
     from safetensors.torch import load_file
 
-    from ..activations import ActivationCache
-    from ..sweep import config_key
+    from resa_utils.core.sweep import config_key
+    from resa_utils.lm.activations import ActivationCache
 
     job = jobs[config_key(config)]
     train_cache, eval_acts = ActivationCache(job.train_dir), ActivationCache(job.eval_dir).load(job.hook)

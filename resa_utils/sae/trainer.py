@@ -14,9 +14,9 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path, read_json, write_json
-from .config import SAEConfig, TrainConfig
-from .model import SAE
+from resa_utils.core.atomic import atomic_path, read_json, write_json
+from resa_utils.sae.config import SAEConfig, TrainConfig
+from resa_utils.sae.model import SAE
 
 CKPT_TENSORS = "checkpoint.safetensors"
 CKPT_STATE = "checkpoint.json"

@@ -19,9 +19,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .atomic import atomic_path, read_json, sha256_file, write_json
-from .progress import PROGRESS_INTERVAL_S, tqdm
-
+from resa_utils.core.atomic import atomic_path, read_json, sha256_file, write_json
+from resa_utils.core.progress import PROGRESS_INTERVAL_S, tqdm
 
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|mlp_out)$")
 
@@ -238,7 +237,7 @@ _WORKER_JOB: _ShardJob | None = None
 
 def _init_shard_worker(job: _ShardJob, threads: int) -> None:
     global _WORKER_JOB
-    from .perf import tune_allocator
+    from resa_utils.core.perf import tune_allocator
 
     torch.set_num_threads(threads)
     tune_allocator()

@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from .atomic import atomic_path
-from .progress import PROGRESS_INTERVAL_S, tqdm
+from resa_utils.core.atomic import atomic_path
+from resa_utils.core.progress import PROGRESS_INTERVAL_S, tqdm
 
 
 def config_key(config: dict) -> str:
@@ -112,7 +112,7 @@ def _with_threads(fn: Callable[[dict], dict], config: dict, threads: int) -> dic
 def _worker_init(threads: int) -> None:
     import torch
 
-    from .perf import tune_allocator
+    from resa_utils.core.perf import tune_allocator
 
     torch.set_num_threads(threads)
     tune_allocator()

@@ -29,7 +29,7 @@ class AffineMap:
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        from .atomic import atomic_path
+        from resa_utils.core.atomic import atomic_path
 
         path = Path(path)
         with atomic_path(path) as tmp:
@@ -243,7 +243,7 @@ def paired_windows(texts, tok_s, tok_t, seq_len: int, n_windows: int, mode: str 
     if mode == "tokens" and not same_tokenizer(tok_s, tok_t):
         raise ValueError("the two models tokenize differently, so tokens cannot pair one to one: "
                          "use the 'word_end' pairing (positions matched by character offsets)")
-    from .data import token_windows
+    from resa_utils.data.windows import token_windows
 
     has_bos = tok_s.bos_token_id is not None
     win = token_windows(texts, tok_s, seq_len, n_windows, add_bos=has_bos)
@@ -322,7 +322,7 @@ def fit_layer_maps(load_source, load_target, pw: PairedWindows, source_layers: l
     (R², mean cosine, chosen λ, and for pairs in `shuffled`, the shuffled-pairs baseline's test
     R² at the same λ), and the fitted `AffineMap` of each pair in `keep`.
     """
-    from .progress import tqdm
+    from resa_utils.core.progress import tqdm
 
     part = split_W[pw.window]
     tr, va, te = part == 0, part == 1, part == 2

@@ -13,6 +13,8 @@ from typing import Iterable
 
 import torch
 
+from resa_utils.core.stats import _ranks, pearson, spearman
+
 # --------------------------------------------------------------------------- density
 
 
@@ -76,34 +78,12 @@ def subspace_basis(directions_KD: torch.Tensor, rtol: float = 1e-3) -> torch.Ten
 
 def project_out(acts_ND: torch.Tensor, basis_RD: torch.Tensor) -> torch.Tensor:
     """The activations with their component in the span of the orthonormal `basis_RD` removed."""
-    from .sae.train import _project_out
+    from resa_utils.sae.train import _project_out
 
     return _project_out(acts_ND, basis_RD)
 
 
 # --------------------------------------------------------------------------- label statistics
-
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks (ties share their mean rank), as Spearman needs."""
-    x = x.double()
-    order = torch.argsort(x)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(len(x), dtype=torch.float64)
-    uniq, inv = torch.unique(x, return_inverse=True)
-    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, ranks)
-    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, torch.ones_like(ranks))
-    return (sums / counts)[inv]
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    denom = a.norm() * b.norm()
-    return float(a @ b / denom) if denom > 0 else 0.0
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    return pearson(_ranks(a), _ranks(b))
 
 
 def between_group_share(act_N: torch.Tensor, group_N: torch.Tensor) -> float:

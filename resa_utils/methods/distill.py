@@ -6,9 +6,13 @@ accuracy table with Wilson intervals, and each stage's cost.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-from .tasks import REFLECTION_PHRASES, Problem, TraceStyle, wilson, worked_trace
+from resa_utils.data.tasks import REFLECTION_PHRASES, Problem, TraceStyle, wilson, worked_trace
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def trace_examples(problems: list[Problem], style: TraceStyle, make_prompt: Callable,
@@ -57,3 +61,44 @@ def generation_flops(n_params: int, prompt_tokens: int, generated_tokens: int) -
     """Forward FLOPs of generation, 2 · params · tokens (prompt once, each new token once with
     the KV cache; attention's own FLOPs are small at these lengths and left out)."""
     return 2.0 * n_params * (prompt_tokens + generated_tokens)
+
+
+@dataclass
+class ModelEval:
+    """One model's graded answers on a problem set, its accuracy row and its cost."""
+
+    label: str
+    answers: "pd.DataFrame"
+    """One row per problem (`generation.evaluate`'s frame: uid, correct, lenient, text, n_tokens, ...)."""
+    row: dict
+    """`accuracy_row(label, answers)`: pass@1 with its Wilson interval, mean tokens, phrases."""
+    cost: dict
+    """`{"stage", "wall s", "tokens", "FLOPs"}` of the evaluation (prompt and generated tokens)."""
+
+    def metrics(self) -> dict:
+        """Scalars to record for this model (`<label>/pass@1`, lenient, mean tokens)."""
+        r = self.row
+        return {f"{self.label}/pass@1": r["pass@1"], f"{self.label}/lenient_pass@1": r["lenient pass@1"],
+                f"{self.label}/mean_tokens": r["mean tokens"]}
+
+    def summary(self) -> str:
+        r = self.row
+        return (f"{self.label}: pass@1 {r['pass@1']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] on {r['n']}, "
+                f"lenient {r['lenient pass@1']:.3f}, mean {r['mean tokens']:.0f} tokens, "
+                f"{self.cost['wall s'] / 60:.1f} min")
+
+
+def evaluate_model(lm, label: str, problems: list[Problem], make_prompt: Callable, path, setup: dict,
+                   max_new_tokens: int, batch_size: int, **evaluate_kw) -> ModelEval:
+    """Greedy answers of `lm` to `problems`, graded, with their accuracy row and cost (resumable:
+    batches are sweep rows in `path`, keyed by `setup` plus the label)."""
+    from resa_utils.lm.generation import evaluate
+
+    df = evaluate(lm, problems, make_prompt, path, {**setup, "model": label}, max_new_tokens,
+                  batch_size, desc=f"eval {label}", **evaluate_kw)
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    prompt_tokens = sum(len(lm.tokenizer(make_prompt(p))["input_ids"]) for p in problems)
+    generated = int(df.n_tokens.sum())
+    cost = {"stage": f"evaluate {label}", "wall s": df.attrs["seconds"], "tokens": prompt_tokens + generated,
+            "FLOPs": generation_flops(n_params, prompt_tokens, generated)}
+    return ModelEval(label, df, accuracy_row(label, df), cost)

@@ -141,8 +141,8 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
 
     from transformers import Trainer, TrainingArguments
 
-    from .atomic import read_json, sha256_file, write_json
-    from .sweep import config_key
+    from resa_utils.core.atomic import read_json, sha256_file, write_json
+    from resa_utils.core.sweep import config_key
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers' own
 
@@ -222,7 +222,7 @@ def _elapsed_callback(prior: float):
     checkpoint, so a resumed training reports its whole cost."""
     from transformers import TrainerCallback
 
-    from .atomic import write_json
+    from resa_utils.core.atomic import write_json
 
     class Elapsed(TrainerCallback):
         def __init__(self):
@@ -241,7 +241,7 @@ def _progress_callback(desc: str):
     which mirrors them), with the latest loss."""
     from transformers import TrainerCallback
 
-    from .progress import PROGRESS_INTERVAL_S, tqdm
+    from resa_utils.core.progress import PROGRESS_INTERVAL_S, tqdm
 
     class Progress(TrainerCallback):
         bar = None
@@ -320,7 +320,7 @@ def save_examples(path: str | Path, examples: list[tuple[str, str]], cfg: LoraTr
     command line below, so a notebook's training stage can be rerun under `accelerate launch`."""
     import json
 
-    from .atomic import atomic_path, write_json
+    from resa_utils.core.atomic import atomic_path, write_json
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -332,13 +332,13 @@ def save_examples(path: str | Path, examples: list[tuple[str, str]], cfg: LoraTr
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`[accelerate launch] python -m resa_utils.lora --model M --examples X.jsonl --out DIR`:
+    """`[accelerate launch] python -m resa_utils.lm.lora --model M --examples X.jsonl --out DIR`:
     the same training path from the shell; under `accelerate launch` it runs data-parallel on
     every GPU (Trainer picks up the distributed setup)."""
     import argparse
     import json
 
-    from .models import load_model
+    from resa_utils.lm.models import load_model
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--model", required=True, help="registry name, local folder or hub id")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from .sae import SAE, TrainConfig, evaluate_sae, train_sae
-from .sae.train import train_and_evaluate  # noqa: F401  (notebook 05 imports it from here)
-from .synthetic import (SyntheticConfig, fresh_samples, make_dataset, matched_firing_corr, max_cosines,
-                        recovery_rate)
+from resa_utils.data.synthetic import (SyntheticConfig, fresh_samples, make_dataset,
+                                       matched_firing_corr, max_cosines, recovery_rate)
+from resa_utils.sae import SAE, TrainConfig, evaluate_sae, train_sae
+from resa_utils.sae.train import train_and_evaluate  # noqa: F401  (notebook 05 imports it from here)
 
 THRESHOLDS = (0.8, 0.9, 0.95, 0.99)
 

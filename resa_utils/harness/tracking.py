@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, publish, read_json, write_json
+from resa_utils.core.atomic import atomic_path, publish, read_json, write_json
 
 RESULTS_ENV = "RESA_RESULTS_DIR"
 NOTEBOOKS_ENV = "RESA_NOTEBOOKS_DIR"
@@ -101,7 +101,7 @@ def versions() -> dict:
 
 def model_hashes(params: dict) -> dict:
     """SHA256 of the weight files behind every registry model named in `params`."""
-    from .models import REGISTRY
+    from resa_utils.lm.registry import REGISTRY
 
     out = {}
     for key, value in params.items():
@@ -160,6 +160,17 @@ def effective_profile(notebook: str, params: dict) -> str:
     return profile
 
 
+def slug(name: str) -> str:
+    """A file-name-safe form of a result's name: letters, digits, `.`, `_` and `-` kept, every
+    other run of characters one `_` (`eval_target + SAE (src)` -> `eval_target_SAE_src`)."""
+    import re
+
+    out = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_")
+    if not out:
+        raise ValueError(f"result name {name!r} has no letter or digit to name a file with")
+    return out
+
+
 def _norm(value: Any) -> Any:
     """Tuples and lists compare equal (YAML gives lists, a notebook may write tuples)."""
     return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
@@ -191,9 +202,13 @@ class Run:
         """Resumable sweep rows (JSONL) of this run."""
         return self.out_dir / "sweeps"
 
+    def sweep_path(self, name: str) -> Path:
+        """`sweeps/<slug(name)>.jsonl`: the resumable rows of one sweep."""
+        return self.sweep_dir / f"{slug(name)}.jsonl"
+
     def cache_dir(self, kind: str) -> Path:
         """A cache folder for large artefacts of this notebook and profile (e.g. `saes`)."""
-        from .models import cache_dir
+        from resa_utils.core.paths import cache_dir
 
         return cache_dir() / kind / self.profile / self.notebook
 
@@ -221,7 +236,7 @@ class Run:
             return None
         df = pd.concat(frames, ignore_index=True)
         df = df[["training"] + [c for c in df.columns if c != "training"]]
-        path = self.out_dir / "curves" / f"{group}.csv"
+        path = self.out_dir / "curves" / f"{slug(group)}.csv"
         with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
         if self.wandb is not None:
@@ -234,7 +249,7 @@ class Run:
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
         """Save `fig` as `figures/<name>.png` and log it to W&B."""
-        path = self.out_dir / "figures" / f"{name}.png"
+        path = self.out_dir / "figures" / f"{slug(name)}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
         if self.wandb is not None:
@@ -245,7 +260,7 @@ class Run:
 
     def save_table(self, df, name: str) -> Path:
         """Save a pandas DataFrame as `tables/<name>.csv` and log it as a W&B table."""
-        path = self.out_dir / "tables" / f"{name}.csv"
+        path = self.out_dir / "tables" / f"{slug(name)}.csv"
         with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
         if self.wandb is not None:
@@ -378,7 +393,7 @@ def start_run(notebook: str, params: dict, project: str = "resa-replications") -
     """Open the W&B run and staging folder of `notebook`, resuming an unfinished run's staged
     output (or starting from the published sweep rows). Never waits on the network offline.
     Also tunes the allocator for this process (`perf.tune_allocator`)."""
-    from .perf import tune_allocator
+    from resa_utils.core.perf import tune_allocator
 
     tune_allocator()
     for old in _ACTIVE:  # a re-run of this cell in the same kernel

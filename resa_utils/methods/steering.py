@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .activations import decoder_layers, resid_hook, splice
-from .generation import check_prompts, left_padding
+from resa_utils.lm.activations import decoder_layers, resid_hook, splice
+from resa_utils.lm.generation import check_prompts, left_padding
 
 
 def diff_of_means(pos_ND: torch.Tensor, neg_ND: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ def generate_steered(lm, prompts: list[str], layer: int, delta_ND: torch.Tensor,
     of block `layer`'s output (a zero row: unsteered). All prompts run as one batch, so prompts
     steered by different vectors share one `generate` (memory-bound on CPU: many rows cost
     about as much as one)."""
-    from .generation import generate
+    from resa_utils.lm.generation import generate
 
     if delta_ND.shape[0] != len(prompts):
         raise ValueError(f"{delta_ND.shape[0]} steering rows for {len(prompts)} prompts: give one per prompt")
@@ -76,7 +76,7 @@ class Prefix:
 @torch.no_grad()
 def run_prefix(lm, prompts: list[str], layer: int, batch_size: int = 16) -> list[Prefix]:
     """Blocks 0..`layer` over `prompts`, `batch_size` at a time (the model stops there)."""
-    from .activations import run_with_cache
+    from resa_utils.lm.activations import run_with_cache
 
     n_layers = len(decoder_layers(lm.model))
     if not 0 <= layer < n_layers:
@@ -224,8 +224,8 @@ def evaluate_steered(lm, problems: list, make_prompt, layer: int, vectors: dict[
     in `path`, keyed by `setup`, so a killed sweep resumes."""
     import pandas as pd
 
-    from .sweep import config_key, run_sweep
-    from .tasks import REFLECTION_PHRASES, is_correct, reflection_counts
+    from resa_utils.core.sweep import config_key, run_sweep
+    from resa_utils.data.tasks import REFLECTION_PHRASES, is_correct, reflection_counts
 
     if not problems or not vectors or not scales:
         raise ValueError("evaluate_steered needs problems, vectors and scales (none may be empty)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .atomic import publish, read_json, write_json
+from resa_utils.core.atomic import publish, read_json, write_json
 
 META = "resa_adapter.json"
 SUFFIXES = ("-reasoner", "-reasoner-rft")
@@ -20,7 +20,7 @@ SUFFIXES = ("-reasoner", "-reasoner-rft")
 
 
 def adapters_root() -> Path:
-    from .models import cache_dir
+    from resa_utils.core.paths import cache_dir
 
     return cache_dir() / "adapters"
 
@@ -53,7 +53,7 @@ def _base_facts(model) -> dict:
 def register_adapter(name: str, lm, adapter_src: str | Path, info: dict | None = None) -> Path:
     """Copy the peft adapter in `adapter_src` (trained on `lm`, the base) into the cache as
     `name`, recording the base's name and shape facts; replaces an earlier `name` atomically."""
-    from .models import REGISTRY
+    from resa_utils.lm.registry import REGISTRY
 
     if name in REGISTRY:
         raise ValueError(f"{name!r} is a registry model: pick another name for the adapter")
@@ -102,14 +102,6 @@ def attach_adapter(lm, folder: str | Path, merge: bool = True):
     return lm
 
 
-def load_adapter_model(name: str, device=None, dtype=None, verify: bool = False):
-    """`load_model` for a registered adapter model: its base, with the adapter merged."""
-    from .models import load_model
-
-    lm = load_model(base_of(name), device=device, dtype=dtype, verify=verify)
-    return attach_adapter(lm, adapter_path(name))
-
-
 def missing_hint(name: str) -> str | None:
     """For a name notebook 00 would register but has not yet: how to make it (hub ids, with a
     '/', pass through to the hub instead)."""
@@ -118,6 +110,6 @@ def missing_hint(name: str) -> str | None:
     for suffix in sorted(SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
             return (f"{name!r} is made by notebook 00 and is not in the cache yet: run "
-                    f"`python -m resa_utils.run 00 -p base_model={name[:-len(suffix)]}` (or "
+                    f"`python -m resa_utils.harness.run 00 -p base_model={name[:-len(suffix)]}` (or "
                     "`make reproduce`, which runs notebook 00 first)")
     return None

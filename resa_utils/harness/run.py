@@ -1,10 +1,10 @@
 """Run the notebooks headlessly with papermill from a parameter profile.
 
-    python -m resa_utils.run --list                         # notebooks, profiles, runtimes
-    python -m resa_utils.run                                # every notebook, cpu profile
-    python -m resa_utils.run --profile smoke 05             # a unique prefix is enough
-    python -m resa_utils.run 05 -p seed=1 -p 'widths=[256]' # overrides, YAML-parsed
-    python -m resa_utils.run --dry-run --profile paper      # check every parameter, no compute
+    python -m resa_utils.harness.run --list                         # notebooks, profiles, runtimes
+    python -m resa_utils.harness.run                                # every notebook, cpu profile
+    python -m resa_utils.harness.run --profile smoke 05             # a unique prefix is enough
+    python -m resa_utils.harness.run 05 -p seed=1 -p 'widths=[256]' # overrides, YAML-parsed
+    python -m resa_utils.harness.run --dry-run --profile paper      # check every parameter, no compute
 
 Profiles live in `notebooks/params/<profile>/<notebook>.yaml`: `smoke` (tiny models, seconds),
 `cpu` (the embedded real models; the default, and the only profile whose finished runs replace
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from .params import ParameterError
-from .tracking import (PROFILE_ENV, REFERENCE_PROFILE, RESULTS_ENV, STAGING, effective_profile,
-                       notebooks_dir, parameters_cell, read_metrics, results_dir, results_root)
+from resa_utils.harness.params import ParameterError
+from resa_utils.harness.tracking import (PROFILE_ENV, REFERENCE_PROFILE, RESULTS_ENV, STAGING,
+                                         effective_profile, notebooks_dir, parameters_cell,
+                                         read_metrics, results_dir, results_root)
 
 DEFAULT_PROFILE = REFERENCE_PROFILE
 KERNEL = "resa"
@@ -319,13 +320,13 @@ def run_notebook(notebook: str, profile: str = DEFAULT_PROFILE, overrides: dict 
     if not fresh or metrics.get("status") != "finished":
         raise NotebookFailed(f"{notebook} ran to its end but never called run.finish(): "
                              f"nothing was published to {final}")
-    from .atomic import atomic_path
+    from resa_utils.core.atomic import atomic_path
 
     with atomic_path(final / f"{notebook}.ipynb") as tmp:
         shutil.copyfile(running, tmp)
     running.unlink()
     if label == REFERENCE_PROFILE:
-        from .report import write_results_readme
+        from resa_utils.harness.report import write_results_readme
 
         write_results_readme()
     return final
@@ -419,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         hint = f" {current}" if current else ""
         print(f"\ninterrupted{(' in ' + current) if current else ''}: finished work is kept "
-              f"(sweep rows, checkpoints, staged results); resume with `python -m resa_utils.run "
+              f"(sweep rows, checkpoints, staged results); resume with `python -m resa_utils.harness.run "
               f"--profile {args.profile}{hint}`", file=sys.stderr)
         return 130
     except (NotebookFailed, ValueError, FileNotFoundError) as err:

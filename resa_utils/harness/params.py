@@ -2,7 +2,7 @@
 model load or training: every parameter gets a check, and a bad value stops the notebook with
 an error that names the parameter and says how to fix it.
 
-    from resa_utils import params as P
+    from resa_utils.harness import params as P
     P.validate("05_gba_recovery", notebook_params(globals()), {
         "seed": P.integer(min=0),
         "model_name": P.model(),
@@ -13,11 +13,10 @@ an error that names the parameter and says how to fix it.
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
 from pathlib import Path
 from typing import Any, Callable
+
+from resa_utils.lm.hub import _hub_cached, hub_reachable
 
 Check = Callable[[str, Any, dict], None]
 """`check(name, value, all_params)` raises `ParameterError` (through `fail`) on a bad value."""
@@ -30,7 +29,7 @@ class ParameterError(ValueError):
 def fail(name: str, value: Any, problem: str, fix: str | None = None) -> None:
     msg = f"parameter `{name}` = {value!r}: {problem}."
     msg += f" Fix: {fix}" if fix else (f" Fix: set `{name}` in the parameters cell, or pass "
-                                       f"`-p {name}=...` to `python -m resa_utils.run`")
+                                       f"`-p {name}=...` to `python -m resa_utils.harness.run`")
     raise ParameterError(msg)
 
 
@@ -132,7 +131,7 @@ def choice(options: list | tuple) -> Check:
 def profile() -> Check:
     """A parameter profile: a folder of `notebooks/params/` (set by the runner)."""
     def check(name, v, _p):
-        from .tracking import notebooks_dir
+        from resa_utils.harness.tracking import notebooks_dir
 
         options = sorted(p.name for p in (notebooks_dir() / "params").iterdir() if p.is_dir())
         if v not in options:
@@ -192,50 +191,16 @@ def require(ok: bool, name: str, value: Any, problem: str, fix: str | None = Non
         fail(name, value, problem, fix)
 
 
-_HUB: dict[str, bool] = {}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be reached: False at once under `HF_HUB_OFFLINE=1`,
-    else one TCP connection attempt bounded by `timeout` seconds (cached)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    if "hub" in _HUB:
-        return _HUB["hub"]
-    result = {"ok": False}
-
-    def probe():
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-            result["ok"] = True
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)  # DNS can hang past the socket timeout: never wait longer
-    _HUB["hub"] = result["ok"]
-    return _HUB["hub"]
-
-
 def _looks_like_path(s: str) -> bool:
     return s.startswith(("/", "./", "../", "~")) or s.count("/") != 1 or Path(s).expanduser().exists()
-
-
-def _hub_cached(repo_id: str, filename: str = "config.json") -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, filename), str)
-    except Exception:
-        return False
 
 
 def model() -> Check:
     """A registry model, a local model folder (with config.json), or a hub id (refused at once
     when the hub is unreachable and the model is not in the local hub cache)."""
     def check(name, v, _p):
-        from .models import REGISTRY, resolve_model_name
+        from resa_utils.lm.models import resolve_model_name
+        from resa_utils.lm.registry import REGISTRY
 
         try:
             resolve_model_name(v)
@@ -253,7 +218,7 @@ def model() -> Check:
 def layer(model_param: str, allow_middle: bool = True) -> Check:
     """A decoder-block index valid for the model in parameter `model_param` (-1 = middle)."""
     def check(name, v, p):
-        from .models import check_layer
+        from resa_utils.lm.models import check_layer
 
         if not _is_int(v) or (v == -1 and not allow_middle):
             fail(name, v, "must be a non-negative integer block index"
@@ -275,7 +240,7 @@ def corpus(known: tuple[str, ...] = ()) -> Check:
     """A named corpus, a local .txt/.jsonl file or folder, or a `datasets` hub name such as
     'org/name' (refused at once when the hub is unreachable)."""
     def check(name, v, _p):
-        from .data import corpus_names
+        from resa_utils.data.corpora import corpus_names
 
         names = sorted(set(corpus_names()) | set(known))
         if not isinstance(v, str) or not v.strip():

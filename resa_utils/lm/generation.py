@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .progress import PROGRESS_INTERVAL_S, tqdm
+from resa_utils.core.progress import PROGRESS_INTERVAL_S, tqdm
 
 
 def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
@@ -106,8 +106,8 @@ def evaluate(lm, problems: list, make_prompt, path: str | Path, setup: dict,
     finished by an earlier, interrupted call."""
     import pandas as pd
 
-    from .sweep import run_sweep
-    from .tasks import REFLECTION_PHRASES, is_correct, reflection_counts
+    from resa_utils.core.sweep import run_sweep
+    from resa_utils.data.tasks import REFLECTION_PHRASES, is_correct, reflection_counts
 
     if not problems:
         raise ValueError("evaluate got no problems")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .activations import decoder_layers, resid_hook, splice
-from .lora import LoraResult, LoraTrainConfig, train_lora
-from .sae import SAE
-from .tasks import SYSTEM_PROMPT, Problem, answer_only
+from resa_utils.data.tasks import SYSTEM_PROMPT, Problem, answer_only
+from resa_utils.lm.activations import decoder_layers, resid_hook, splice
+from resa_utils.lm.lora import LoraResult, LoraTrainConfig, train_lora
+from resa_utils.sae import SAE
 
 LOSSES = ("kl", "ce")
 
@@ -282,7 +282,7 @@ def spearman_interval(x: list[float], y: list[float], z: float = 1.96) -> dict:
     the interval is NaN below 4 points."""
     import math
 
-    from .dense import spearman
+    from resa_utils.core.stats import spearman
 
     n = len(x)
     rho = spearman(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .sae import SAE
-from .sae.crosscoder import block_norms
+from resa_utils.sae import SAE
+from resa_utils.sae.crosscoder import block_norms
 
 
 def n_models(sae: SAE) -> int:
@@ -67,7 +67,7 @@ def ablated_logits(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor
     activations of the same tokens (the first model runs up to `hook` once). `where_BT` (bool)
     limits the ablation to those positions (e.g. `activations.content_positions`: the
     crosscoder never saw BOS or special tokens)."""
-    from .activations import run_with_cache, splice
+    from resa_utils.lm.activations import run_with_cache, splice
 
     if n_models(cc) != 2:
         raise ValueError(f"ablated_logits needs a two-model crosscoder, this one reads {n_models(cc)}")

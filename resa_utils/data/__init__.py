@@ -1,0 +1,1 @@
+"""Data: corpora, token windows, reasoning tasks, synthetic superposition data. Imports only `core`."""

@@ -1,0 +1,1 @@
+"""Running and recording notebooks: runner, parameter checks, tracking, reports, plots. The top layer."""

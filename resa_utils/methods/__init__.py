@@ -1,0 +1,1 @@
+"""One module per paper method. Imports `sae`, `lm`, `data`, `core`."""
