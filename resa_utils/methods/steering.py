@@ -161,12 +161,12 @@ def logit_diff(lm, prompts: list[str], pos_token: str | int, neg_token: str | in
 
 # --------------------------------------------------------------------------- behaviours
 
-BEHAVIOURS_DIR = Path(__file__).parent / "behaviours"
+BEHAVIOURS_DIR = Path(__file__).resolve().parents[1] / "data" / "behaviours"
 
 
 @dataclass
 class Behaviour:
-    """A contrastive prompt set (`resa_utils/behaviours/<name>.json`): prompts are
+    """A contrastive prompt set (`resa_utils/data/behaviours/<name>.json`): prompts are
     `template.format(text=item)`, and the metric is Logit(pos_token) − Logit(neg_token)."""
 
     name: str
