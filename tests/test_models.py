@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from resa_utils.lm import models
+from resa_utils.lm import models, registry
 from resa_utils.lm.registry import REGISTRY
 from resa_utils.lm.models import check_gguf, load_model, resolve_model_name
 
@@ -148,13 +148,13 @@ def test_split_gguf_is_assembled_in_order(tmp_path, monkeypatch):
         (pkg / "__init__.py").write_text("import os\ndef get_part_path():\n"
                                          "    return os.path.join(os.path.dirname(__file__), 'data', 'p.bin')\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    locate = models.split_gguf("fake", ["fake_part1", "fake_part2", "fake_part3"], len(blob), "fake-part1..3")
+    locate = registry.split_gguf("fake", ["fake_part1", "fake_part2", "fake_part3"], len(blob), "fake-part1..3")
     out = locate()
     assert out.read_bytes() == blob and locate() == out
     with pytest.raises(ValueError, match="hold .* bytes, expected"):
         out.unlink()
-        models.split_gguf("fake", ["fake_part1", "fake_part2"], len(blob), "fake-part1..3")()
+        registry.split_gguf("fake", ["fake_part1", "fake_part2"], len(blob), "fake-part1..3")()
     with pytest.raises(ImportError, match="missing: fake_part9"):
-        models.split_gguf("fake2", ["fake_part9"], 1, "fake-part9")()
+        registry.split_gguf("fake2", ["fake_part9"], 1, "fake-part9")()
     for mod in ("fake_part1", "fake_part2", "fake_part3"):
         sys.modules.pop(mod, None)
