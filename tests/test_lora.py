@@ -116,3 +116,29 @@ def test_command_line_trains_the_same_adapter(tmp_path):
     a = load_file(str(want.adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cli" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.03])
+def test_first_optimizer_step_runs_at_a_positive_lr(tmp_path, ratio):
+    """One step from a fresh adapter (LoRA B starts at 0): with lr 0 on step 0, B would stay 0.
+    A warm-up ratio that rounds to no whole step (0.03 of 1) must not cost the step either."""
+    lm = load_model("tiny-llama")
+    train_lora(lm, EXAMPLES, _cfg(max_steps=1, warmup_ratio=ratio), tmp_path, progress=False)
+    b = [p for n, p in lm.model.named_parameters() if "lora_B" in n]
+    assert b and max(float(p.detach().abs().max()) for p in b) > 0
+
+
+def test_lr_schedule_warms_up_from_a_positive_lr_then_decays_or_stays():
+    from resa_utils.lm.lora import lr_factor, warmup_steps
+
+    lin = LoraTrainConfig(warmup_ratio=0.25)
+    f = lr_factor(lin, 8)
+    assert warmup_steps(lin, 8) == 2 and warmup_steps(lin, 3) == 0
+    assert [round(f(s), 4) for s in range(8)] == [round(x, 4) for x in
+                                                  [1 / 3, 2 / 3, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]]
+    const = lr_factor(LoraTrainConfig(warmup_ratio=0.0, lr_schedule="constant"), 5)
+    assert [const(s) for s in range(5)] == [1.0] * 5
+    with pytest.raises(ValueError, match="lr_schedule"):
+        LoraTrainConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        LoraTrainConfig(warmup_ratio=1.5)

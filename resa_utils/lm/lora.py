@@ -18,6 +18,9 @@ import torch
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+LR_SCHEDULES = ("linear", "constant")
+
+
 @dataclass
 class LoraTrainConfig:
     r: int = 32
@@ -41,7 +44,10 @@ class LoraTrainConfig:
     max_length: int = 512
     """Tokens per example (longer ones are cut at the end)."""
     warmup_ratio: float = 0.03
-    """Share of the steps with a linear lr warm-up (in [0, 1))."""
+    """Share of the steps with a linear lr warm-up (in [0, 1)), rounded down to whole steps: 0.03
+    of 11 steps is no warm-up. Warm-up step i (0-based) runs at lr (i + 1) / (w + 1), never 0."""
+    lr_schedule: str = "linear"
+    """After the warm-up: "linear" decays to 0 at the last step, "constant" keeps `lr`."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     """Gradient clipping (Resa: 1.0)."""
@@ -56,7 +62,9 @@ class LoraTrainConfig:
                   (self.lr > 0, f"lr={self.lr} must be > 0"),
                   (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
                   (self.max_length >= 2, f"max_length={self.max_length} must be >= 2"),
-                  (self.max_steps > 0 or self.epochs > 0, "set epochs > 0 or max_steps > 0")]
+                  (self.max_steps > 0 or self.epochs > 0, "set epochs > 0 or max_steps > 0"),
+                  (0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio} must be in [0, 1)"),
+                  (self.lr_schedule in LR_SCHEDULES, f"lr_schedule={self.lr_schedule!r} is not one of {LR_SCHEDULES}")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"LoraTrainConfig: {msg}")
@@ -121,6 +129,27 @@ def add_lora(model: torch.nn.Module, cfg: LoraTrainConfig):
                                             task_type="CAUSAL_LM"))
 
 
+def warmup_steps(cfg: LoraTrainConfig, total_steps: int) -> int:
+    """Whole warm-up steps: `warmup_ratio` of `total_steps`, rounded down."""
+    return int(cfg.warmup_ratio * total_steps)
+
+
+def lr_factor(cfg: LoraTrainConfig, total_steps: int):
+    """The lr multiplier at each 0-based optimizer step: warm-up step i at (i + 1) / (w + 1), then
+    1 (constant) or a linear decay that reaches 0 after the last step. Never 0 at step 0, unlike
+    transformers' linear warm-up, which spends a whole step at lr 0."""
+    w = warmup_steps(cfg, total_steps)
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / (w + 1)
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - w))
+
+    return factor
+
+
 def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_dir: str | Path,
                loss_fn: Callable | None = None, progress: bool = True,
                init_adapter: str | Path | None = None, callbacks: list | None = None,
@@ -172,6 +201,13 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
         _load_adapter_weights(model, Path(init_adapter))
 
     class _Trainer(Trainer):
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self.lr_scheduler is None:
+                from torch.optim.lr_scheduler import LambdaLR
+
+                self.lr_scheduler = LambdaLR(optimizer or self.optimizer, lr_factor(cfg, num_training_steps))
+            return self.lr_scheduler
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if loss_fn is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -181,7 +217,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     args = TrainingArguments(
         output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
         data_seed=cfg.seed, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, logging_steps=cfg.logging_steps, report_to="none",
