@@ -21,6 +21,8 @@ from safetensors.torch import save_file
 
 from resa_utils.core.atomic import atomic_path, read_json, sha256_file, write_json
 from resa_utils.core.progress import PROGRESS_INTERVAL_S, tqdm
+from resa_utils.lm.content import (POSITION_KEY, ContentRule, LeftOut, _block_norms, _Variance,
+                                   content_positions, norm_ok)
 
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|mlp_out)$")
 
@@ -165,6 +167,7 @@ def _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, attention_mask_NT
                   start: int, stop: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     stop = windows_NT.shape[0] if stop is None else stop
     bos = getattr(lm.tokenizer, "bos_token_id", None)
+    special = getattr(lm.tokenizer, "all_special_ids", [])
     bar = tqdm(total=stop - start, unit="win", desc="harvest", disable=not progress, leave=False,
                mininterval=PROGRESS_INTERVAL_S)
     for a in range(start, stop, batch_size):
@@ -173,7 +176,7 @@ def _iter_batches(lm, windows_NT, hooks, batch_size, drop_bos, attention_mask_NT
         am = None if attention_mask_NT is None else attention_mask_NT[a:b].to(lm.device)
         cache = run_with_cache(lm.model, ids, hooks, am)
         keep = token_mask(ids, am, bos, drop_bos)
-        result = {}
+        result = {POSITION_KEY: content_positions(ids, special)[keep].cpu()}
         for h in hooks:
             acts = cache[h][keep].float().cpu()
             check_finite(acts, f"{h} of windows {a}-{b}")
@@ -217,14 +220,15 @@ class _ShardJob:
 
     def __call__(self, a: int, b: int) -> dict:
         """Harvest windows `a:b` into one shard file (atomically); return its manifest entry."""
-        parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hooks}
+        parts: dict[str, list[torch.Tensor]] = {h: [] for h in [*self.hooks, POSITION_KEY]}
         for acts in _iter_batches(self.lm, self.windows_NT, self.hooks, self.batch_size,
                                   self.drop_bos, None, False, start=a, stop=b):
-            for h in self.hooks:
+            for h in parts:
                 parts[h].append(acts[h])
-        tensors = {h: torch.cat(v) for h, v in parts.items()}
+        tensors = {h: torch.cat(parts[h]) for h in self.hooks}
         _check_range(tensors, self.dtype, a)
         tensors = {h: t.to(self.dtype).contiguous() for h, t in tensors.items()}
+        tensors[POSITION_KEY] = torch.cat(parts[POSITION_KEY]).to(torch.bool).contiguous()
         name = f"shard_{a // self.windows_per_shard:05d}.safetensors"
         with atomic_path(self.folder / name) as tmp:
             save_file(tensors, str(tmp))
@@ -300,12 +304,14 @@ class ActivationCache:
     def build(cls, folder: str | Path, lm, windows_NT: torch.Tensor, hooks: list[str],
               batch_size: int = 8, windows_per_shard: int = 64, drop_bos: bool = True,
               progress: bool = True, dtype: torch.dtype = torch.float32,
-              workers: int = 1) -> "ActivationCache":
+              workers: int = 1, content_rule: ContentRule | None = ContentRule()) -> "ActivationCache":
         """Harvest `windows_NT` at `hooks` into `folder` (resuming a killed build). `workers > 1`
         runs shards in that many spawned processes, each with its share of the CPU threads and
         its own copy of the model: on 2 cores a small model's forward gains about 1.3x (gemma-3-270m:
         657 vs 491 tok/s), since its norms, attention and activations scale worse over threads
-        than its matmuls. Shards, manifest and values are the same as with one worker."""
+        than its matmuls. Shards, manifest and values are the same as with one worker.
+        The manifest records, per hook, what `content_rule` leaves out (`left_out`, see
+        `content_rows`); every row is stored, so the rule can be changed or turned off later."""
         folder = Path(folder)
         for h in hooks:
             parse_hook(h, lm.n_layers)  # validate before any compute
@@ -344,7 +350,16 @@ class ActivationCache:
         manifest["complete"] = True
         manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
         write_json(manifest_path, manifest)
-        return cls(folder)
+        cache = cls(folder)
+        if content_rule is not None and set(manifest.get("left_out", {})) != set(hooks):
+            manifest["left_out"] = {h: content_rows(cache, h, content_rule)[1].as_row() for h in hooks}
+            write_json(manifest_path, manifest)
+            cache = cls(folder)
+        return cache
+
+    def left_out(self, hook: str) -> dict | None:
+        """What the harvest's content rule left out at `hook` (a `LeftOut.as_row()`), if recorded."""
+        return self.manifest.get("left_out", {}).get(hook)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -381,6 +396,14 @@ class ActivationCache:
                 "(or the whole folder) and rerun the harvest; finished shards are kept"
             )
         return acts
+
+    def read_positions(self, shard: dict) -> torch.Tensor:
+        """`[n]` bool per row of `shard`: its position passes the content rule (not a special token,
+        not position 0). A cache harvested before the rule existed has no such record: all True."""
+        with safe_open(str(self.folder / shard["file"]), framework="pt") as fh:
+            if POSITION_KEY in fh.keys():
+                return fh.get_tensor(POSITION_KEY).bool()
+        return torch.ones(shard["n_tokens"], dtype=torch.bool)
 
     def load(self, hook: str, verify: bool = True) -> torch.Tensor:
         """All activations at `hook`, in corpus order: `acts_ND`."""
@@ -449,6 +472,10 @@ class PairedCache:
         x, y = shard["pair"]
         return torch.cat([self.a.read_shard(x, self.hook_a, verify), self.b.read_shard(y, self.hook_b, verify)], 1)
 
+    def read_positions(self, shard: dict) -> torch.Tensor:
+        x, y = shard["pair"]
+        return self.a.read_positions(x) & self.b.read_positions(y)
+
     def load(self, hook: str = HOOK, verify: bool = True) -> torch.Tensor:
         return torch.cat([self.read_shard(s, hook, verify) for s in self.manifest["shards"]])
 
@@ -486,11 +513,45 @@ class KeptRows:
     def read_shard(self, shard: dict, hook: str, verify: bool = True) -> torch.Tensor:
         return self.cache.read_shard(shard["inner"], hook, verify)[shard["keep"]]
 
+    def read_positions(self, shard: dict) -> torch.Tensor:
+        return self.cache.read_positions(shard["inner"])[shard["keep"]]
+
     def load(self, hook: str, verify: bool = True) -> torch.Tensor:
         self.check_hook(hook)
         return torch.cat([self.read_shard(s, hook, verify) for s in self.manifest["shards"]])
 
     batches = ActivationCache.batches
+
+
+def content_rows(cache, hook: str, rule: ContentRule = ContentRule(), n_blocks: int = 1
+                 ) -> tuple["KeptRows", LeftOut]:
+    """The cache's content rows at `hook` (`KeptRows`, the same reading interface) and what the
+    rule left out, with its share of the centred variance. Two passes over the shards: norms (and
+    each block's median over rows the position rule keeps), then the variance sums. `n_blocks`:
+    equal-width blocks with their own medians (2 for a `PairedCache`)."""
+    cache.check_hook(hook)
+    shards = cache.manifest["shards"]
+    if not rule.enabled:
+        keep = torch.ones(cache.n_tokens, dtype=torch.bool)
+        return KeptRows(cache, keep), LeftOut(hook, cache.n_tokens, 0, 0, float("nan"),
+                                              rule.max_norm_ratio, 0.0, 0.0, 0.0)
+    pos = [cache.read_positions(s) for s in shards]
+    norms = [_block_norms(cache.read_shard(s, hook), n_blocks) for s in shards]
+    pos_N, norms_NB = torch.cat(pos), torch.cat(norms)
+    medians = norms_NB[pos_N].median(0).values if pos_N.any() else torch.full((n_blocks,), float("inf"))
+    ok_N = norm_ok(norms_NB, medians, rule)
+    var, start = _Variance(), 0
+    for s in shards:
+        x = cache.read_shard(s, hook)
+        p, ok = pos_N[start:start + x.shape[0]], ok_N[start:start + x.shape[0]]
+        for group, m in (("position", ~p), ("norm", p & ~ok), ("kept", p & ok)):
+            var.add(group, x[m])
+        start += x.shape[0]
+    sh = var.shares()
+    left = LeftOut(hook, int(pos_N.numel()), int((~pos_N).sum()), int((pos_N & ~ok_N).sum()),
+                   float(medians[0]), rule.max_norm_ratio, sh["position"] + sh["norm"], sh["position"],
+                   sh["norm"])
+    return KeptRows(cache, pos_N & ok_N), left
 
 
 def typical_rows(cache, hook: str, max_ratio: float, n_blocks: int = 1) -> torch.Tensor:
@@ -504,18 +565,6 @@ def typical_rows(cache, hook: str, max_ratio: float, n_blocks: int = 1) -> torch
         norms.append(x.view(x.shape[0], n_blocks, -1).norm(dim=-1))
     norms_NB = torch.cat(norms)
     return (norms_NB <= max_ratio * norms_NB.median(0).values).all(1)
-
-
-def content_positions(ids_NT: torch.Tensor, tokenizer) -> torch.Tensor:
-    """`[N, T]` bool: the positions a dictionary should learn from, every one but the first
-    (BOS, dropped by the harvest) and special tokens (packed documents' EOS separators, chat
-    markers). In small models these carry attention-sink activations (SmolLM2-135M at block 14:
-    norm ~25,000 against a median ~150), which would dominate a squared-error loss and its FVU.
-    `mask[:, 1:].reshape(-1)` is the row mask of a cache harvested with `drop_bos`."""
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids_NT.dtype)
-    keep = ~torch.isin(ids_NT, special)
-    keep[:, 0] = False
-    return keep
 
 
 def _file_stamp(path: Path) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from resa_utils.lm.activations import splice
+from resa_utils.lm.content import ContentRule, clean_positions, keep_clean
 from resa_utils.sae.model import SAE
 
 
@@ -45,18 +46,19 @@ def evaluate_sae(sae: SAE, acts_ND: torch.Tensor, batch_size: int = 4096) -> dic
 
 @torch.no_grad()
 def ce_loss_recovered(lm, saes: SAE | dict[str, SAE], hook: str, windows_NT: torch.Tensor,
-                      batch_size: int = 4, keep_bos: bool = True) -> dict:
+                      batch_size: int = 4, keep_bos: bool = True, rule: ContentRule | None = None) -> dict:
     """(CE_zero − CE_sae) / (CE_zero − CE_clean) with each SAE spliced in at `hook`.
 
     `saes` is one SAE (returns one dict) or `{name: SAE}` (returns `{name: dict}`; the clean and
     zero-ablated passes run once for all). The SAE replaces the activations at every position
-    except, with `keep_bos`, the BOS, which SAEs trained with BOS dropped never saw.
+    except, with `keep_bos`, the BOS, which SAEs trained with BOS dropped never saw; with a content
+    `rule`, every position the rule leaves out stays clean instead (see `spliced_ce`).
     """
     single = isinstance(saes, SAE)
     named = {"sae": saes} if single else dict(saes)
     zero = "\0zero-ablation"  # a key no caller's SAE name collides with
     ce = spliced_ce(lm, {zero: (hook, torch.zeros_like), **{n: (hook, s) for n, s in named.items()}},
-                    windows_NT, batch_size, keep_bos)["ce"]
+                    windows_NT, batch_size, keep_bos, rule=rule)["ce"]
     denom = ce[zero] - ce["clean"]
     out = {name: {"ce_clean": ce["clean"], "ce_sae": ce[name], "ce_zero": ce[zero],
                   "ce_loss_recovered": (ce[zero] - ce[name]) / denom if denom else float("nan")}
@@ -66,13 +68,17 @@ def ce_loss_recovered(lm, saes: SAE | dict[str, SAE], hook: str, windows_NT: tor
 
 @torch.no_grad()
 def spliced_ce(lm, splices: dict[str, tuple[str, "SAE | Callable"]], windows_NT: torch.Tensor,
-               batch_size: int = 4, keep_bos: bool = True, entropy: bool = False) -> dict:
+               batch_size: int = 4, keep_bos: bool = True, entropy: bool = False,
+               rule: ContentRule | None = None) -> dict:
     """Next-token CE (nats) of the clean model and of each `{name: (hook, sae)}` splice, each SAE
     replacing the activations at its own hook (BOS kept clean with `keep_bos`, as SAEs trained
     with BOS dropped never saw it). One clean pass serves all splices, so SAEs at several layers
     cost one pass each. Returns `{"ce": {name: mean CE}, "per_window": {name: CE_N}}` with the
     clean pass under "clean", plus `"entropy_NT"`, the clean next-token entropy, if asked. A splice
-    may also be any function of the activations (e.g. `torch.zeros_like` for zero ablation)."""
+    may also be any function of the activations (e.g. `torch.zeros_like` for zero ablation).
+    With a content `rule` (`lm.content.ContentRule`), every splice leaves the clean activation at
+    the positions the rule leaves out (special tokens, position 0, rows above the norm ratio times
+    the batch's median): the dictionary never learned them."""
     bos = getattr(lm.tokenizer, "bos_token_id", None)
     per_window: dict[str, list[torch.Tensor]] = {"clean": [], **{n: [] for n in splices}}
     ent: list[torch.Tensor] = []
@@ -86,6 +92,8 @@ def spliced_ce(lm, splices: dict[str, tuple[str, "SAE | Callable"]], windows_NT:
             at_bos[:, 0] = ids[:, 0] == bos
 
         def reconstruct(fn):
+            if rule is not None:
+                return lambda acts: keep_clean(fn, clean_positions(acts, ids, lm.tokenizer, rule))(acts)
             return lambda acts: torch.where(at_bos[..., None], acts, fn(acts))
 
         def ce_of(logits):
