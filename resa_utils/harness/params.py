@@ -108,8 +108,21 @@ def real(min: float | None = None, max: float | None = None, gt: float | None = 
         if not _is_real(v):
             fail(name, v, f"must be a number ({_range_text(min, max, gt, lt)})",
                  "write a number such as 0.1 (in YAML write 1.0e-3, not 1e-3)")
+        if v != v:  # NaN passes no comparison: say so rather than name the range
+            fail(name, v, f"is NaN: it must be a number ({_range_text(min, max, gt, lt)})")
         if not _in_range(v, min, max, gt, lt):
             fail(name, v, f"must be {_range_text(min, max, gt, lt)}")
+    return check
+
+
+def threshold(min: float = 0.0, max: float | None = None) -> Check:
+    """A precondition's threshold: a finite number in [min, max], fixed before the run."""
+    inner = real(min=min, max=max)
+
+    def check(name, v, p):
+        inner(name, v, p)
+        if v in (float("inf"), float("-inf")):
+            fail(name, v, "must be finite: a threshold that nothing can reach tests nothing")
     return check
 
 

@@ -33,8 +33,16 @@ REFERENCE_PROFILE = "cpu"
 CUSTOM_PROFILE = "custom"
 """Label of a run whose parameters differ from its profile's (edited in JupyterLab, say)."""
 STAGING = ".staging"
+RUNNER_LOCK_ENV = "RESA_RUNNER_LOCK"
+"""Set by the runner in its kernel's environment: the lock file it holds for this run. A kernel
+started by the runner leaves the lock and the publishing to it, and ends its W&B run as soon as
+a cell fails (papermill stops there)."""
 COMPARISON_COLUMNS = ["claim", "metric", "paper", "ours", "held", "note"]
 HELD_VALUES = ("yes", "partly", "no", "not tested")
+PRECONDITION_COLUMNS = ["precondition", "measure", "threshold", "value", "met", "gates"]
+"""`tables/preconditions.csv`: what a claim's test needs to hold first (the source really is
+stronger, the SAE is good enough to splice, ...); `met` is yes / no; `gates` lists, space-separated,
+the 1-based rows of `paper_comparison.csv` that need it."""
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -68,6 +76,163 @@ def results_dir(notebook: str, profile: str = REFERENCE_PROFILE) -> Path:
 def staging_dir(notebook: str, profile: str = REFERENCE_PROFILE) -> Path:
     """Where an unfinished run of `notebook` under `profile` writes (git-ignored)."""
     return results_root() / STAGING / profile / notebook
+
+
+def lock_path(notebook: str, profile: str = REFERENCE_PROFILE) -> Path:
+    """The lock file of runs of `notebook` under `profile`: `results/.staging/<profile>/<notebook>.lock`."""
+    return results_root() / STAGING / profile / f"{notebook}.lock"
+
+
+# --------------------------------------------------------------------------- one run at a time
+
+
+class RunBusy(RuntimeError):
+    """Another live process runs the same notebook and profile; the message names it."""
+
+
+class RunLock:
+    """One run per notebook and profile: an exclusive `flock` on `lock_path(notebook, profile)`,
+    whose file records the holder (PID, host, start time, command).
+
+    The kernel drops a `flock` when its process dies, however it dies, so a lock file left by a
+    killed run is stale: the next run takes it over (`self.stale` then describes the dead
+    holder). Where the file system has no `flock`, a recorded holder counts as alive while its
+    PID runs on this host."""
+
+    def __init__(self, notebook: str, profile: str):
+        self.notebook, self.profile = notebook, profile
+        self.path = lock_path(notebook, profile)
+        self.fd: int | None = None
+        self.stale: dict | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import json
+        import socket
+        import sys
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise RunBusy(self.busy_message(holder)) from None
+            except OSError:  # no flock on this file system: trust a live PID on this host
+                holder = _read_holder(fd)
+                if holder and _alive(holder):
+                    os.close(fd)
+                    raise RunBusy(self.busy_message(holder)) from None
+            try:  # the holder may have removed the file between our open and our flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_holder(fd)
+        self.stale = previous if previous and previous.get("pid") != os.getpid() else None
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+                  "command": " ".join(sys.argv) or sys.executable}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self.fd = fd
+        return self
+
+    def busy_message(self, holder: dict | None) -> str:
+        holder = holder or {}
+        who = (f"PID {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+               f"{holder.get('started', '?')} (`{holder.get('command', '?')}`)")
+        return (f"{self.notebook} (profile {self.profile}) is already running: {who}. Wait for it "
+                f"or stop it (kill {holder.get('pid', 'PID')}); if that process is gone, delete "
+                f"the stale lock {self.path}")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink()  # while still holding it, so nobody locks a file about to vanish
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict | None:
+    import json
+
+    try:
+        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        return json.loads(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the recorded holder still runs (only decidable on this host; elsewhere: yes)."""
+    import socket
+
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True
+
+
+def publish_folder(stage: Path, final: Path) -> None:
+    """Replace `final` by `stage` so that a reader sees either the whole old folder or the whole
+    new one: one atomic exchange of the two names (Linux `renameat2(RENAME_EXCHANGE)`), then the
+    old folder (now at `stage`) is deleted. Where the exchange is unsupported, two renames
+    (`core.atomic.publish`), during which `final` is briefly absent, never half-written."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and _exchange(stage, final):
+        shutil.rmtree(stage, ignore_errors=True)
+        return
+    publish(stage, final)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the paths `a` and `b`; False where the OS or file system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """Refuse at once, in one line, a folder this run cannot write into (created if missing)."""
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".resa-write-check-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{what} {folder} is not writable ({err.strerror or err}): {fix}") from None
+
+
+def wandb_dir() -> Path:
+    """The folder W&B writes its runs under (`<dir>/wandb/offline-run-*`): $WANDB_DIR, else the repo."""
+    return Path(os.environ.get("WANDB_DIR") or repo_root()).expanduser()
 
 
 # --------------------------------------------------------------------------- provenance
@@ -269,10 +434,22 @@ class Run:
             self.wandb.log({f"tables/{name}": wandb.Table(dataframe=df.reset_index(drop=True))})
         return path
 
+    def save_preconditions(self, rows: list[dict]):
+        """Write `tables/preconditions.csv` (PRECONDITION_COLUMNS; measured before the claims they
+        gate, with thresholds fixed as parameters); `save_paper_comparison` then gates by it."""
+        df = preconditions_frame(rows)
+        self.preconditions = df
+        self.save_table(df, "preconditions")
+        return df
+
     def save_paper_comparison(self, rows: list[dict]):
         """Write `tables/paper_comparison.csv` in the common schema (claim, metric, paper, ours,
-        held, note; held one of yes / partly / no / not tested); returns the DataFrame."""
+        held, note; held one of yes / partly / no / not tested); returns the DataFrame. A claim
+        gated by an unmet precondition (`save_preconditions`) becomes 'not tested'."""
         df = comparison_frame(rows)
+        pre = getattr(self, "preconditions", None)
+        if pre is not None:
+            df = gate_claims(df, pre)
         self.save_table(df, "paper_comparison")
         return df
 
@@ -371,6 +548,50 @@ def comparison_frame(rows: list[dict]):
     if bad:
         raise ValueError(f"paper comparison: held must be one of {HELD_VALUES}, got {bad}")
     return df[COMPARISON_COLUMNS].astype(str)  # a text table: numbers and prose share columns
+
+
+def preconditions_frame(rows: list[dict]):
+    """Rows of the preconditions table as a DataFrame, checked: the columns, `met` yes / no, and
+    `gates` as space-separated 1-based claim numbers (may be empty)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    missing = [c for c in PRECONDITION_COLUMNS if c not in df.columns]
+    extra = [c for c in df.columns if c not in PRECONDITION_COLUMNS]
+    if missing or extra or df.empty:
+        raise ValueError(f"preconditions need exactly the columns {PRECONDITION_COLUMNS} and at "
+                         f"least one row; missing {missing}, extra {extra}")
+    bad = sorted(set(df.met.astype(str)) - {"yes", "no"})
+    if bad:
+        raise ValueError(f"preconditions: met must be yes or no, got {bad}")
+    for g in df.gates.astype(str):
+        if not all(tok.isdigit() and int(tok) >= 1 for tok in g.split()):
+            raise ValueError(f"preconditions: gates must be space-separated claim numbers from 1, got {g!r}")
+    return df[PRECONDITION_COLUMNS].astype(str)
+
+
+def gate_claims(comparison, preconditions):
+    """The paper comparison with every claim that an unmet precondition gates set to 'not tested'
+    (a 'no' there could not have been a 'yes'), the unmet preconditions named in its note. Claims
+    whose preconditions are met keep their verdict. Idempotent; refuses gates past the last claim."""
+    df = comparison.copy()
+    for row in preconditions.itertuples(index=False):
+        rows = [int(tok) for tok in str(row.gates).split()]
+        if any(i > len(df) for i in rows):
+            raise ValueError(f"precondition {row.precondition!r} gates claim {max(rows)}, but the paper "
+                             f"comparison has {len(df)} rows")
+        if str(row.met) == "yes":
+            continue
+        why = (f"not tested: precondition '{row.precondition}' not met ({row.measure} = {row.value}, "
+               f"threshold {row.threshold})")
+        for i in rows:
+            note, held = str(df.iloc[i - 1]["note"]), str(df.iloc[i - 1]["held"])
+            if held != "not tested":
+                note = f"as measured: {held}; {note}" if note else f"as measured: {held}"
+            df.iloc[i - 1, df.columns.get_loc("held")] = "not tested"
+            if why not in note:
+                df.iloc[i - 1, df.columns.get_loc("note")] = f"{why}; {note}" if note else why
+    return df
 
 
 _PARAM_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
