@@ -206,3 +206,29 @@ def test_float16_storage_refuses_values_beyond_its_range_and_bfloat16_keeps_them
         bf = ActivationCache.build(tmp_path / "bf16", lm, windows, [hook], progress=False, dtype=torch.bfloat16)
     got = bf.load(hook)
     assert torch.isfinite(got).all() and float(got[:, 3].min()) == pytest.approx(70_000.0, rel=1e-2)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_shard_is_re_harvested_by_the_next_build(tmp_path, tiny_lm, tiny_windows, damage):
+    """Truncated (size), corrupt (a read finds the hash wrong and flags it) or missing shards are
+    rebuilt by running the harvest again; the other shards are kept, the values equal the first build's."""
+    hooks = [resid_hook(1)]
+    cache = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows, hooks, windows_per_shard=8,
+                                  progress=False)
+    want = cache.load(hooks[0])
+    files = [tmp_path / "c" / s["file"] for s in cache.manifest["shards"]]
+    kept_stamp = files[0].stat().st_mtime_ns
+    if damage == "truncate":
+        files[1].write_bytes(files[1].read_bytes()[:100])
+    elif damage == "flip":
+        raw = bytearray(files[1].read_bytes())
+        raw[-5] ^= 0xFF  # same size, wrong bytes: only a hash finds it
+        files[1].write_bytes(bytes(raw))
+        with pytest.raises(ValueError, match="rerun the harvest"):
+            ActivationCache(tmp_path / "c").load(hooks[0])
+    else:
+        files[1].unlink()
+    again = ActivationCache.build(tmp_path / "c", tiny_lm, tiny_windows, hooks, windows_per_shard=8,
+                                  progress=False)
+    assert torch.equal(again.load(hooks[0]), want)
+    assert files[0].stat().st_mtime_ns == kept_stamp  # the undamaged shard was not rewritten

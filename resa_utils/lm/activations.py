@@ -233,7 +233,7 @@ class _ShardJob:
         with atomic_path(self.folder / name) as tmp:
             save_file(tensors, str(tmp))
         return {"file": name, "start": a, "stop": b, "n_tokens": int(tensors[self.hooks[0]].shape[0]),
-                "sha256": sha256_file(self.folder / name)}
+                "sha256": sha256_file(self.folder / name), "bytes": (self.folder / name).stat().st_size}
 
 
 _WORKER_JOB: _ShardJob | None = None
@@ -334,6 +334,14 @@ class ActivationCache:
                         "seq_len": int(windows_NT.shape[1]), "drop_bos": drop_bos,
                         "windows_per_shard": windows_per_shard, "shards": [], "complete": False,
                         "dtype": str(dtype).removeprefix("torch.")}
+        damaged = _damaged_shards(folder, manifest["shards"])
+        if damaged:  # truncated, corrupt or missing: re-harvest those, keep the rest
+            names = ", ".join(s["file"] for s in damaged)
+            print(f"activation cache {folder}: re-harvesting damaged shard(s) {names}", flush=True)
+            manifest["shards"] = [s for s in manifest["shards"] if s not in damaged]
+            manifest["complete"] = False
+            manifest.pop("left_out", None)
+            write_json(manifest_path, manifest)
         wps = manifest["windows_per_shard"]
         done = {s["start"] for s in manifest["shards"]}
         n = windows_NT.shape[0]
@@ -391,11 +399,21 @@ class ActivationCache:
             except (SafetensorError, OSError) as err:
                 problem = f"cannot be read ({err})"
         if problem is not None:
+            self._mark_damaged(shard)
             raise ValueError(
-                f"activation shard {path} {problem}: delete it and its entry in manifest.json "
-                "(or the whole folder) and rerun the harvest; finished shards are kept"
+                f"activation shard {path} {problem}: rerun the harvest (the notebook, or "
+                "ActivationCache.build with the same inputs), which re-harvests damaged shards and "
+                "keeps the finished ones"
             )
         return acts
+
+    def _mark_damaged(self, shard: dict) -> None:
+        """Flag `shard` in the manifest, so the next `build` re-harvests it."""
+        for s in self.manifest["shards"]:
+            if s["file"] == shard["file"]:
+                s["damaged"] = True
+        if self.manifest_path.exists():
+            write_json(self.manifest_path, self.manifest)
 
     def read_positions(self, shard: dict) -> torch.Tensor:
         """`[n]` bool per row of `shard`: its position passes the content rule (not a special token,
@@ -565,6 +583,23 @@ def typical_rows(cache, hook: str, max_ratio: float, n_blocks: int = 1) -> torch
         norms.append(x.view(x.shape[0], n_blocks, -1).norm(dim=-1))
     norms_NB = torch.cat(norms)
     return (norms_NB <= max_ratio * norms_NB.median(0).values).all(1)
+
+
+def _damaged_shards(folder: Path, shards: list[dict]) -> list[dict]:
+    """Manifest entries to re-harvest: the file is missing, or of another size than recorded
+    (truncated), or a read found its SHA256 wrong (`damaged`); shards recorded without a size
+    (older caches) are hashed instead. Cheap for a finished cache: sizes only."""
+    out = []
+    for s in shards:
+        path = folder / s["file"]
+        if s.get("damaged") or not path.exists():
+            out.append(s)
+        elif "bytes" in s:
+            if path.stat().st_size != s["bytes"]:
+                out.append(s)
+        elif sha256_file(path) != s["sha256"]:
+            out.append(s)
+    return out
 
 
 def _file_stamp(path: Path) -> tuple[int, ...]:
