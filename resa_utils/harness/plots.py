@@ -1,0 +1,544 @@
+"""Every notebook figure, in one style: a seaborn whitegrid theme, the colour-blind palette,
+axis labels with units, a title that says what is compared, legends outside the data, and n
+and intervals where they are shown.
+
+Generic helpers come first; below them one section per notebook holds the figures that only
+that notebook draws. A figure function takes tidy DataFrames (one row per point) and returns
+the matplotlib Figure; the notebook saves it with `run.save_figure`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.ticker import LogLocator, NullFormatter
+
+PALETTE = "colorblind"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def use_style() -> None:
+    """The one style: seaborn whitegrid, notebook context, colour-blind palette, readable sizes."""
+    sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE)
+    plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 11, "axes.labelsize": 10,
+                         "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 8.5,
+                         "legend.frameon": True, "legend.framealpha": 0.9,
+                         "figure.titlesize": 12})
+
+
+def colors(names: Iterable[str]) -> dict[str, tuple]:
+    """A fixed colour per name, in the palette's order (the same name keeps its colour across a
+    notebook's figures when the same list is passed)."""
+    names = list(dict.fromkeys(names))
+    return dict(zip(names, sns.color_palette(PALETTE, max(len(names), 1))))
+
+
+def markers(names: Iterable[str]) -> dict[str, str]:
+    names = list(dict.fromkeys(names))
+    return {n: MARKERS[i % len(MARKERS)] for i, n in enumerate(names)}
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3.6,
+           **kw) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of `nrows x ncols` panels, each `width x height` inches; axes always a flat array."""
+    use_style()
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)
+    return fig, axes.ravel()
+
+
+def label(ax, x: str, y: str, title: str | None = None) -> None:
+    """Axis labels (with units, e.g. 'training tokens', 'ΔCE (nats)') and a panel title."""
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title)
+
+
+def log_axis(ax, axis: str = "x", base: float = 10) -> None:
+    """A log axis whose ticks never crowd and never vanish (call it after plotting): labelled
+    powers of `base` over two decades or more; 1, 2 and 5 per decade over a shorter span (a KL
+    from 0.24 to 0.13 still gets labels). Minor ticks stay unlabelled."""
+    from matplotlib.ticker import StrMethodFormatter
+
+    getattr(ax, f"set_{axis}scale")("log", base=base)
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    if lo > 0 and hi / lo < base ** 2:
+        which.set_major_locator(LogLocator(base=base, subs=(1.0, 2.0, 5.0), numticks=8))
+        which.set_major_formatter(StrMethodFormatter("{x:g}"))
+    else:
+        which.set_major_locator(LogLocator(base=base, numticks=6))
+    which.set_minor_formatter(NullFormatter())
+
+
+def legend_outside(ax, title: str | None = None, **kw) -> None:
+    """The legend to the right of the panel, where it cannot cover data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.02, 1),
+                  borderaxespad=0, **kw)
+
+
+def legend_below(fig, ax, ncol: int = 4, **kw) -> None:
+    """One legend for the whole figure, under the panels (for many series)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
+                   frameon=False, **kw)
+
+
+def rotate_ticks(ax, degrees: float = 30, axis: str = "x") -> None:
+    """Tilt tick labels (right-aligned) so long category names do not overlap."""
+    for t in (ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()):
+        t.set_rotation(degrees)
+        t.set_horizontalalignment("right" if axis == "x" else "center")
+
+
+def title(fig, text: str, n: int | str | None = None) -> None:
+    """The figure's title: what is compared, and n when it is one number for the whole figure."""
+    fig.suptitle(text + (f" (n = {n})" if n is not None else ""), y=1.02)
+    fig.tight_layout()
+
+
+def interval_bars(ax, labels: Sequence[str], values: Sequence[float], lo: Sequence[float],
+                  hi: Sequence[float], color=None, annotate: str | None = "{:.1f}") -> None:
+    """Bars with asymmetric interval whiskers (`lo`, `hi` are the interval's ends, not widths)."""
+    values, lo, hi = (np.asarray(v, dtype=float) for v in (values, lo, hi))
+    xs = np.arange(len(labels))
+    ax.bar(xs, values, color=color, yerr=[values - lo, hi - values], capsize=3)
+    ax.set_xticks(xs, labels)
+    if annotate:
+        for x, v in zip(xs, values):
+            ax.annotate(annotate.format(v), (x, v), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 2), textcoords="offset points")
+
+
+def reference_line(ax, value: float, text: str, axis: str = "y", **kw) -> None:
+    """A dashed reference line, labelled in the legend (so no dashed line goes unexplained)."""
+    style = {"color": "0.35", "ls": "--", "lw": 1.0, **kw}
+    (ax.axhline if axis == "y" else ax.axvline)(value, label=text, **style)
+
+
+# =========================================================================== 00_reasoning_models
+
+def reasoning_models(acc: "pd.DataFrame", curves: "pd.DataFrame", task: str) -> plt.Figure:
+    """Notebook 00's headline: each model's held-out pass@1 (strict and lenient, Wilson 95%), its
+    reflection phrases per generation, and the LoRA training curves. `acc`: one
+    `distill.accuracy_row` per model; `curves`: `distill.training_curves` (training, step, loss)."""
+    fig, axes = figure(3, width=4.4, height=3.6)
+    ax, xs = axes[0], np.arange(len(acc))
+    grading = colors(["strict", "lenient"])
+    for j, (key, name) in enumerate((("", "strict"), ("lenient ", "lenient"))):
+        y = acc[f"{key}pass@1"].to_numpy(float)
+        err = [y - acc[f"{key}ci_low"].to_numpy(float), acc[f"{key}ci_high"].to_numpy(float) - y]
+        ax.errorbar(xs + 0.15 * (2 * j - 1), y, yerr=err, fmt="o", capsize=4, color=grading[name], label=name)
+    ax.set_xticks(xs, acc.model)
+    ax.set_ylim(0, 1)
+    label(ax, "model", "held-out pass@1 (fraction correct)", "accuracy (Wilson 95% intervals)")
+    legend_outside(ax, "grading")
+    phrases = [c for c in acc if c.endswith(" / problem")]
+    tidy = acc.melt(id_vars="model", value_vars=phrases, var_name="phrase", value_name="count")
+    tidy["phrase"] = tidy.phrase.str.replace(" / problem", "", regex=False)
+    sns.barplot(tidy, x="model", y="count", hue="phrase", errorbar=None, ax=axes[1], palette=PALETTE)
+    axes[1].set_ylim(bottom=0)
+    label(axes[1], "model", "phrases per generation (mean count)", "reflection phrases")
+    legend_outside(axes[1], "phrase")
+    for name, rows in curves.groupby("training", sort=False):
+        axes[2].plot(rows.step, rows.loss, label=name)
+    if curves.empty:
+        axes[2].text(0.5, 0.5, "no loss logged\n(fewer steps than\nlogging_steps)", ha="center",
+                     va="center", transform=axes[2].transAxes, color="0.4", fontsize=9)
+    label(axes[2], "optimizer step", "train loss (nats/token, response only)", "LoRA training curves")
+    legend_outside(axes[2], "training")
+    title(fig, f"{' vs '.join(acc.model)} on {task}", n=int(acc["n"].max()) if len(acc) else None)
+    return fig
+
+
+
+# =========================================================================== 01_resa_sae_tuning
+
+RESA_MODELS = ("base", "target", "source", "target + SAE-Tuning (source SAE)", "target + SAE-Tuning (target SAE)",
+               "target + SFT (CE, no SAE)", "target + adapter tuned on the sibling")
+"""Notebook 01's models in the order the accuracy panel shows them (top to bottom)."""
+
+
+def sae_tuning(acc, by_layer, target_sub: dict, corr: dict, curves, task: str, difficulty: int) -> plt.Figure:
+    """Notebook 01's headline: held-out pass@1 of every model (`acc`: model, n, pass@1, ci_low, ci_high),
+    the lr sweep's training curves (`curves`: series, step, loss), and per block SAE-Tuning's pass@1
+    (`by_layer`, against the target's `target_sub` on the same problems) beside its reasoning-feature count."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = figure(ncols=2, nrows=2, width=5.8, height=3.6)
+    plot = acc.set_index("model").loc[[m for m in RESA_MODELS if m in set(acc.model)]].reset_index()
+    ax = axes[0]
+    ys = np.arange(len(plot))[::-1]
+    ax.errorbar(plot["pass@1"], ys, xerr=[plot["pass@1"] - plot.ci_low, plot.ci_high - plot["pass@1"]], fmt="o",
+                capsize=4, label="pass@1 (Wilson 95%)")
+    reference_line(ax, float(plot.set_index("model").loc["target", "pass@1"]), "target", axis="x")
+    ax.set_yticks(ys, plot.model)
+    ax.set_xlim(0, 1)
+    label(ax, "held-out pass@1", "", f"every model (n = {int(plot.n.iloc[0])})")
+    legend_outside(ax)
+    ax = axes[1]
+    col = colors(curves.series)
+    for series, grp in curves.groupby("series", sort=False):
+        ax.plot(grp.step, grp.loss, marker=".", color=col[series], label=series)
+    log_axis(ax, "y")
+    label(ax, "optimizer step", "KL to the frozen target (nats/token)", "SAE-Tuning at the main layer, by lr")
+    legend_outside(ax)
+    ax = axes[2]
+    ax.errorbar(by_layer.layer, by_layer["pass@1"], yerr=[by_layer["pass@1"] - by_layer.ci_low,
+                by_layer.ci_high - by_layer["pass@1"]], fmt="o-", capsize=3, label="SAE-Tuning (Wilson 95%)")
+    reference_line(ax, target_sub["pass@1"], "target (same problems)")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(by_layer.layer)
+    label(ax, "block whose output the SAE replaces", "held-out pass@1", f"SAE-Tuning per block (n = {target_sub['n']})")
+    legend_outside(ax)
+    ax = axes[3]
+    ax.plot(by_layer.layer, by_layer["reasoning features"], "s-", color=colors(["", "count"])["count"])
+    ax.set_xticks(by_layer.layer)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    label(ax, "block", "reasoning features (latents)", "reasoning features per block\n"
+          f"Spearman ρ with pass@1: {corr['rho']:.2f} [{corr['low']:.2f}, {corr['high']:.2f}]")
+    title(fig, f"SAE-Tuning against its controls, {task} difficulty {difficulty}")
+    return fig
+
+
+# =========================================================================== 02_lrt_affine_transfer
+
+def lrt_maps(maps_df: "pd.DataFrame", pair: str) -> plt.Figure:
+    """Notebook 02's maps of one model pair: held-out R² and mean cosine of every (source block,
+    target block) map, and each source block's best target block (by R²) against the same
+    relative depth. `maps_df`: `transfer.fit_pair_maps(...).table`."""
+    from resa_utils.methods.transfer import best_target_blocks
+
+    fig, axes = figure(3, width=5.0, height=4.2)
+    for ax, col, name in zip(axes[:2], ["r2", "cosine"], ["R²", "mean cosine"]):
+        piv = maps_df.pivot(index="source_layer", columns="target_layer", values=col)
+        sns.heatmap(piv, ax=ax, cmap="viridis", vmin=min(0, float(piv.min().min())), vmax=1,
+                    cbar_kws={"label": f"held-out {name} (1 = exact)"})
+        ax.invert_yaxis()
+        label(ax, "target block (index)", "source block (index)", f"held-out {name}")
+    best = best_target_blocks(maps_df)
+    ax = axes[2]
+    ax.plot([0, 1], [0, 1], ls="--", color="0.35", lw=1.0, label="same relative depth")
+    ax.plot(best.source_depth, best.target_depth, "o-", label="best target block (R²)")
+    label(ax, "source relative depth (0 = first block, 1 = last)", "target relative depth (0 = first, 1 = last)",
+          "best target block per source block")
+    legend_outside(ax)
+    title(fig, f"{pair}: affine maps at every studied block pair, held-out R² and cosine",
+          n=f"{int(maps_df.n_test.iloc[0]):,} test positions" if len(maps_df) else None)
+    return fig
+
+
+def lrt_dose_response(dose: "pd.DataFrame", tokens: dict[str, tuple[str, str]], vectors: list[str],
+                      model: str, block: int) -> plt.Figure:
+    """Notebook 02's steering: per behaviour (one panel each, `tokens[behaviour]` = (y+, y−)), the
+    mean logit difference of the held-out prompts against α for each vector, with 95% intervals.
+    `dose`: `steering.dose_response` (with its `diffs`, whose length is the n shown)."""
+    fig, axes = figure(len(tokens), width=4.0, height=3.4)
+    col, mark = colors(vectors), markers(vectors)
+    for ax, (n, (pos, neg)) in zip(axes, tokens.items()):
+        for v in vectors:
+            d = dose[(dose.behaviour == n) & (dose.vector == v)]
+            ax.errorbar(d.alpha, d["mean"], yerr=d.ci, label=v, color=col[v], marker=mark[v], ms=4, capsize=2)
+        reference_line(ax, 0.0, "equal logits")
+        label(ax, "α (× mean last-token norm)", "Logit(y+) − Logit(y−) (nats)", f"{n}: {pos.strip()!r} vs {neg.strip()!r}")
+    legend_outside(axes[-1], "vector")
+    n = len(dose.diffs.iloc[0]) if "diffs" in dose and len(dose) else None
+    title(fig, f"Steering {model} at block {block}: native vs transferred vs random (mean, 95% CI)",
+          n=None if n is None else f"{n} held-out prompts per behaviour")
+    return fig
+
+
+
+# =========================================================================== 03_dense_latents
+
+DENSE_GROUPS = ("random init", "sparse", "dense")
+"""Notebook 03's latent groups, in the order that fixes their colours."""
+
+
+def _hist_proxy(ax, color, text: str) -> None:
+    """A legend entry for a histogram series that a panel lacks (an empty rectangle at the origin)."""
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((0, 0), 0, 0, color=color, alpha=0.55, label=text))
+
+
+def dense_density(rates, dense_threshold: float, n_tokens: int) -> plt.Figure:
+    """Notebook 03: each layer's histogram of latent firing rates (`dense.rates_frame`: layer,
+    latent, firing rate, dense), log-log, latents that never fire left out, the dense threshold marked."""
+    layers = list(dict.fromkeys(rates["layer"]))
+    fig, axes = figure(len(layers), width=3.4, height=3.0, sharey=True)
+    bins = np.logspace(-5, 0, 51)
+    for i, (ax, L) in enumerate(zip(axes, layers)):
+        part = rates[rates["layer"] == L]
+        ax.hist(part.loc[part["firing rate"] > 0, "firing rate"], bins=bins, color=colors(["latents"])["latents"])
+        log_axis(ax, "x")
+        log_axis(ax, "y")
+        reference_line(ax, dense_threshold, f"dense: > {dense_threshold:.0%} of tokens", axis="x", color="tab:red")
+        label(ax, "firing rate (share of held-out tokens)", "latents" if i == 0 else "",
+              f"layer {L}: {int(part['dense'].sum())} dense")
+    legend_outside(axes[-1])
+    title(fig, "Latent firing rates on held-out tokens, by layer", n=f"{n_tokens:,} tokens")
+    return fig
+
+
+def dense_antipodality(scores, antipodal_threshold: float) -> plt.Figure:
+    """Notebook 03: each layer's distribution of the antipodality score s (`dense.Antipodality.scores`:
+    layer, group, s) for dense latents, random sparse latents and the random initialisation."""
+    layers = list(dict.fromkeys(scores["layer"]))
+    col = colors(DENSE_GROUPS)
+    fig, axes = figure(len(layers), width=3.4, height=3.2, sharey=True)
+    bins = np.linspace(-0.2, 1, 49)
+    for i, (ax, L) in enumerate(zip(axes, layers)):
+        counts = []
+        for g in DENSE_GROUPS:
+            v = scores.loc[(scores["layer"] == L) & (scores["group"] == g), "s"]
+            counts.append(f"{len(v)} {g}")
+            if len(v):
+                ax.hist(v, bins=bins, density=True, alpha=0.55, color=col[g], label=g)
+            elif ax is axes[-1]:
+                _hist_proxy(ax, col[g], g)
+        reference_line(ax, antipodal_threshold, f"antipodal: s > {antipodal_threshold}", axis="x")
+        label(ax, "antipodality score s", "density (per unit s)" if i == 0 else "", f"layer {L}\n" + ", ".join(counts))
+    legend_outside(axes[-1])
+    title(fig, "Antipodality score: dense latents vs random sparse latents vs random initialisation")
+    return fig
+
+
+def dense_ablate_retrain(abl, dense_threshold: float, d_sae: int) -> plt.Figure:
+    """Notebook 03: dense latents of the original SAE and of the SAEs retrained after projecting out
+    the dense span or an equal-dimension random sparse span (`dense.ablation_table`), per layer."""
+    cols = ["dense (original)", "dense after dense-span ablation", "dense after control ablation"]
+    col = colors(["original", "dense-span", "control"])
+    fig, axes = figure(1, width=4.8 + 1.2 * len(abl), height=3.4)  # room for the legend on the right
+    abl.set_index("layer")[cols].plot.bar(ax=axes[0], rot=0, color=list(col.values()))
+    label(axes[0], "layer", f"latents firing on > {dense_threshold:.0%} of tokens")
+    legend_outside(axes[0])
+    title(fig, "Ablate and retrain: dense latents before and after", n=f"{d_sae} latents per SAE")
+    return fig
+
+
+def dense_taxonomy(shares, names: Sequence[str]) -> plt.Figure:
+    """Notebook 03: the labels of dense latents per layer beside those of as many random sparse latents
+    (`dense.label_shares`: stacked share, a latent with several labels split evenly)."""
+    col = colors(names)
+    fig, axes = figure(2, width=5.2, height=3.6, sharey=True)
+    for i, (ax, g) in enumerate(zip(axes, ["dense", "random sparse"])):
+        part = shares[shares["group"] == g]
+        piv = part.pivot(index="layer", columns="label", values="stacked share").reindex(columns=list(names))
+        if len(piv):
+            piv.plot.bar(stacked=True, ax=ax, rot=0, legend=False, color=[col[n] for n in names])
+        n = int(part.groupby("layer")["n"].first().sum()) if len(part) else 0
+        label(ax, "layer", "share of latents (several labels split evenly)" if i == 0 else "", f"{g} latents (n = {n})")
+    legend_outside(axes[-1], "label")
+    title(fig, "Labels per layer: dense latents vs the same number of random sparse latents")
+    return fig
+
+
+# =========================================================================== 04_distill_crosscoders
+
+def crosscoder_relative_norms(r: "pd.DataFrame", r_low: float, r_high: float, models: str) -> plt.Figure:
+    """Notebook 04's relative decoder norms: one histogram of the live latents' r per norm (`r`:
+    `crosscoder.relative_norm_frame`, columns norm, latent, r), log counts, with the base-only and
+    reasoner-only thresholds as dashed lines labelled in the legend."""
+    norms = list(dict.fromkeys(r.norm))
+    fig, axes = figure(len(norms), width=4.6, height=3.4, sharey=True)
+    for ax, norm in zip(axes, norms):
+        part = r[r.norm == norm]
+        ax.hist(part.r.to_numpy(float), bins=np.linspace(0, 1, 51), color=colors(["latents"])["latents"], label="live latents")
+        reference_line(ax, r_low, f"base-only below r = {r_low}", axis="x")
+        reference_line(ax, r_high, f"reasoner-only above r = {r_high}", axis="x", color="0.6")
+        log_axis(ax, "y")
+        label(ax, f"relative norm r ({norm})", "latents (count)", f"{norm} norms of the decoder rows: {len(part)} live latents")
+    legend_outside(axes[-1])
+    title(fig, f"Relative decoder norm of each live latent (0 = base only, 0.5 = shared, 1 = reasoner only)\n{models}")
+    return fig
+
+
+def crosscoder_geometry(points: "pd.DataFrame", cos: "pd.DataFrame", models: str) -> plt.Figure:
+    """Notebook 04's geometry: the same tokens in both models on the top two principal components
+    (`points`: model, PC 1, PC 2; the reasoning words marked), and the cosine between a token's two
+    activations on the answers and on English (`cos`: tokens, cos), zoomed to the bulk (0.1 % of
+    tokens fall left of the axis)."""
+    fig, axes = figure(2, width=5.2, height=4.0)
+    col = colors(["base", "reasoner"])
+    for model, part in points.groupby("model", sort=False):
+        style = {"s": 12, "color": "black", "marker": "x"} if model not in col else {"s": 3, "alpha": 0.3, "color": col[model]}
+        axes[0].scatter(part["PC 1"], part["PC 2"], label=model, **style)
+    label(axes[0], "PC 1 (activation units, each model at mean norm √d)", "PC 2 (same units)", "the same tokens in both models")
+    legend_outside(axes[0], markerscale=3)
+    lo = float(cos.cos.quantile(0.001))
+    groups = ["answers", "English"]
+    axes[1].hist([cos.cos[cos.tokens == g].clip(lower=lo).to_numpy(float) for g in groups], bins=np.linspace(lo, 1, 81),
+                 label=groups, density=True, color=[colors(groups)[g] for g in groups])
+    label(axes[1], "cosine between a token's base and reasoner activations", "density (per unit cosine)",
+          "how far apart the two models put a token")
+    legend_outside(axes[1], "tokens")
+    title(fig, f"Held-out tokens in both models, {models}", n=f"{len(cos):,} tokens")
+    return fig
+
+
+def crosscoder_ablation(table: "pd.DataFrame", n_ablate: int, n_control_draws: int, pool_note: str) -> plt.Figure:
+    """Notebook 04's token-logit ablation: per category, the fall of the word's logit and of its
+    log-probability when its latents are zeroed (95 % intervals over occurrences) beside the random
+    draws' (`table`: `crosscoder.ablation_table`)."""
+    fig, axes = figure(2, width=4.8, height=3.4)
+    xs = np.arange(len(table))
+    col = colors(["category latents", "random"])
+    for ax, (what, err, ctrl, ctrl_label) in zip(axes, (("logit fall (category latents)", "± 95%", "logit fall (random, mean of draws)", "mean"),
+                                                       ("log-prob fall (category latents)", "lp ± 95%", "log-prob fall (random, max of draws)", "max"))):
+        ax.bar(xs - 0.2, table[what], 0.4, yerr=table[err], capsize=3, color=col["category latents"], label="category latents")
+        ax.bar(xs + 0.2, table[ctrl], 0.4, color=col["random"], label=f"random ({ctrl_label} of {n_control_draws} draws)")
+        ax.set_xticks(xs, table.category)
+        rotate_ticks(ax, 20)
+        unit = "logit" if what.startswith("logit") else "log-probability"
+        label(ax, "category", f"fall of the word's {unit} (nats)", f"{unit} of the word where it is predicted")
+        legend_outside(ax)
+    title(fig, f"Zeroing {n_ablate} latents of a category vs as many random ones (pool: {pool_note})",
+          n=f"{int(table.occurrences.sum())} occurrences" if len(table) else None)
+    return fig
+
+
+def crosscoder_steering(table: "pd.DataFrame", n_random_dirs: int, models: str) -> plt.Figure:
+    """Notebook 04's steering: mean answer length, "Wait" per answer and accuracy against the scale,
+    one line per direction from the unsteered answers at scale 0 (`table`: `crosscoder.steering_table`);
+    the random directions dashed and grey, one legend entry for all of them."""
+    import pandas as pd
+
+    fig, axes = figure(3, width=4.2, height=3.4)
+    base = table[table.direction == "none"]
+    dirs = [d for d in dict.fromkeys(table.direction) if d != "none"]
+    col = colors([d for d in dirs if not d.startswith("random")])
+    first_random = next((d for d in dirs if d.startswith("random")), None)
+    for vec in dirs:
+        part = pd.concat([base.assign(direction=vec), table[table.direction == vec]]).sort_values("scale (× mean norm)")
+        x = part["scale (× mean norm)"].astype(float)
+        style = ({"ls": "--", "color": "0.5", "alpha": 0.8, "label": f"random ({n_random_dirs} draws)" if vec == first_random else "_random"}
+                 if vec.startswith("random") else {"color": col[vec], "label": vec})
+        for ax, (colname, err) in zip(axes, (("length", "length ±95%"), ("Wait", "Wait ±95%"))):
+            ax.errorbar(x, part[colname].astype(float), yerr=part[err].astype(float), marker="o", capsize=3, **style)
+        y = part["accuracy"].astype(float)
+        axes[2].errorbar(x, y, yerr=[y - part["acc low"].astype(float), part["acc high"].astype(float) - y], marker="o", capsize=3, **style)
+    for ax, (y, t) in zip(axes, (("mean generated tokens (tokens)", "answer length (95% CI)"), ("'Wait' per answer (count)", "self-checks (95% CI)"),
+                                 ("accuracy (fraction correct)", "accuracy (Wilson 95%)"))):
+        label(ax, "scale (× mean activation norm)", y, t)
+    legend_outside(axes[-1], "direction")
+    title(fig, f"Steering {models}", n=f"{int(base.n.iloc[0])} held-out problems" if len(base) else None)
+    return fig
+
+
+
+# =========================================================================== 05_gba_recovery
+
+_GBA_NAMES = ("TopK", "L1", "GBA")
+"""Notebook 05's methods, in the order that fixes their colours and markers."""
+
+
+def _count_text(n: float) -> str:
+    """A sample count as a short tick label: 250k, 1M, 4M."""
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else f"{n:g}"
+
+
+def _sample_ticks(ax, samples: Sequence[float], most: int = 4) -> None:
+    """A log x axis labelled at no more than `most` of the probe points (the last always)."""
+    log_axis(ax, "x")
+    samples = sorted(set(samples))
+    step = -(-len(samples) // most)
+    ticks = samples[::-1][::step][::-1]
+    ax.set_xticks(ticks, [_count_text(t) for t in ticks])
+
+
+def gba_recovery_curves(summary, panels: dict[str, str], title_text: str) -> plt.Figure:
+    """Notebook 05: each metric along training (`recovery.curve_summary`: series, samples, mean,
+    sd), one panel per metric; probe points shifted a little per method so error bars stay apart."""
+    col, mk = colors(_GBA_NAMES), markers(_GBA_NAMES)
+    shift = {n: 1 + 0.06 * (i - (len(_GBA_NAMES) - 1) / 2) for i, n in enumerate(_GBA_NAMES)}
+    fig, axes = figure(ncols=len(panels), width=4.1, height=3.8)
+    for i, (ax, (metric, panel_title)) in enumerate(zip(axes, panels.items())):
+        for series, part in summary[summary.metric == metric].groupby("series", sort=False):
+            name, tuned = part.Method.iloc[0], part.which.iloc[0] == "tuned"
+            ax.errorbar(part.samples * shift[name], part["mean"], yerr=part.sd, color=col[name], marker=mk[name],
+                        ls="-" if tuned else "--", ms=5, capsize=2, lw=1.4, label=series)
+        _sample_ticks(ax, summary.samples)
+        label(ax, "training samples", "mean ± sd over seeds" if i == 0 else "", panel_title)
+        if metric.startswith(("recovery", "firing")):  # shares and correlations: the same 0-1 axis
+            ax.set_ylim(-0.03, 1.03)
+    legend_outside(axes[-1])
+    title(fig, title_text)
+    return fig
+
+
+def gba_sensitivity(bars, ylabel: str, title_text: str) -> plt.Figure:
+    """Notebook 05: each method's settings as grouped bars (`recovery.sensitivity_bars`: mean ±
+    sd per metric, tick text), wrong GBA ladders hatched with red tick labels."""
+    names = [n for n in _GBA_NAMES if n in set(bars.Method)]
+    widths = [bars[bars.Method == n].setting_label.nunique() for n in names]
+    fig, axes = figure(ncols=len(names), width=17 / 3, height=4.4, sharey=True,
+                       gridspec_kw={"width_ratios": widths})
+    for i, (ax, name) in enumerate(zip(axes, names)):
+        part = bars[bars.Method == name]
+        order, metrics = list(dict.fromkeys(part.setting_label)), list(dict.fromkeys(part.metric))
+        xs, blues = np.arange(len(order)), sns.color_palette("Blues", len(metrics))
+        for j, metric in enumerate(metrics):
+            b = part[part.metric == metric].set_index("setting_label").loc[order]
+            ax.bar(xs + (j - (len(metrics) - 1) / 2) * 0.2, b["mean"], 0.2, yerr=b.sd, capsize=2, label=b.bar.iloc[0],
+                   color="0.7" if metric.startswith("recovery_all") else blues[j])
+        first = part.drop_duplicates("setting_label").set_index("setting_label").loc[order]
+        ax.set_xticks(xs, first.tick, fontsize=7.5)
+        rotate_ticks(ax, 20)
+        for x, tick, wrong in zip(xs, ax.get_xticklabels(), first.wrong):
+            if wrong:
+                tick.set_color("firebrick")
+                ax.axvspan(x - 0.45, x + 0.45, color="firebrick", alpha=0.08, hatch="//")
+        label(ax, "setting (FVU, L0: means over seeds)", ylabel if i == 0 else "", name)
+        ax.set_ylim(0, 1.05)
+    legend_outside(axes[-1])
+    title(fig, title_text)
+    return fig
+
+
+def gba_frontier(points, named, title_text: str) -> plt.Figure:
+    """Notebook 05: held-out FVU against L0, one line per method or GBA variant (`points`:
+    series, Method, default, l0, fvu), the named settings as mean ± sd crosses over seeds."""
+    from matplotlib.ticker import ScalarFormatter
+
+    col, mk = colors(_GBA_NAMES), markers(_GBA_NAMES)
+    fig, (ax,) = figure(width=7.5, height=4.6)
+    for series, part in points.groupby("series", sort=False):
+        part = part.sort_values("l0")
+        name, default = part.Method.iloc[0], bool(part.default.iloc[0])
+        ax.plot(part.l0, part.fvu, marker=mk[name], color=col[name], ls="-" if default else ":",
+                mfc=None if default else "white", label=series)
+    for r in named.itertuples():
+        ax.errorbar(r.l0, r.fvu, xerr=r.l0_sd, yerr=r.fvu_sd, color=col[r.Method], capsize=3, lw=2, zorder=5)
+    log_axis(ax, "x", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    label(ax, "L0 (active latents per held-out token)", "held-out FVU")
+    legend_outside(ax)
+    title(fig, title_text)
+    return fig
+
+
+def gba_consistency(cosines, floor: Sequence[float], title_text: str) -> plt.Figure:
+    """Notebook 05: the cumulative distribution of best-match decoder cosines in another seed
+    (`cosines`: Method, subset, cos), one panel per latent subset, against random directions."""
+    col = colors(_GBA_NAMES)
+    subsets = list(dict.fromkeys(cosines.subset))
+    fig, axes = figure(ncols=len(subsets), width=5.5, height=3.8, sharey=True)
+    fv = np.sort(np.asarray(floor, dtype=float))
+    for i, (ax, subset) in enumerate(zip(axes, subsets)):
+        for name, part in cosines[cosines.subset == subset].groupby("Method", sort=False):
+            v = np.sort(part.cos.values)
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), color=col[name], label=name)
+        ax.plot(fv, np.arange(1, len(fv) + 1) / len(fv), color="0.5", ls="--", label="random directions")
+        reference_line(ax, 0.9, "cosine 0.9", axis="x", color="0.3", lw=0.8, ls=":")
+        label(ax, "best-match decoder cosine in another seed", "cumulative share of latents" if i == 0 else "",
+              f"{subset} latents")
+    legend_outside(axes[-1])
+    title(fig, title_text)
+    return fig
