@@ -205,3 +205,262 @@ def test_spearman_interval():
     out = S.spearman_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
     assert out["low"] < out["rho"] < out["high"] and out["rho"] == pytest.approx(0.8286, abs=1e-3)
     assert S.spearman_interval([1, 2, 3], [3, 2, 1])["rho"] == pytest.approx(-1.0)
+
+
+# --------------------------------------------------------------------------- notebook 01's steps
+
+import json  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from resa_utils.data import tasks as T  # noqa: E402
+from resa_utils.methods import distill  # noqa: E402
+
+
+def _answers(k: int, n: int) -> pd.DataFrame:
+    """A graded-answers frame: `k` of `n` strictly correct, 10 tokens each."""
+    return pd.DataFrame({"uid": [f"u{i}" for i in range(n)], "answer": ["1"] * n, "text": [f"out {i}" for i in range(n)],
+                         "correct": [True] * k + [False] * (n - k), "lenient": [True] * k + [False] * (n - k),
+                         "n_tokens": [10] * n, **{w: [0] * n for w in T.REFLECTION_PHRASES}})
+
+
+def test_evaluator_names_its_sweep_files_records_and_keys_batches_by_the_weights(tmp_path):
+    lm = load_model("tiny-llama")
+    _, probs = split_problems("chain_sum", 2, 3, seed=0)
+    recorded = {}
+    ev = S.Evaluator(probs, distill.TaskPrompt(lm.tokenizer), lambda name: tmp_path / f"{name}.jsonl",
+                     {"seed": 0}, 2, 2, record=recorded.update)
+    out = ev("tgt", lm, n=2, verbose=False)
+    assert len(out.answers) == 2 and ev.done["tgt"] is out and out.row["n"] == 2
+    assert recorded == {"tgt/pass@1": out.row["pass@1"], "tgt/mean_tokens": out.row["mean tokens"]}
+    path = tmp_path / "eval_tgt.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["setup"]["weights"] for r in rows} == {S.weights_fingerprint(lm.model)}
+    assert {r["setup"]["model"] for r in rows} == {"tgt"}
+    stamp = path.read_text()
+    ev("tgt", lm, n=2, verbose=False)                    # the same weights: the batch is reused
+    assert path.read_text() == stamp
+    old = S.weights_fingerprint(lm.model)
+    with torch.no_grad():
+        next(lm.model.parameters()).add_(1.0)            # other weights: evaluated again
+    ev("tgt", lm, n=2, verbose=False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["setup"]["weights"] for r in rows} == {S.weights_fingerprint(lm.model)} != {old}
+    assert len(ev("tgt", lm, verbose=False).answers) == 3  # n=None: every problem
+
+
+def test_harvest_and_train_saes_resume_and_retrain_a_lost_sae(tmp_path, monkeypatch):
+    import resa_utils.sae.train as train_mod
+    from resa_utils.sae import TrainConfig
+
+    lm = load_model("tiny-llama")
+    chunks = _chunks(lm, 24)
+    hooks = {"source": [resid_hook(0), resid_hook(1)], "target": [resid_hook(1)]}
+    caches, secs = {}, {}
+    for who in hooks:
+        caches[who], secs[who] = S.harvest(tmp_path / f"acts_{who}", lm, chunks[:3], chunks[3:4], hooks[who])
+    assert caches["source"][0].folder.name == "acts_source_train" and caches["source"][1].folder.name == "acts_source_eval"
+    assert secs["source"] > 0 and 3 * (chunks.shape[1] - 1) <= caches["source"][0].n_tokens < chunks[:3].numel()  # BOS left out
+    assert 0 < caches["source"][1].n_tokens <= chunks.shape[1] and caches["target"][0].n_tokens == caches["source"][0].n_tokens
+    cfg = TrainConfig(method="topk", d_sae=16, k=2, aux_coefficient=0.0, batch_size=16, n_tokens=64, seed=0)
+    out = S.train_saes(tmp_path / "saes.jsonl", caches, hooks, cfg, tmp_path / "saes")
+    assert list(out.saes) == [("source", resid_hook(0)), ("source", resid_hook(1)), ("target", resid_hook(1))]
+    assert out.rows[["model", "hook"]].values.tolist() == [list(k) for k in out.saes]
+    assert all(s.cfg.d_sae == 16 and s.cfg.d_in == lm.d_model for s in out.saes.values())
+    calls = []
+    real = train_mod.train_cache_job
+    monkeypatch.setattr(train_mod, "train_cache_job", lambda c, jobs: calls.append(c["hook"]) or real(c, jobs))
+    S.train_saes(tmp_path / "saes.jsonl", caches, hooks, cfg, tmp_path / "saes")
+    assert calls == []                                   # every SAE is reused
+    lost = next((tmp_path / "saes").glob(f"sae_target_{resid_hook(1)}_*"))
+    (lost / "cfg.json").unlink()
+    S.train_saes(tmp_path / "saes.jsonl", caches, hooks, cfg, tmp_path / "saes")
+    assert calls == [resid_hook(1)] and (lost / "cfg.json").exists()
+
+
+class _Identity:
+    """An 'SAE' whose latents are its input, so a test can place latents directly."""
+
+    def encode(self, x):
+        return x
+
+
+def test_reasoning_feature_table_counts_per_layer_and_skips_the_first_token():
+    is_tag = torch.tensor([False, True, False, True])
+    a = torch.zeros(4, 5)
+    a[1, 0] = a[3, 1] = 1.0        # two latents only at tags
+    a[0, 2] = a[1, 2] = 1.0        # at a tag and at the skipped first token: counted
+    a[1, 3] = a[2, 3] = 1.0        # at a tag and elsewhere: not counted, but active at a tag
+    b = torch.zeros(4, 5)
+    b[2, 0] = 1.0                  # nothing at the tags
+    out = S.reasoning_feature_table({3: _Identity(), 8: _Identity()}, {3: a, 8: b}, is_tag)
+    assert out.layer.tolist() == [3, 8] and out["reasoning features"].tolist() == [3, 0]
+    assert out["latents active at tags"].tolist() == [4, 0] and out.features.tolist() == [[0, 1, 2], []]
+
+
+def test_lora_config_and_tuner_record_each_run(tmp_path):
+    cfg = S.lora_config(8, 16, 1e-3, 2.0, 3, 64, 5, steps=7)
+    assert (cfg.r, cfg.alpha, cfg.dropout, cfg.lr, cfg.epochs, cfg.max_steps, cfg.batch_size, cfg.max_length, cfg.seed,
+            cfg.save_steps, cfg.logging_steps) == (8, 16, 0.05, 1e-3, 2.0, 7, 3, 64, 5, 4, 1)
+    assert S.lora_config(8, 16, 1e-3, 2.0, 3, 64, 5).max_steps == -1
+    lm = load_model("tiny-llama")
+    chunks = _chunks(lm, 24)
+    tuner = S.Tuner(chunks[:4], chunks[4:6], tmp_path, 4, 8, 1.0, 2, chunks.shape[1], 0)
+    tuned, row = tuner("kl_run", "tiny-llama", _sae(lm.d_model), 1, "kl", 1e-2, steps=2)
+    assert not hasattr(tuned.model, "peft_config")   # merged
+    assert row["run"] == "kl_run" and row["loss"] == "kl" and row["layer"] == 1 and row["steps"] == 2
+    assert row["held-out kl"] > 0 and "held-out ce" not in row
+    assert len(tuner.curves["kl_run"]) == 2 and (tuner.adapters["kl_run"] / "adapter_config.json").exists()
+    assert tuner.costs[0]["stage"] == "LoRA kl_run" and tuner.costs[0]["FLOPs"] > 0
+    _, ce_row = tuner("ce_run", "tiny-llama", None, 1, "ce", 1e-2, steps=2)
+    assert ce_row["held-out ce"] > 0 and [c["stage"] for c in tuner.costs] == ["LoRA kl_run", "LoRA ce_run"]
+
+
+def test_the_lr_rule_and_its_grid_edges():
+    table = pd.DataFrame({"run": list("abcde"), "loss": ["kl", "kl", "kl", "ce", "ce"],
+                          "lr": [1e-4, 3e-4, 1e-3, 1e-4, 1e-3],
+                          "held-out kl": [0.3, 0.1, 0.2, None, None], "held-out ce": [None, None, None, 2.0, 1.0]})
+    assert S.choose_lr(table, "kl") == 3e-4 and S.choose_lr(table, "ce") == 1e-3
+    with pytest.raises(ValueError, match="no 'mse' run"):
+        S.choose_lr(table, "mse")
+    assert S.grid_edges({"SAE-Tuning": 3e-4, "SFT": 1e-3}, [1e-4, 3e-4, 1e-3]) == ["SFT lr 0.001 is at the edge of the grid"]
+    assert S.grid_edges({"x": 3e-4}, [1e-4, 3e-4, 1e-3]) == []
+    assert [S.lr_text(v) for v in (1e-4, 3e-4, 1e-3, 2.5e-3, 0.01)] == ["1e-4", "3e-4", "1e-3", "2.5e-3", "1e-2"]
+
+
+def test_sweep_curves_are_tidy_with_readable_series():
+    table = pd.DataFrame({"run": ["kl_a", "kl_b", "ce_a"], "loss": ["kl", "kl", "ce"], "lr": [1e-4, 1e-3, 1e-4]})
+    curves = {"kl_a": [{"step": 1, "loss": 0.5, "grad_norm": 1.0}, {"step": 2, "loss": 0.4}], "kl_b": [{"step": 1, "loss": 0.3}],
+              "ce_a": [{"step": 1, "loss": 2.0}], "other": [{"step": 1, "loss": 9.0}]}
+    out = S.sweep_curves(curves, table, "kl")
+    assert out.columns.tolist() == ["run", "series", "lr", "step", "loss"]
+    assert out.run.tolist() == ["kl_a", "kl_a", "kl_b"] and out.loss.tolist() == [0.5, 0.4, 0.3]
+    assert out.series.unique().tolist() == ["SAE-Tuning (KL, source SAE), lr 1e-4", "SAE-Tuning (KL, source SAE), lr 1e-3"]
+    assert S.sweep_curves(curves, table, "ce").series.tolist() == ["SFT (CE, no SAE), lr 1e-4"]
+    assert S.sweep_curves({}, table.iloc[:0], "kl").empty
+
+
+def test_noop_check_measures_an_exact_no_op(tmp_path):
+    lm = load_model("tiny-llama")
+    chunks = _chunks(lm)
+    out = S.noop_check(lm, chunks, chunks[:2], _cfg(max_steps=2), tmp_path / "n", 1)
+    assert (out.steps, out.max_loss, out.b_max, out.logit_change) == (2, 0.0, 0.0, 0.0) and out.holds
+    assert not hasattr(lm.model, "peft_config")
+    assert not S.NoopCheck(2, 0.0, 1e-3, 0.0).holds and not S.NoopCheck(2, 0.0, 0.0, 1e-6).holds
+
+
+def test_per_layer_table_pairs_accuracy_with_feature_counts():
+    features = pd.DataFrame({"layer": [3, 8], "reasoning features": [5, 2]})
+    out = S.per_layer_table({3: _answers(4, 8), 8: _answers(0, 8)}, features)
+    assert out.columns.tolist() == ["layer", "pass@1", "ci_low", "ci_high", "reasoning features"]
+    assert out["pass@1"].tolist() == [0.5, 0.0] and out["reasoning features"].tolist() == [5, 2]
+    lo, hi = T.wilson(4, 8)
+    assert (out.ci_low[0], out.ci_high[0]) == (lo, hi)
+
+
+def test_costs_sum_the_sae_tuning_side_and_read_notebook_00s_rft_stages(tmp_path):
+    assert S.harvest_flops(100, 1, 4, 10) == 2.0 * 100 * 2 / 4 * 10
+    assert S.sae_train_flops(8, 32, 10) == 6.0 * 8 * 32 * 10
+    csv = tmp_path / "costs.csv"
+    pd.DataFrame({"stage": ["distill", "RFT 1 sampling", "RFT 1 LoRA"], "wall s (this run)": [5.0, 6.0, 4.0],
+                  "FLOPs": [1.0, 30.0, 10.0]}).to_csv(csv, index=False)
+    rft = S.rft_costs(csv)
+    assert rft.stage.tolist() == ["RFT 1 sampling", "RFT 1 LoRA"] and rft["wall s"].sum() == 10.0
+    assert S.rft_costs(None).empty and S.rft_costs(tmp_path / "missing.csv").empty
+    parts = {"harvest": (1.0, 4.0), "SAE": (1.0, 6.0), "tune": (3.0, 10.0)}
+    out = S.cost_summary(rft, parts, 7.0)
+    assert (out.resa_s, out.resa_flops, out.ratio_s, out.ratio_flops, out.has_rft) == (5.0, 20.0, 2.0, 2.0, True)
+    assert out.table.stage.tolist()[1:4] == ["harvest", "SAE", "tune"] and out.table["wall s"].tolist()[-1] == 7.0
+    none = S.cost_summary(S.rft_costs(None), parts, 7.0)
+    assert not none.has_rft and none.ratio_flops != none.ratio_flops and none.table["wall s"].isna().iloc[0]
+
+
+MODELS = ["target", "base", "source", S.MAIN, S.TARGET_SAE, S.SFT, S.PORTED]
+
+
+def _acc(correct: dict[str, int], n: int = 100) -> pd.DataFrame:
+    rows = [distill.accuracy_row(m, _answers(correct[m], n)) for m in MODELS]
+    return S.accuracy_table(rows + [distill.accuracy_row("a per-layer run", _answers(5, 10))], n)
+
+
+def test_accuracy_table_shares_of_the_source_and_the_noop_row():
+    acc = _acc({"target": 40, "base": 5, "source": 50, S.MAIN: 45, S.TARGET_SAE: 40, S.SFT: 20, S.PORTED: 44})
+    assert acc.model.tolist() == MODELS                        # rows on other n are left out
+    assert acc.set_index("model").loc[S.MAIN, "% of source"] == pytest.approx(90.0)
+    zero = _acc({m: 0 for m in MODELS})
+    assert zero["% of source"].isna().all()
+    noop = S.with_noop_row(acc, S.NoopCheck(2, 0.0, 0.0, 0.0))
+    assert len(noop) == 8 and noop.iloc[-1]["model"].startswith("target + KL, no SAE")
+    assert noop.iloc[-1]["pass@1"] == 0.4
+    assert len(S.with_noop_row(acc, S.NoopCheck(2, 0.0, 0.1, 0.0))) == 7
+
+
+def test_interval_rules():
+    a = {"pass@1": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    b = {"pass@1": 0.3, "ci_low": 0.2, "ci_high": 0.39}
+    c = {"pass@1": 0.45, "ci_low": 0.35, "ci_high": 0.55}
+    assert S.ci_text(a) == "0.500 [0.400, 0.600]"
+    assert not S.overlap(a, b) and S.overlap(a, c) and S.overlap(c, a)
+    assert S.direction(a, b) == "yes" and S.direction(a, c) == "partly" and S.direction(c, a) == "no"
+
+
+def test_paper_comparison_rows_follow_the_fixed_rules():
+    acc = _acc({"target": 30, "base": 5, "source": 50, S.MAIN: 50, S.TARGET_SAE: 48, S.SFT: 10, S.PORTED: 20})
+    by_layer = pd.DataFrame({"layer": [1, 2, 3, 4, 5], "pass@1": [0.1, 0.2, 0.3, 0.4, 0.5],
+                             "reasoning features": [1, 5, 2, 4, 3]})
+    corr = S.spearman_interval(by_layer["reasoning features"].tolist(), by_layer["pass@1"].tolist())
+    cost = S.CostSummary(pd.DataFrame(), 10.0, 5.0, 3.0, 4.0, True)
+    rows = S.paper_comparison(acc, n_test=100, lr_kl=1e-3, lr_ce=3e-4, noop=S.NoopCheck(2, 0.0, 0.0, 0.0), corr=corr,
+                              by_layer=by_layer, sibling="sib", target="tgt", cost=cost)
+    assert len(rows) == 8 and all(set(r) == {"claim", "metric", "paper", "ours", "held", "note"} for r in rows)
+    lift_, share, tsae, sft, noop, layers, port, costs = rows
+    assert (lift_["ours"], lift_["held"]) == (20.0, "yes") and "lr 0.001" in lift_["note"]
+    assert S.lift_points(acc) == pytest.approx(20.0)
+    assert (share["ours"], share["held"]) == (100.0, "yes") and "weaker" not in share["note"]
+    assert (tsae["ours"], tsae["held"]) == (-2.0, "yes")
+    assert (sft["ours"], sft["held"]) == (-20.0, "yes") and "= 40.0 points" in sft["note"]
+    assert (noop["ours"], noop["held"]) == (0.0, "yes")
+    assert layers["held"] == "yes" and "[1, 2, 3, 4, 5]" in layers["note"] and "counts [1, 5, 2, 4, 3]" in layers["note"]
+    assert (port["ours"], port["held"]) == (-30.0, "no") and "trained through sib, tested on tgt" in port["note"]
+    assert (costs["ours"], costs["held"]) == (4.0, "not tested") and "3.00x" in costs["note"]
+    # a weaker source, a flat count and a tuned model inside the target's interval
+    acc2 = _acc({"target": 40, "base": 5, "source": 30, S.MAIN: 45, S.TARGET_SAE: 10, S.SFT: 38, S.PORTED: 44})
+    flat = by_layer.assign(**{"reasoning features": 2})
+    rows2 = S.paper_comparison(acc2, n_test=100, lr_kl=1e-3, lr_ce=3e-4, noop=S.NoopCheck(2, 0.1, 0.0, 0.5), corr=corr,
+                               by_layer=flat, sibling="sib", target="tgt", cost=cost)
+    assert rows2[0]["held"] == "partly" and "weaker than our target" in rows2[1]["note"]
+    assert rows2[2]["held"] == "no" and rows2[3]["held"] == "partly" and rows2[4]["held"] == "no"
+    assert rows2[5]["held"] == "not tested"
+
+
+def test_examples_text_groups_each_question():
+    probs, _ = split_problems("chain_sum", 2, 2, seed=0)
+    shown = pd.DataFrame({"model": ["a", "b", "a"], "uid": [probs[0].uid, probs[0].uid, probs[1].uid],
+                          "answer": ["1", "1", "2"], "correct": [True, False, True], "output": [" x ", "y" * 500, "z"]})
+    text = S.examples_text(shown, probs)
+    assert text.count("=" * 100) == 2 and probs[0].question in text
+    assert "--- a (correct):\nx" in text and "--- b (wrong):\n" + "y" * 400 + "\n" in text
+
+
+def test_sae_tuning_figure_has_four_panels():
+    import matplotlib.pyplot as plt
+
+    from resa_utils.harness import plots
+
+    acc = _acc({"target": 40, "base": 5, "source": 50, S.MAIN: 45, S.TARGET_SAE: 40, S.SFT: 20, S.PORTED: 44})
+    by_layer = pd.DataFrame({"layer": [1, 3], "pass@1": [0.1, 0.2], "ci_low": [0.0, 0.1], "ci_high": [0.3, 0.4],
+                             "reasoning features": [2, 5]})
+    curves = S.sweep_curves({"a": [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.2}], "b": [{"step": 1, "loss": 0.3}]},
+                            pd.DataFrame({"run": ["a", "b"], "loss": ["kl", "kl"], "lr": [1e-4, 1e-3]}))
+    target_sub = distill.accuracy_row("target", _answers(3, 10))
+    fig = plots.sae_tuning(acc, by_layer, target_sub, {"rho": 1.0, "low": float("nan"), "high": float("nan")}, curves,
+                           "chain_sum", 1)
+    ax_acc, ax_curves, ax_layer, ax_count = fig.axes
+    assert len(fig.axes) == 4 and ax_curves.get_yscale() == "log"
+    labels = ax_curves.get_legend_handles_labels()[1]
+    assert labels == ["SAE-Tuning (KL, source SAE), lr 1e-4", "SAE-Tuning (KL, source SAE), lr 1e-3"]
+    assert tuple(t.get_text() for t in ax_acc.get_yticklabels()) == plots.RESA_MODELS   # top to bottom
+    assert [f"{v:g}" for v in ax_acc.lines[0].get_xdata()] == ["0.05", "0.4", "0.5", "0.45", "0.4", "0.2", "0.44"]
+    assert "target" in ax_acc.get_legend_handles_labels()[1] and "target (same problems)" in ax_layer.get_legend_handles_labels()[1]
+    assert all(ax.get_legend() is not None for ax in (ax_acc, ax_curves, ax_layer)) and len(ax_count.get_lines()) == 1
+    plt.close(fig)

@@ -2,22 +2,28 @@
 its reconstruction (no error term), and LoRA adapters are trained through it to match the frozen
 target model, `KL(p_target ‖ p_target+LoRA+SAE)` over every token of packed answer-only chunks.
 At test time the SAE is removed and the adapter merged. Also: the data packing, the checks that
-catch a mismatched SAE or adapter before compute, held-out losses for choosing the lr, and the
-"reasoning features" of the paper's transparency section.
+catch a mismatched SAE or adapter before compute, held-out losses for choosing the lr, the
+"reasoning features" of the paper's transparency section, and notebook 01's steps (evaluations,
+the SAEs, the tuning runs, the lr rule, the tables, the costs and the comparison with the paper).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import pandas as pd
 import torch
 
 from resa_utils.data.tasks import SYSTEM_PROMPT, Problem, answer_only
-from resa_utils.lm.activations import decoder_layers, resid_hook, splice
+from resa_utils.lm.activations import ActivationCache, decoder_layers, resid_hook, splice
 from resa_utils.lm.lora import LoraResult, LoraTrainConfig, train_lora
-from resa_utils.sae import SAE
+from resa_utils.methods.distill import ModelEval, accuracy_row, evaluate_model, lift
+from resa_utils.sae import SAE, TrainConfig
 
 LOSSES = ("kl", "ce")
 
@@ -291,3 +297,364 @@ def spearman_interval(x: list[float], y: list[float], z: float = 1.96) -> dict:
     r = max(min(rho, 0.999999), -0.999999)
     se = math.sqrt(1.06 / (n - 3))
     return {"rho": rho, "low": math.tanh(math.atanh(r) - z * se), "high": math.tanh(math.atanh(r) + z * se), "n": n}
+
+
+# --------------------------------------------------------------------------- the notebook's steps
+
+
+@dataclass
+class Evaluator:
+    """Greedy evaluations of models on the first problems of one held-out set, each resumable in
+    the sweep file `sweep_path(f"eval_{label}")` and keyed by the exact weights it read."""
+
+    problems: list[Problem]
+    make_prompt: Callable
+    sweep_path: Callable[[str], Path]
+    """Names a sweep file (`Run.sweep_path`)."""
+    setup: dict
+    """What else keys the batches (seed, task, difficulty, max_new_tokens)."""
+    max_new_tokens: int
+    batch_size: int
+    record: Callable[..., None] | None = None
+    """Called with each model's `<label>/pass@1` and `<label>/mean_tokens` (`Run.record`)."""
+    done: dict[str, ModelEval] = field(default_factory=dict)
+    """Every evaluation so far, by label, in the order they ran."""
+
+    def __call__(self, label: str, lm, n: int | None = None, verbose: bool = True) -> ModelEval:
+        """Evaluate `lm` on the first `n` problems (all for None); recorded and kept in `done`."""
+        setup = {**self.setup, "weights": weights_fingerprint(lm.model)}
+        ev = evaluate_model(lm, label, self.problems[:n], self.make_prompt, self.sweep_path(f"eval_{label}"),
+                            setup, self.max_new_tokens, self.batch_size)
+        self.done[label] = ev
+        if self.record is not None:
+            self.record(**{f"{label}/pass@1": ev.row["pass@1"], f"{label}/mean_tokens": ev.row["mean tokens"]})
+        if verbose:
+            print(ev.summary())
+        return ev
+
+
+def harvest(folder: Path, lm, chunks_NT: torch.Tensor, heldout_NT: torch.Tensor,
+            hooks: list[str]) -> tuple[tuple[ActivationCache, ActivationCache], float]:
+    """`((train cache, held-out cache), seconds of the training cache's build)`: `lm`'s activations
+    at `hooks` over the SAE chunks and the held-out chunks, in `<folder>_train` / `<folder>_eval`."""
+    folder = Path(folder)
+    t0 = time.perf_counter()
+    train = ActivationCache.build(folder.with_name(folder.name + "_train"), lm, chunks_NT, hooks)
+    seconds = time.perf_counter() - t0
+    return (train, ActivationCache.build(folder.with_name(folder.name + "_eval"), lm, heldout_NT, hooks)), seconds
+
+
+@dataclass
+class TrainedSAEs:
+    """The SAEs of the notebook, by `(model, hook)`, and their sweep rows (fvu, l0, dead_frac, seconds)."""
+
+    rows: pd.DataFrame
+    saes: dict[tuple[str, str], SAE]
+
+
+def train_saes(sweep_path: Path, caches: dict[str, tuple[ActivationCache, ActivationCache]],
+               hooks: dict[str, list[str]], cfg: TrainConfig, sae_dir: Path) -> TrainedSAEs:
+    """One TopK SAE per model and hook (`hooks[model]`) on that model's cached activations,
+    resumable as sweep rows in `sweep_path`; a row whose saved SAE is gone is trained again."""
+    from functools import partial
+
+    from resa_utils.core.sweep import config_key, run_sweep
+    from resa_utils.sae.train import CacheJob, train_cache_job
+
+    jobs, configs = {}, []
+    for who, hks in hooks.items():
+        train, held = caches[who]
+        for h in hks:
+            c = {"model": who, "hook": h, "cfg": vars(cfg), "data": train.manifest["fingerprint"]}
+            jobs[config_key(c)] = CacheJob(str(train.folder), str(held.folder), h, cfg,
+                                           str(Path(sae_dir) / f"sae_{who}_{h}_{config_key(c)[:12]}"), {"model": who})
+            configs.append(c)
+    save_dirs = {(c["model"], c["hook"]): jobs[config_key(c)].save_dir for c in configs}
+
+    def saved(row: dict) -> bool:
+        return (Path(save_dirs.get((row["model"], row["hook"]), Path(sae_dir) / "none")) / "cfg.json").exists()
+
+    rows = run_sweep(sweep_path, configs, partial(train_cache_job, jobs=jobs), desc="SAEs", valid=saved)
+    return TrainedSAEs(rows, {(c["model"], c["hook"]): SAE.load(jobs[config_key(c)].save_dir) for c in configs})
+
+
+def reasoning_feature_table(saes: dict[int, SAE], acts_by_layer: dict[int, torch.Tensor],
+                            is_tag_T: torch.Tensor) -> pd.DataFrame:
+    """Per layer, the count of reasoning features (`reasoning_features`) of that layer's SAE on the
+    prompt's activations `acts_by_layer[layer]` `[T, D]`; the first token (an attention sink) is skipped."""
+    skip_T = torch.zeros_like(is_tag_T)
+    skip_T[0] = True
+    rows = []
+    for layer, sae in saes.items():
+        lat_TF = sae.encode(acts_by_layer[layer].float().cpu())
+        feats = reasoning_features(lat_TF, is_tag_T, skip_T)
+        rows.append({"layer": layer, "reasoning features": len(feats),
+                     "latents active at tags": int((lat_TF[is_tag_T] > 0).any(0).sum()), "features": feats.tolist()[:20]})
+    return pd.DataFrame(rows)
+
+
+def lora_config(r: int, alpha: float, lr: float, epochs: float, batch_size: int, max_length: int,
+                seed: int, steps: int = -1) -> LoraTrainConfig:
+    """The notebook's LoRA settings (dropout 0.05, a checkpoint every 4 steps, a loss every step);
+    `steps` > 0 caps the optimizer steps."""
+    return LoraTrainConfig(r=r, alpha=alpha, dropout=0.05, lr=lr, epochs=epochs, max_steps=steps,
+                           batch_size=batch_size, max_length=max_length, seed=seed, save_steps=4, logging_steps=1)
+
+
+@dataclass
+class Tuner:
+    """Trains (or reuses) LoRA runs on one set of chunks, SAE-Tuning (KL through a spliced SAE) or
+    SFT (CE, no SAE), keeping each run's curve, adapter folder and cost for the tables."""
+
+    chunks_NT: torch.Tensor
+    heldout_NT: torch.Tensor
+    """Held-out chunks: each run's objective on them chooses the lr."""
+    work_dir: Path
+    """A run's adapter and checkpoints go to `work_dir / label`."""
+    r: int
+    alpha: float
+    epochs: float
+    batch_size: int
+    max_length: int
+    seed: int
+    curves: dict[str, list[dict]] = field(default_factory=dict)
+    adapters: dict[str, Path] = field(default_factory=dict)
+    costs: list[dict] = field(default_factory=list)
+    """`{"stage": "LoRA <label>", "wall s", "tokens", "FLOPs"}` per run, in the order they ran."""
+
+    def config(self, lr: float, steps: int = -1) -> LoraTrainConfig:
+        """`lora_config` with this tuner's settings."""
+        return lora_config(self.r, self.alpha, lr, self.epochs, self.batch_size, self.max_length, self.seed, steps)
+
+    def __call__(self, label: str, model_name: str, sae: SAE | None, layer: int, loss: str, lr: float,
+                 steps: int = -1) -> tuple[object, dict]:
+        """Train (or reuse) one adapter on `model_name`; return the merged model and the run's row
+        (run, model, loss, layer, lr, `held-out <loss>`, train s, steps)."""
+        from resa_utils.lm.models import load_model
+
+        lm = load_model(model_name)
+        res = sae_tune(lm, self.chunks_NT, self.config(lr, steps), Path(self.work_dir) / label, sae, layer, loss)
+        held = heldout_loss(lm, self.heldout_NT, layer, sae, loss)
+        merge_adapter(lm)
+        self.curves[label] = res.history
+        self.adapters[label] = res.adapter_dir
+        self.costs.append({"stage": f"LoRA {label}", "wall s": res.seconds, "tokens": res.tokens, "FLOPs": res.flops})
+        return lm, {"run": label, "model": model_name, "loss": loss, "layer": layer, "lr": lr,
+                    f"held-out {loss}": held, "train s": res.seconds, "steps": len(res.history)}
+
+
+def choose_lr(lr_table: pd.DataFrame, loss: str) -> float:
+    """The lr rule: among `lr_table`'s runs with this `loss`, the lr of the lowest `held-out <loss>`."""
+    runs = lr_table[lr_table.loss == loss]
+    if runs.empty:
+        raise ValueError(f"the lr sweep has no {loss!r} run")
+    return float(runs.sort_values(f"held-out {loss}").lr.iloc[0])
+
+
+def grid_edges(chosen: dict[str, float], lrs: list[float]) -> list[str]:
+    """A note for each chosen lr at the smallest or largest lr of the grid (a wider grid may do better)."""
+    return [f"{name} lr {v:g} is at the edge of the grid" for name, v in chosen.items() if v in (min(lrs), max(lrs))]
+
+
+def lr_text(lr: float) -> str:
+    """An lr as a short power of ten: 1e-4, 3e-4, 2.5e-3."""
+    mantissa, exponent = f"{lr:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+RUN_KINDS = {"kl": "SAE-Tuning (KL, source SAE)", "ce": "SFT (CE, no SAE)"}
+"""What a run of the lr sweep is, by its loss (the sweep's KL runs read the source's SAE)."""
+
+
+def sweep_curves(curves: dict[str, list[dict]], lr_table: pd.DataFrame, loss: str = "kl") -> pd.DataFrame:
+    """The training curves of the lr sweep's `loss` runs, tidy: one row per logged step with
+    `run`, `series` (e.g. "SAE-Tuning (KL, source SAE), lr 1e-4"), `lr`, `step`, `loss`."""
+    frames = []
+    for r in lr_table[lr_table.loss == loss].itertuples():
+        hist = pd.DataFrame(curves.get(r.run, []), columns=["step", "loss"])
+        frames.append(hist[["step", "loss"]].assign(run=r.run, series=f"{RUN_KINDS[loss]}, lr {lr_text(r.lr)}", lr=r.lr))
+    cols = ["run", "series", "lr", "step", "loss"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+@dataclass
+class NoopCheck:
+    """The KL run without the SAE: its largest loss, largest |LoRA B| and largest logit change."""
+
+    steps: int
+    max_loss: float
+    b_max: float
+    logit_change: float
+
+    @property
+    def holds(self) -> bool:
+        """The adapter never moved and the merged model's logits are the target's, exactly."""
+        return self.logit_change == 0 and self.b_max == 0
+
+
+def noop_check(lm, chunks_NT: torch.Tensor, probe_NT: torch.Tensor, cfg: LoraTrainConfig,
+               out_dir: Path, layer: int) -> NoopCheck:
+    """Train `lm` with Resa's KL and nothing spliced in (student = teacher), merge, and measure how
+    far the adapter and the logits on `probe_NT` moved: the objective's no-op, shown."""
+    with torch.no_grad():
+        clean_NTV = lm.model(input_ids=probe_NT).logits
+    res = sae_tune(lm, chunks_NT, cfg, out_dir, None, layer, "kl")
+    b_max = max(float(p.detach().abs().max()) for n, p in lm.model.named_parameters() if "lora_B" in n)
+    merge_adapter(lm)
+    with torch.no_grad():
+        diff = float((lm.model(input_ids=probe_NT).logits - clean_NTV).abs().max())
+    return NoopCheck(cfg.max_steps, max(r["loss"] for r in res.history), b_max, diff)
+
+
+def per_layer_table(answers: dict[int, pd.DataFrame], features: pd.DataFrame) -> pd.DataFrame:
+    """Per sweep layer, SAE-Tuning's pass@1 with its Wilson interval (from graded `answers`) beside
+    the layer's reasoning-feature count."""
+    counts = features.set_index("layer")["reasoning features"]
+    rows = []
+    for layer, df in answers.items():
+        r = accuracy_row(f"block {layer}", df)
+        rows.append({"layer": layer, "pass@1": r["pass@1"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                     "reasoning features": int(counts.loc[layer])})
+    return pd.DataFrame(rows)
+
+
+def rft_costs(path: Path | None) -> pd.DataFrame:
+    """Notebook 00's RFT stages (sampling and LoRA) from its `costs.csv` (`wall s`, `FLOPs`); empty
+    when that table is missing."""
+    found = path is not None and Path(path).exists()
+    rft = pd.read_csv(path) if found else pd.DataFrame(columns=["stage", "wall s", "FLOPs"])
+    return rft[rft.stage.str.startswith("RFT")].rename(columns={"wall s (this run)": "wall s"})
+
+
+def harvest_flops(n_params: int, deepest_layer: int, n_layers: int, n_tokens: int) -> float:
+    """Forward FLOPs of a harvest that stops after block `deepest_layer`: 2·N·T times the share of blocks run."""
+    return 2.0 * n_params * (deepest_layer + 1) / n_layers * n_tokens
+
+
+def sae_train_flops(d_model: int, d_sae: int, n_tokens: int) -> float:
+    """FLOPs of training a dense-encoder SAE: 6·d·F·T (forward and backward of encoder and decoder)."""
+    return 6.0 * d_model * d_sae * n_tokens
+
+
+@dataclass
+class CostSummary:
+    """The cost table (the source's extra training, SAE-Tuning's parts, the lr sweep) and the ratios
+    source's extra training / SAE-Tuning side (NaN without notebook 00's cost table)."""
+
+    table: pd.DataFrame
+    resa_s: float
+    resa_flops: float
+    ratio_s: float
+    ratio_flops: float
+    has_rft: bool
+
+
+def cost_summary(rft: pd.DataFrame, parts: dict[str, tuple[float, float]], lr_sweep_s: float) -> CostSummary:
+    """Sum the SAE-Tuning side's `parts` (`{stage: (wall s, FLOPs)}`) and set it against the RFT
+    stages `rft`; the lr sweep's wall-clock is listed apart and not in the sum."""
+    rft_s, rft_flops = (float(rft["wall s"].sum()), float(rft.FLOPs.sum())) if len(rft) else (float("nan"), float("nan"))
+    rows = [{"stage": "source's extra training (notebook 00 RFT: sampling + LoRA)", "wall s": rft_s, "FLOPs": rft_flops}]
+    rows += [{"stage": k, "wall s": s, "FLOPs": f} for k, (s, f) in parts.items()]
+    rows += [{"stage": "lr sweep (both objectives, all runs)", "wall s": lr_sweep_s, "FLOPs": float("nan")}]
+    resa_s, resa_flops = sum(s for s, _ in parts.values()), sum(f for _, f in parts.values())
+    return CostSummary(pd.DataFrame(rows), resa_s, resa_flops, rft_s / resa_s, rft_flops / resa_flops, bool(len(rft)))
+
+
+def accuracy_table(rows: list[dict], n: int) -> pd.DataFrame:
+    """The accuracy rows evaluated on all `n` problems, with each model's pass@1 as a % of the source's."""
+    acc = pd.DataFrame([r for r in rows if r["n"] == n])
+    src = float(acc.set_index("model").loc["source", "pass@1"])
+    acc["% of source"] = 100 * acc["pass@1"] / src if src > 0 else float("nan")
+    return acc
+
+
+def with_noop_row(acc: pd.DataFrame, noop: NoopCheck) -> pd.DataFrame:
+    """`acc` plus the KL-without-SAE run as a copy of the target's row, only when it is an exact no-op."""
+    if not noop.holds:
+        return acc
+    row = acc[acc.model == "target"].assign(model="target + KL, no SAE (= target: no-op)")
+    return pd.concat([acc, row], ignore_index=True)
+
+
+def examples_text(shown: pd.DataFrame, problems: list[Problem], width: int = 400) -> str:
+    """`distill.example_outputs` for reading: each question with every model's output (cut at `width` characters)."""
+    by_uid = {p.uid: p for p in problems}
+    out = []
+    for uid, grp in shown.groupby("uid", sort=False):
+        out.append("=" * 100 + f" \n{by_uid[uid].question}   (answer {by_uid[uid].answer})")
+        for r in grp.itertuples():
+            out.append(f"--- {r.model} ({'correct' if r.correct else 'wrong'}):\n{r.output.strip()[:width]}")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- ours vs the paper
+
+
+def ci_text(row: dict) -> str:
+    """`pass@1 [ci_low, ci_high]` to three decimals."""
+    return f"{row['pass@1']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def overlap(a: dict, b: dict) -> bool:
+    """Whether two accuracy rows' 95% intervals overlap (the "as good as" rule)."""
+    return a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
+
+
+def direction(better: dict, worse: dict) -> str:
+    """The "lift" rule: "yes" for disjoint intervals in the claimed direction, "partly" for the right
+    direction with overlapping intervals, else "no"."""
+    g = lift(better, worse)
+    return "yes" if g["disjoint"] else ("partly" if g["points"] > 0 else "no")
+
+
+MAIN, TARGET_SAE, SFT, PORTED = ("target + SAE-Tuning (source SAE)", "target + SAE-Tuning (target SAE)",
+                                 "target + SFT (CE, no SAE)", "target + adapter tuned on the sibling")
+"""The accuracy table's names of the method, its target-SAE variant, the SFT control and the ported adapter."""
+
+
+def lift_points(acc: pd.DataFrame) -> float:
+    """Pass@1 points SAE-Tuning (source SAE) adds to the target."""
+    by = acc.set_index("model")["pass@1"]
+    return 100 * (by[MAIN] - by["target"])
+
+
+def paper_comparison(acc: pd.DataFrame, *, n_test: int, lr_kl: float, lr_ce: float, noop: NoopCheck,
+                     corr: dict, by_layer: pd.DataFrame, sibling: str, target: str, cost: CostSummary) -> list[dict]:
+    """The paper's claims against ours, one row each (claim, metric, paper, ours, held, note), judged
+    by the rules fixed before the run (intervals for lifts and equalities, 95% for the share)."""
+    R = {r["model"]: r for r in acc.to_dict("records")}
+    tgt, src, st, st5, sft, port = (R[m] for m in ("target", "source", MAIN, TARGET_SAE, SFT, PORTED))
+    src_note = ("; our source is weaker than our target (notebook 00's RFT did not help), so the share is not the "
+                "paper's measure") if src["pass@1"] < tgt["pass@1"] else ""
+    counts = by_layer["reasoning features"]
+    corr_held = "not tested" if corr["n"] < 4 or counts.nunique() < 2 else ("yes" if corr["low"] <= 0 <= corr["high"] else "no")
+    return [
+        {"claim": "SAE-Tuning lifts the target (Resa-STILL 47.28 vs R1-Distill 41.18)", "metric": "pass@1 points (tuned - target)",
+         "paper": 6.1, "ours": round(100 * (st["pass@1"] - tgt["pass@1"]), 1), "held": direction(st, tgt),
+         "note": f"target {ci_text(tgt)}, tuned {ci_text(st)}; n={n_test}, one training seed, lr {lr_kl:g} chosen on held-out KL"},
+        {"claim": "SAE-Tuning reaches ~98% of the source's accuracy (Resa-STILL 47.28 / Tina 48.16)",
+         "metric": "tuned pass@1 as % of the source's", "paper": 98.2,
+         "ours": round(100 * st["pass@1"] / src["pass@1"], 1) if src["pass@1"] else float("nan"),
+         "held": "yes" if st["pass@1"] >= 0.95 * src["pass@1"] else "no", "note": f"source {ci_text(src)}; 'yes' at >= 95%{src_note}"},
+        {"claim": "an SAE trained on the target itself works as well (48.06 vs 47.28)", "metric": "pass@1 points (target SAE - source SAE)",
+         "paper": 0.8, "ours": round(100 * (st5["pass@1"] - st["pass@1"]), 1), "held": "yes" if overlap(st5, st) else "no",
+         "note": f"target-SAE tuned {ci_text(st5)}; 'yes' if the intervals overlap"},
+        {"claim": "SFT on the same answer-only data without the SAE falls below the target (39.00 vs 41.18)",
+         "metric": "pass@1 points (SFT - target)", "paper": -2.2, "ours": round(100 * (sft["pass@1"] - tgt["pass@1"]), 1),
+         "held": direction(tgt, sft), "note": f"SFT {ci_text(sft)} at lr {lr_ce:g} chosen on held-out CE; SAE-Tuning - SFT = "
+                                              f"{100 * (st['pass@1'] - sft['pass@1']):.1f} points"},
+        {"claim": "the KL objective without the SAE is a no-op (why SFT is the control)", "metric": "largest |logit change| after training",
+         "paper": 0.0, "ours": noop.logit_change, "held": "yes" if noop.holds else "no",
+         "note": f"{noop.steps} steps; largest loss {noop.max_loss:g}, largest |LoRA B| {noop.b_max:g}"},
+        {"claim": "per layer, the count of reasoning features does not predict SAE-Tuning accuracy", "metric": "Spearman rho over layers",
+         "paper": float("nan"), "ours": round(corr["rho"], 2), "held": corr_held,
+         "note": f"[{corr['low']:.2f}, {corr['high']:.2f}] over blocks {by_layer.layer.tolist()} (few layers: a wide interval); "
+                 f"counts {counts.tolist()}; the paper compares mixture means of the two curves, not a correlation"},
+        {"claim": "an adapter trained through a sibling model works on the target (47.86 vs 47.28)",
+         "metric": "pass@1 points (ported - tuned directly)", "paper": 0.6, "ours": round(100 * (port["pass@1"] - st["pass@1"]), 1),
+         "held": "yes" if overlap(port, st) else "no",
+         "note": f"trained through {sibling}, tested on {target}: {ci_text(port)}; 'yes' if the intervals overlap"},
+        {"claim": "SAE-Tuning costs >2000x less than the RL that made the source", "metric": "source's extra training / SAE-Tuning side (FLOPs)",
+         "paper": 2000.0, "ours": round(cost.ratio_flops, 2), "held": "not tested",
+         "note": f"wall-clock {cost.ratio_s:.2f}x; our 'RL' is one round of rejection sampling, far cheaper than RL: not comparable"},
+    ]
