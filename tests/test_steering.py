@@ -158,3 +158,111 @@ def test_evaluate_steered_rows_match_steered_generation_and_resume(tmp_path):
     assert not calls and again.text.tolist() == df.text.tolist()  # resumed from the sweep file
     with pytest.raises(ValueError, match="width"):
         steering.evaluate_steered(lm, probs, make_prompt, 1, {"bad": torch.ones(3)}, [1.0], tmp_path / "b.jsonl", {})
+
+
+# --------------------------------------------------------------------------- dose-response of several vectors
+
+
+def _two_behaviours(tok):
+    """Two tiny constructed behaviours whose tokens are single tokens for `tok`."""
+    one = [t for t in ("a", "b", "c", "d") if len(tok(t, add_special_tokens=False)["input_ids"]) == 1]
+    mk = lambda name, pos, neg: steering.Behaviour(name, "", "Say: {text}", one[0], one[1], pos, neg)  # noqa: E731
+    return {"x": mk("x", ["good day", "fine work", "nice one"], ["bad day", "poor work", "awful one"]),
+            "y": mk("y", ["the sea", "a boat", "waves"], ["the hill", "a rock", "stones"])}
+
+
+def test_caa_vector_is_the_difference_of_means_with_the_mean_norm_as_its_unit():
+    lm = load_model("tiny-llama")
+    pos, neg = ["a b c", "d e"], ["f g", "h", "i j k"]
+    c = steering.caa_vector(lm, pos, neg, 1, batch_size=2)
+    hp, hn = steering.last_token_states(lm, pos, 1), steering.last_token_states(lm, neg, 1)
+    assert torch.allclose(c.v_D, hp.mean(0) - hn.mean(0), atol=1e-5)
+    norms = [float(h.norm()) for h in torch.cat([hp, hn])]
+    assert c.scale == pytest.approx(sum(norms) / 5, rel=1e-5)
+
+
+def test_scaled_delta_has_norm_alpha_times_scale_along_v():
+    v = torch.tensor([3.0, 4.0])
+    d = steering.scaled_delta(v, -0.5, 10.0)
+    assert torch.allclose(d, torch.tensor([-3.0, -4.0]))
+
+
+def test_steering_sweep_matches_steer_then_logit_diff_and_resumes(tmp_path):
+    lm = load_model("tiny-llama")
+    B = _two_behaviours(lm.tokenizer)
+    splits = {n: b.split(2, seed=0) for n, b in B.items()}
+    g = torch.Generator().manual_seed(0)
+    vectors = {n: {"u": torch.randn(lm.d_model, generator=g), "w": torch.randn(lm.d_model, generator=g)} for n in B}
+    scale = {"x": 2.0, "y": 3.0}
+    df = steering.steering_sweep(lm, B, splits, vectors, scale, [-1.0, 0.0, 1.0], 1, tmp_path / "s.jsonl", {"k": 1},
+                                 batch_size=1)
+    assert len(df) == 2 * (1 + 2 * 2) and (df[df.alpha == 0].vector == "none").all()  # α = 0 once per behaviour
+    assert {"setup", "vec", "eval", "tokens"}.isdisjoint(df.columns)
+    ev = splits["y"][2] + splits["y"][3]
+    b = B["y"]
+    with steering.steer(lm, 1, vectors["y"]["w"], alpha=-1.0 * 3.0):
+        want = steering.logit_diff(lm, ev, b.pos_token, b.neg_token)
+    got = df[(df.behaviour == "y") & (df.vector == "w") & (df.alpha == -1.0)].diffs.iloc[0]
+    assert torch.allclose(torch.tensor(got), want, atol=1e-4)
+    plain = steering.logit_diff(lm, splits["x"][2] + splits["x"][3], B["x"].pos_token, B["x"].neg_token)
+    assert torch.allclose(torch.tensor(df[(df.behaviour == "x") & (df.alpha == 0)].diffs.iloc[0]), plain, atol=1e-4)
+    calls = []
+    real = steering.run_prefix
+    steering.run_prefix = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        again = steering.steering_sweep(lm, B, splits, vectors, scale, [-1.0, 0.0, 1.0], 1, tmp_path / "s.jsonl",
+                                        {"k": 1}, batch_size=1)
+        vectors["x"]["u"] = vectors["x"]["u"] * 2  # a changed vector reruns its rows only
+        steering.steering_sweep(lm, B, splits, vectors, scale, [-1.0, 0.0, 1.0], 1, tmp_path / "s.jsonl",
+                                {"k": 1}, batch_size=1)
+    finally:
+        steering.run_prefix = real
+    assert again.diffs.tolist() == df.diffs.tolist() and len(calls) == 1
+
+
+def test_dose_response_repeats_the_unsteered_row_for_every_vector():
+    import pandas as pd
+
+    steer_df = pd.DataFrame([{"behaviour": "x", "vector": "none", "alpha": 0.0, "diffs": [1.0, 3.0]},
+                             {"behaviour": "x", "vector": "v", "alpha": 1.0, "diffs": [2.0, 2.0, 5.0]},
+                             {"behaviour": "x", "vector": "w", "alpha": 1.0, "diffs": [0.0, 4.0]}])
+    dose = steering.dose_response(steer_df, ["v", "w"])
+    assert dose[["vector", "alpha"]].values.tolist() == [["v", 0.0], ["v", 1.0], ["w", 0.0], ["w", 1.0]]
+    assert dose["mean"].tolist() == [2.0, 3.0, 2.0, 2.0]
+    sd = 2 ** 0.5  # sample standard deviation of (1, 3), of (0, 4) / 2
+    assert dose.ci.iloc[0] == pytest.approx(1.96 * sd / 2 ** 0.5) and dose.ci.iloc[3] == pytest.approx(1.96 * 2 * sd / 2 ** 0.5)
+
+
+def test_native_correlations_find_a_scaled_copy_and_a_reversed_one():
+    import pandas as pd
+
+    alphas = [-1.0, 0.0, 1.0, 2.0]
+    rows = []
+    for i, a in enumerate(alphas):
+        base = [a + 0.1 * k for k in range(5)]  # 5 prompts, effect linear in α (slope 1)
+        for v, f in (("native", 1.0), ("half", 0.5), ("flip", -2.0)):
+            rows.append({"behaviour": "x", "vector": v, "alpha": a, "diffs": [f * d for d in base]})
+    dose = pd.DataFrame(rows)
+    corr = steering.native_correlations(dose, ["x"], ["native", "half", "flip"], alphas, n_boot=50, seed=0)
+    by = corr.set_index("vector")
+    assert by.loc["half", "pearson r"] == pytest.approx(1.0) and by.loc["flip", "pearson r"] == pytest.approx(-1.0)
+    assert by.loc["half", "slope"] == pytest.approx(0.5) and by.loc["flip", "slope"] == pytest.approx(-2.0)
+    assert by.loc["half", "slope (native)"] == pytest.approx(1.0)
+    assert by.loc["half", "r low"] == pytest.approx(1.0) and by.loc["flip", "r high"] == pytest.approx(-1.0)
+    again = steering.native_correlations(dose, ["x"], ["native", "half", "flip"], alphas, n_boot=50, seed=0)
+    pd.testing.assert_frame_equal(corr, again)
+
+
+def test_steered_generation_table_one_row_per_prompt_one_column_per_vector():
+    from resa_utils.lm.generation import generate
+
+    lm = load_model("tiny-llama")
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1))
+    vectors = {"x": {"native": v, "other": -v}}
+    prompts = {"x": ["a b c", "d e"]}
+    df = steering.steered_generation_table(lm, prompts, vectors, {"x": 20.0}, 1, 2.0, ["unsteered", "native"], 5)
+    assert df.columns.tolist() == ["behaviour", "prompt", "unsteered", "native"] and len(df) == 2
+    assert df.unsteered.tolist() == [g["text"] for g in generate(lm, prompts["x"], 5)]
+    with steering.steer(lm, 1, v, alpha=40.0):
+        assert df.native.tolist() == [g["text"] for g in generate(lm, prompts["x"], 5)]
+    assert steering.steered_generation_table(lm, {"x": []}, vectors, {"x": 1.0}, 1, 1.0, ["native"], 5).empty

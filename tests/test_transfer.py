@@ -147,3 +147,137 @@ def test_word_end_rows_point_at_tokens_ending_at_the_same_character():
         prefix_b = b.decode(pw.target_ids[wb, 1:ib + 2])
         assert prefix_a == prefix_b  # the same text up to and including the paired tokens
     assert len(pw.source_rows) > 6 * 10
+
+
+# --------------------------------------------------------------------------- a harvested pair, its maps, its vectors
+
+
+def test_studied_layers_and_steering_blocks():
+    assert transfer.studied_layers(10, 3) == [0, 3, 6, 9] and transfer.studied_layers(8, 3, [4]) == [0, 3, 4, 6, 7]
+    assert transfer.steering_blocks(24, 28) == (12, 14)  # middle source block -> same relative depth (12/23 * 27)
+    assert transfer.steering_blocks(24, 28, 5, 9) == (5, 9) and transfer.steering_blocks(24, 28, 23) == (23, 27)
+
+
+def test_harvest_pair_caches_the_studied_blocks_of_both_models_and_reuses_them(tmp_path):
+    from resa_utils.data.corpora import load_texts
+
+    paths = []
+    sweep_path = lambda name: paths.append(name) or tmp_path / "sweeps" / f"{name}.jsonl"  # noqa: E731
+    kw = dict(corpus="english", seq_len=16, n_windows=4, layer_stride=3, act_root=tmp_path / "acts", sweep_path=sweep_path)
+    texts = load_texts("english")[:50]
+    pair = transfer.harvest_pair(texts, "tiny-qwen2", "tiny-llama", "tokens", extra_src=[1], **kw)
+    assert pair.layers_s == sorted({0, 1, 3, pair.n_s - 1}) and pair.layers_t == sorted({0, 3, pair.n_t - 1})
+    from resa_utils.lm.activations import resid_hook
+
+    acts = pair.cache_s.load(resid_hook(1), verify=False)
+    assert acts.shape[0] == 4 * 15  # BOS not harvested
+    assert pair.cache_t.load(resid_hook(pair.n_t - 1), verify=False).shape[0] == 4 * 15
+    rows = pair.speed_rows("main")
+    assert [r["model"] for r in rows] == ["tiny-qwen2", "tiny-llama"] and rows[0]["pair"] == "main"
+    assert rows[0]["params"] > 0 and rows[0]["tokens/s"] > 0
+    assert paths == [f"harvest_source_{pair.key}", f"harvest_target_{pair.key}"]
+    again = transfer.harvest_pair(texts, "tiny-qwen2", "tiny-llama", "tokens", extra_src=[1], **kw)
+    assert again.key == pair.key and again.speeds == pair.speeds  # stored sweep rows, nothing harvested twice
+
+
+class _Cache:
+    """Stands in for an ActivationCache: `load(hook)` of activations keyed by block."""
+
+    def __init__(self, by_layer):
+        from resa_utils.lm.activations import resid_hook
+
+        self.by_hook = {resid_hook(l): a for l, a in by_layer.items()}
+
+    def load(self, hook, verify=True):
+        return self.by_hook[hook]
+
+
+def _planted_pair():
+    """Source block 2 maps exactly to target block 3 (4 blocks; 3 in the source); block 0s are noise."""
+    g = torch.Generator().manual_seed(0)
+    n_win, T = 30, 20
+    rows = torch.arange(n_win * T)
+    src = {l: torch.randn(n_win * T, 5, generator=g) for l in (0, 2)}
+    A = torch.randn(7, 5, generator=g)
+    tgt = {0: torch.randn(n_win * T, 7, generator=g), 3: src[2] @ A.T - 1.0}
+    pw = transfer.PairedWindows(torch.zeros(n_win, T + 1), torch.zeros(n_win, T + 1), rows, rows, rows // T, "tokens")
+    return transfer.HarvestedPair(pw, [0, 2], [0, 3], 3, 4, "k", _Cache(src), _Cache(tgt), {}), A
+
+
+def test_fit_pair_maps_marks_matched_blocks_keeps_maps_and_resumes(tmp_path):
+    pair, A = _planted_pair()
+    kw = dict(lambdas=[0.0], val_frac=0.2, test_frac=0.2, seed=0, map_dir=tmp_path / "maps",
+              sweep_path=lambda name: tmp_path / f"{name}.jsonl")
+    out = transfer.fit_pair_maps(pair, "p", keep=[(2, 3)], **kw)
+    t = out.table.set_index(["source_layer", "target_layer"])
+    assert t.matched.to_dict() == {(0, 0): True, (0, 3): False, (2, 0): False, (2, 3): True}
+    assert t.loc[(2, 3), "r2"] > 0.999 and t.loc[(2, 3), "shuffled_r2"] < 0.1 and t.loc[(0, 3), "r2"] < 0.2
+    assert torch.allclose(out.maps[(2, 3)].A_TS, A, atol=1e-3) and (tmp_path / "maps_p.jsonl").exists()
+    pair.cache_s.by_hook = {}  # a stored row with its maps on disk is not fitted again
+    again = transfer.fit_pair_maps(pair, "p", keep=[(2, 3)], **kw)
+    assert again.table.r2.tolist() == out.table.r2.tolist()
+
+
+def test_best_blocks_depth_gap_and_the_block0_baseline_on_a_constructed_table():
+    import pandas as pd
+
+    df = pd.DataFrame({"source_layer": [0, 0, 2, 2], "target_layer": [0, 4, 0, 4], "source_depth": [0, 0, 1, 1],
+                       "target_depth": [0, 1, 0, 1], "r2": [0.6, 0.3, 0.2, 0.7], "matched": [True, False, False, True]})
+    best = transfer.best_target_blocks(df)
+    assert best.target_layer.tolist() == [0, 4] and transfer.depth_gap(best) == 0.0
+    assert transfer.depth_gap(df.iloc[[1, 2]]) == 1.0
+    m = transfer.over_block0(df)
+    assert m.source_layer.tolist() == [0, 2] and m["r2 over block 0"].tolist() == pytest.approx([0.0, 0.4])
+
+
+def test_carried_vectors_and_their_cosines():
+    amap = transfer.AffineMap(torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 0.0, 5.0]))
+    native = {"x": torch.tensor([1.0, 0.0, 0.0]), "y": torch.tensor([0.0, 3.0, 0.0])}
+    source = {"x": torch.tensor([2.0, 0.0]), "y": torch.tensor([0.0, 1.0])}
+    v = transfer.carried_vectors(native, source, amap, seed=4)
+    assert torch.equal(v["x"]["A v"], torch.tensor([2.0, 0.0, 0.0])) and torch.equal(v["y"]["A v + p"], torch.tensor([0.0, 2.0, 5.0]))
+    assert torch.isclose(v["y"]["random"].norm(), torch.tensor(3.0)) and not torch.equal(v["x"]["random"] / 1, v["y"]["random"] / 3)
+    cos = transfer.vector_cosines(v, {"x": 1.5, "y": 2.5}).set_index("behaviour")
+    assert cos.loc["x", "cos(native, A v)"] == pytest.approx(1.0) and cos.loc["y", "cos(native, A v + p)"] == pytest.approx(2 / 29 ** 0.5)
+    assert cos.loc["y", "mean norm"] == 2.5 and list(cos.columns)[:3] == ["cos(native, A v + p)", "cos(native, A v)", "cos(native, random)"]
+
+
+def test_paper_comparison_rules_on_constructed_results():
+    import pandas as pd
+
+    matched = pd.DataFrame({"source_layer": [0, 1, 2], "r2": [0.9, 0.6, 0.5], "shuffled_r2": [0.0, 0.0, 0.45],
+                            "r2 over block 0": [0.0, 0.1, 0.2]})
+    assert transfer.affine_claim(matched, "c", "a -> b", "p")["held"] == "no"  # block 2 beats shuffled by < 0.1
+    row = transfer.affine_claim(matched.assign(shuffled_r2=0.0), "c", "a -> b", "p")  # block 0 is left out of the mean
+    assert row["held"] == "yes" and row["ours"] == "0.55 (shuffled 0.00; +0.15 over block 0)"
+    assert transfer.affine_claim(matched.assign(shuffled_r2=0.0, r2=0.3), "c", "a -> b", "p")["held"] == "partly"
+    assert [transfer.depth_claim(g)["held"] for g in (0.1, 0.2, 0.4)] == ["yes", "partly", "no"]
+    corr = pd.DataFrame({"behaviour": ["s", "t"] * 2, "vector": ["A v"] * 2 + ["random"] * 2,
+                         "pearson r": [0.9, 0.8, 0.1, -0.1], "r low": 0.0, "r high": 1.0,
+                         "slope (native)": [2.0, 4.0, 2.0, 4.0], "slope": [1.0, 3.0, 0.2, -2.0]})
+    row = transfer.transfer_claim(corr, "A v", "c", "p")
+    assert row["held"] == "yes" and row["ours"] == "0.85" and "slope ratio 0.75" in row["note"]
+    assert transfer.transfer_claim(corr.assign(slope=0.5), "A v", "c", "p")["held"] == "partly"  # slopes too small
+    rnd = transfer.random_control_claim(corr)
+    assert rnd["ours"] == "0.30" and rnd["held"] == "partly"  # mean of 0.1 and 0.5
+
+
+def test_lrt_figures_draw_every_panel_and_series():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from resa_utils.harness import plots
+
+    maps_df = pd.DataFrame({"source_layer": [0, 0, 2, 2], "target_layer": [0, 4, 0, 4], "source_depth": [0.0, 0, 1, 1],
+                            "target_depth": [0.0, 1, 0, 1], "r2": [0.6, 0.3, 0.2, 0.7], "cosine": [0.9, 0.8, 0.7, 0.95],
+                            "n_test": 100, "matched": [True, False, False, True]})
+    fig = plots.lrt_maps(maps_df, "a -> b")
+    assert len(fig.axes) == 5 and len(fig.axes[2].get_lines()) == 2  # 2 heatmaps (+ 2 colour bars), depth panel
+    assert "n = 100 test positions" in fig._suptitle.get_text()
+    plt.close(fig)
+    dose = pd.DataFrame([{"behaviour": b, "vector": v, "alpha": a, "mean": a, "ci": 0.1, "diffs": [a, a, a]}
+                         for b in ("s", "t") for v in ("native", "A v", "random") for a in (-1.0, 0.0, 1.0)])
+    fig = plots.lrt_dose_response(dose, {"s": (" Yes", " No"), "t": (" A", " B")}, ["native", "A v", "random"], "m", 3)
+    assert len(fig.axes) == 2 and len(fig.axes[0].containers) == 3  # one error-bar series per vector
+    assert "3 held-out prompts per behaviour" in fig._suptitle.get_text() and fig.axes[1].get_legend() is not None
+    plt.close(fig)

@@ -1,6 +1,8 @@
 """Steering vectors (paper 2, and later notebook 04): contrastive activation addition
 (difference of means of the last-token hidden state over two prompt sets), a hook that adds
-`α v/‖v‖` at every position of one block's output, and the logit-difference metric.
+`α v/‖v‖` at every position of one block's output, and the logit-difference metric; the
+dose-response of several vectors across α (a resumable sweep), its correlations with the native
+vector's, and steered generations side by side.
 """
 
 from __future__ import annotations
@@ -254,3 +256,133 @@ def evaluate_steered(lm, problems: list, make_prompt, layer: int, vectors: dict[
     columns = ["vector", "scale", "uid", "correct", "n_tokens", "text", *REFLECTION_PHRASES]
     return pd.DataFrame([r for batch in rows.results for r in batch])[columns]
 
+
+
+# --------------------------------------------------------------------------- dose-response of several vectors
+
+
+@dataclass
+class CAAVector:
+    """A CAA vector at one block and the unit its strengths are given in."""
+
+    v_D: torch.Tensor
+    """difference of means of the last-token states (unnormalised)"""
+    scale: float
+    """mean last-token norm over both prompt sets at that block (α is in units of it)"""
+
+
+def caa_vector(lm, pos_prompts: list[str], neg_prompts: list[str], layer: int, batch_size: int = 16) -> CAAVector:
+    """The CAA vector of two prompt sets at block `layer`, with the mean last-token norm there."""
+    hp, hn = last_token_states(lm, pos_prompts, layer, batch_size), last_token_states(lm, neg_prompts, layer, batch_size)
+    return CAAVector(diff_of_means(hp, hn), float(torch.cat([hp, hn]).norm(dim=1).mean()))
+
+
+def scaled_delta(v_D: torch.Tensor, alpha: float, scale: float) -> torch.Tensor:
+    """`α · scale · v/‖v‖`: what steering adds at every position (the same as `steer` with `α · scale`)."""
+    return alpha * scale * v_D / v_D.norm()
+
+
+def first_token_ids(lm, b: Behaviour) -> list[int]:
+    """The first token id of each behaviour token (for tokens that are not single tokens)."""
+    return [lm.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (b.pos_token, b.neg_token)]
+
+
+def steering_sweep(lm, behaviours: dict[str, Behaviour], splits: dict[str, tuple], vectors: dict[str, dict[str, torch.Tensor]],
+                   scale: dict[str, float], alphas: list[float], layer: int, path: str | Path, setup: dict,
+                   strict_tokens: bool = True, batch_size: int = 16):
+    """Logit differences of each behaviour's held-out prompts (`splits[name][2] + [3]`) steered at
+    block `layer` by every vector of `vectors[name]` at every α (α = 0 once, as vector 'none'):
+    one row per setting, `diffs` a list over prompts. Rows are sweep rows in `path`, keyed by
+    `setup` and digests of the vector, prompts and tokens; blocks 0..layer run once per behaviour."""
+    import hashlib
+
+    from resa_utils.core.sweep import run_sweep
+
+    def digest(x: bytes) -> str:
+        return hashlib.sha256(x).hexdigest()[:12]
+
+    prefixes: dict[str, list[Prefix]] = {}  # per behaviour: blocks 0..layer over its held-out prompts, for all (vector, α)
+
+    def row(c: dict) -> dict:
+        n, b = c["behaviour"], behaviours[c["behaviour"]]
+        _, _, ep, en = splits[n]
+        pos_t, neg_t = (b.pos_token, b.neg_token) if strict_tokens else first_token_ids(lm, b)
+        if n not in prefixes:
+            prefixes[n] = run_prefix(lm, ep + en, layer, batch_size)
+        delta = None if c["alpha"] == 0 else scaled_delta(vectors[n][c["vector"]], c["alpha"], scale[n])
+        return {"diffs": logit_diff_from(lm, prefixes[n], pos_t, neg_t, delta).tolist()}
+
+    def cfg(n: str, v: str, a: float) -> dict:  # keyed by what the row reads: the vector itself, the scale, the prompts, the tokens
+        b, ev = behaviours[n], splits[n][2] + splits[n][3]
+        return {"behaviour": n, "vector": v, "alpha": a, "setup": setup, "scale": scale[n],
+                "vec": None if v == "none" else digest(vectors[n][v].float().contiguous().numpy().tobytes()),
+                "tokens": [b.pos_token, b.neg_token], "eval": digest("\x00".join(ev).encode())}
+
+    grid = [cfg(n, "none" if a == 0 else v, a) for n in behaviours for a in alphas
+            for v in (["none"] if a == 0 else list(vectors[n]))]
+    return run_sweep(path, grid, row, desc="steering").drop(columns=["setup", "vec", "eval", "tokens"])
+
+
+def dose_response(steer_df, names: list[str]):
+    """Long table, one row per (behaviour, vector, α): the mean logit difference, a normal 95%
+    half-width, and the per-prompt `diffs`; the unsteered α = 0 row is repeated for every vector."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    long = []
+    for r in steer_df.itertuples():
+        for v in (names if r.vector == "none" else [r.vector]):
+            long.append({"behaviour": r.behaviour, "vector": v, "alpha": r.alpha, "mean": float(np.mean(r.diffs)),
+                         "ci": 1.96 * float(np.std(r.diffs, ddof=1)) / math.sqrt(len(r.diffs)), "diffs": r.diffs})
+    return pd.DataFrame(long).sort_values(["behaviour", "vector", "alpha"])
+
+
+def native_correlations(dose, behaviours: list[str], names: list[str], alphas: list[float], n_boot: int,
+                        seed: int):
+    """Per behaviour and non-native vector (`names[1:]`; `names[0]` is the native one): the Pearson
+    r across α of the mean effects, a bootstrap 95% interval over held-out prompts, and both
+    least-squares slopes against α. One generator runs through behaviours and vectors in order."""
+    import numpy as np
+    import pandas as pd
+
+    gen = np.random.default_rng(seed)
+    x = sorted(alphas)
+    rows = []
+    for n in behaviours:
+        piv = {v: np.array(list(dose[(dose.behaviour == n) & (dose.vector == v)].sort_values("alpha").diffs)) for v in names}
+        base = piv[names[0]]
+        n_prompts = base.shape[1]
+        for v in names[1:]:
+            r = float(np.corrcoef(base.mean(1), piv[v].mean(1))[0, 1])
+            boots = []
+            for _ in range(n_boot):
+                idx = gen.integers(0, n_prompts, n_prompts)
+                a, b = base[:, idx].mean(1), piv[v][:, idx].mean(1)
+                if a.std() > 0 and b.std() > 0:
+                    boots.append(np.corrcoef(a, b)[0, 1])
+            lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (float("nan"), float("nan"))
+            rows.append({"behaviour": n, "vector": v, "pearson r": r, "r low": float(lo), "r high": float(hi),
+                         "slope (native)": float(np.polyfit(x, base.mean(1), 1)[0]),
+                         "slope": float(np.polyfit(x, piv[v].mean(1), 1)[0])})
+    return pd.DataFrame(rows)
+
+
+def steered_generation_table(lm, prompts: dict[str, list[str]], vectors: dict[str, dict[str, torch.Tensor]],
+                             scale: dict[str, float], layer: int, alpha: float, names: list[str],
+                             max_new_tokens: int):
+    """Greedy continuations of each behaviour's `prompts`, one column per name in `names`
+    ('unsteered', or a vector of `vectors[behaviour]` at strength α), all in one batch: one row
+    per (behaviour, prompt)."""
+    import pandas as pd
+
+    jobs = [(n, p, v) for n, ps in prompts.items() for p in ps for v in names]
+    rows: dict = {}
+    if jobs:
+        deltas = torch.stack([torch.zeros_like(next(iter(vectors[n].values()))) if v == "unsteered"
+                              else scaled_delta(vectors[n][v], alpha, scale[n]) for n, _, v in jobs])
+        texts_out = generate_steered(lm, [p for _, p, _ in jobs], layer, deltas, max_new_tokens)
+        for (n, p, v), o in zip(jobs, texts_out):
+            rows.setdefault((n, p), {"behaviour": n, "prompt": p})[v] = o["text"]
+    return pd.DataFrame(list(rows.values()))

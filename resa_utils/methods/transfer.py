@@ -1,8 +1,9 @@
 """Paper 2's affine maps between two models' hidden states, `h_T ≈ A h_S + p`, fitted in closed
 form by ridge regression from streamed sufficient statistics (the least-squares objective the
 paper minimises with AdamW has this minimiser exactly at λ = 0; λ > 0, chosen on a validation
-split, only regularises), scored by held-out R² and cosine; and position pairing across two
-tokenizers by character offsets at word ends.
+split, only regularises), scored by held-out R² and cosine; position pairing across two
+tokenizers by character offsets at word ends; notebook 02's steps over a model pair (harvest,
+maps at every layer pair, steering vectors carried across) and its paper-comparison rules.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -358,3 +363,231 @@ def fit_layer_maps(load_source, load_target, pw: PairedWindows, source_layers: l
             bar.update(1)
     bar.close()
     return rows, maps
+
+
+# --------------------------------------------------------------------------- harvesting a pair
+
+
+def studied_layers(n_layers: int, stride: int, extra: Iterable[int] = ()) -> list[int]:
+    """The blocks harvested: every `stride`-th block, the last block and `extra` (e.g. the
+    steering block), sorted."""
+    return sorted(set(range(0, n_layers, stride)) | {n_layers - 1} | set(extra))
+
+
+def steering_blocks(n_source: int, n_target: int, source_layer: int = -1,
+                    target_layer: int = -1) -> tuple[int, int]:
+    """`(source block, target block)` of the steering vectors: -1 picks the source's middle block
+    and the target block at the same relative depth."""
+    src = source_layer if source_layer >= 0 else n_source // 2
+    tgt = target_layer if target_layer >= 0 else round(relative_depth(src, n_source) * (n_target - 1))
+    return src, tgt
+
+
+@dataclass
+class HarvestedPair:
+    """Both models' hidden states on the same windows (activation caches on disk) and what the
+    maps need: the pairing, the studied blocks, each model's depth, and harvest speeds."""
+
+    pw: PairedWindows
+    layers_s: list[int]
+    layers_t: list[int]
+    n_s: int
+    n_t: int
+    key: str
+    """the harvest's config key (names the caches and sweep files)"""
+    cache_s: object
+    cache_t: object
+    speeds: dict
+    """per model: seconds, tokens/s and parameters of its harvest (NaN where a cache was reused)"""
+
+    def speed_rows(self, pair: str) -> list[dict]:
+        """One row per model: the harvest speed table's rows for this pair."""
+        return [{"pair": pair, "model": m, "tokens/s": v["tokens/s"], "seconds": v["seconds"], "params": v["params"]}
+                for m, v in self.speeds.items()]
+
+
+def harvest_pair(texts: list[str], src: str, tgt: str, mode: str, *, corpus: str, seq_len: int,
+                 n_windows: int, layer_stride: int, act_root: Path, sweep_path: Callable[[str], Path],
+                 extra_src: Iterable[int] = (), extra_tgt: Iterable[int] = ()) -> HarvestedPair:
+    """Harvest the studied blocks of both models over the same windows, one model loaded at a
+    time, into bfloat16 activation caches under `act_root` (reused when complete); each
+    harvest is a sweep row in `sweep_path(name)`, so a finished one is not redone."""
+    import gc
+    import time
+
+    from resa_utils.core.sweep import config_key, run_sweep
+    from resa_utils.lm.activations import ActivationCache, resid_hook
+    from resa_utils.lm.models import load_model, load_tokenizer, model_n_layers
+
+    tok_s, tok_t = load_tokenizer(src), load_tokenizer(tgt)
+    if tok_s is None or tok_t is None:  # not converted yet: loading converts and caches them
+        tok_s, tok_t = tok_s or load_model(src).tokenizer, tok_t or load_model(tgt).tokenizer
+    n_s, n_t = model_n_layers(src), model_n_layers(tgt)
+    pw = paired_windows(texts, tok_s, tok_t, seq_len, n_windows, mode)
+    layers_s, layers_t = studied_layers(n_s, layer_stride, extra_src), studied_layers(n_t, layer_stride, extra_tgt)
+    key = config_key({"src": src, "tgt": tgt, "mode": mode, "corpus": corpus, "seq_len": seq_len, "n": n_windows,
+                      "ls": layers_s, "lt": layers_t, "dtype": "bfloat16", "pairs": 2})  # pairs 2: EOS separators left out
+    speeds, caches = {}, {}
+    for role, name, ids, layers in (("source", src, pw.source_ids, layers_s), ("target", tgt, pw.target_ids, layers_t)):
+        folder = act_root / f"{name.replace('/', '--')}_{key}"
+
+        def row(_c, name=name, ids=ids, layers=layers, folder=folder):
+            if ActivationCache.is_complete(folder):  # reused from an earlier run: nothing measured here
+                return {"seconds": float("nan"), "tokens/s": float("nan"), "params": float("nan"), "reused cache": True}
+            lm = load_model(name)
+            t0 = time.perf_counter()
+            ActivationCache.build(folder, lm, ids, [resid_hook(l) for l in layers], dtype=torch.bfloat16)
+            s = time.perf_counter() - t0
+            return {"seconds": s, "tokens/s": ids.numel() / s, "params": sum(p.numel() for p in lm.model.parameters())}
+
+        def done(_r, folder=folder):
+            return ActivationCache.is_complete(folder)
+
+        speeds[name] = run_sweep(sweep_path(f"harvest_{role}_{key}"), [{"model": name, "key": key}], row,
+                                 desc=f"harvest {name}", valid=done).iloc[0].to_dict()
+        caches[role] = ActivationCache(folder)
+        gc.collect()  # the model is gone before the next one loads
+    return HarvestedPair(pw, layers_s, layers_t, n_s, n_t, key, caches["source"], caches["target"], speeds)
+
+
+# --------------------------------------------------------------------------- maps of a pair
+
+
+@dataclass
+class PairMaps:
+    """Every studied layer pair's map scores (`table`, with `matched` marking each source block's
+    nearest-relative-depth target block) and the fitted maps kept (`maps[(s, t)]`)."""
+
+    table: "pd.DataFrame"
+    maps: dict
+
+
+def fit_pair_maps(pair: HarvestedPair, name: str, *, lambdas: list[float], val_frac: float,
+                  test_frac: float, seed: int, map_dir: Path, sweep_path: Callable[[str], Path],
+                  keep: Iterable[tuple[int, int]] = ()) -> PairMaps:
+    """`fit_layer_maps` over a harvested pair (windows split by `window_splits`), the shuffled
+    baseline at each source block's matched target block; one sweep row (`sweep_path('maps_<name>')`),
+    with the maps in `keep` saved under `map_dir` (the row is redone if they are gone)."""
+    import pandas as pd
+
+    from resa_utils.core.sweep import config_key, run_sweep
+    from resa_utils.lm.activations import resid_hook
+
+    keep = list(keep)
+    splits = window_splits(pair.pw.source_ids.shape[0], val_frac, test_frac, seed)
+    fit_key = config_key({"pair": name, "key": pair.key, "lambdas": lambdas, "val_frac": val_frac,
+                          "test_frac": test_frac, "seed": seed})
+
+    def map_path(s: int, t: int) -> Path:
+        return map_dir / f"{name}_{fit_key}_{s}_{t}.safetensors"
+
+    matched = {(s, matched_layer(s, pair.n_s, pair.layers_t, pair.n_t)) for s in pair.layers_s}
+
+    def row(_c):
+        rows, maps = fit_layer_maps(lambda l: pair.cache_s.load(resid_hook(l), verify=False),
+                                    lambda l: pair.cache_t.load(resid_hook(l), verify=False),
+                                    pair.pw, pair.layers_s, pair.layers_t, pair.n_s, pair.n_t, lambdas,
+                                    splits, keep=set(keep), shuffled=matched, seed=seed)
+        for (s, t), m in maps.items():
+            m.save(map_path(s, t))
+        return {"rows": rows}
+
+    def has_maps(_r) -> bool:
+        return all(map_path(s, t).exists() for s, t in keep)
+
+    out = run_sweep(sweep_path(f"maps_{name}"), [{"fit": fit_key}], row, desc=f"maps {name}", valid=has_maps)
+    df = pd.DataFrame(out.iloc[0]["rows"])
+    df["matched"] = [(s, t) in matched for s, t in zip(df.source_layer, df.target_layer)]
+    return PairMaps(df, {(s, t): AffineMap.load(map_path(s, t)) for s, t in keep})
+
+
+def best_target_blocks(maps_df: "pd.DataFrame") -> "pd.DataFrame":
+    """Each source block's row with the highest held-out R² (its best target block)."""
+    return maps_df.loc[maps_df.groupby("source_layer").r2.idxmax()]
+
+
+def depth_gap(best_df: "pd.DataFrame") -> float:
+    """Mean |relative depth of the best target block − relative depth of its source block|."""
+    return float((best_df.target_depth - best_df.source_depth).abs().mean())
+
+
+def over_block0(maps_df: "pd.DataFrame") -> "pd.DataFrame":
+    """The matched rows (one per source block, by source block) with `r2 over block 0`: the gain
+    over the map from source block 0 (next to the embeddings: a token-identity baseline) to the
+    same target block."""
+    tok0 = maps_df[maps_df.source_layer == 0].set_index("target_layer").r2
+    m = maps_df[maps_df.matched].sort_values("source_layer").copy()
+    m["r2 over block 0"] = m.r2 - m.target_layer.map(tok0)
+    return m
+
+
+# --------------------------------------------------------------------------- vectors carried across
+
+
+def carried_vectors(native: dict[str, torch.Tensor], source: dict[str, torch.Tensor], amap: AffineMap,
+                    seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Per behaviour (in `native`'s order, i-th seeded `seed + i`): the target's own vector, the
+    source vector carried across as `Av + p` (the paper) and `Av` (bias-free), and a random
+    direction of the native norm (the control)."""
+    from resa_utils.methods.steering import random_like
+
+    return {name: {"native": native[name], "A v + p": amap(source[name][None])[0], "A v": source[name] @ amap.A_TS.T,
+                   "random": random_like(native[name], seed + i)} for i, name in enumerate(native)}
+
+
+def vector_cosines(vectors: dict[str, dict[str, torch.Tensor]], scale: dict[str, float]) -> "pd.DataFrame":
+    """One row per behaviour: the cosine of each other vector with the native one, and the mean
+    last-token norm (the unit of α)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"behaviour": n, **{f"cos(native, {k})": float(torch.cosine_similarity(v["native"], v[k], dim=0))
+                                             for k in v if k != "native"}, "mean norm": scale[n]}
+                         for n, v in vectors.items()])
+
+
+# --------------------------------------------------------------------------- ours vs the paper
+
+
+def affine_claim(matched_df: "pd.DataFrame", claim: str, pair_name: str, paper: str) -> dict:
+    """Paper-comparison row for affine relatedness: 'yes' when the mean matched R² over source
+    blocks > 0 is at least 0.5 and every such block beats its shuffled baseline by 0.1."""
+    deep = matched_df[matched_df.source_layer > 0]  # block 0 sits next to the token embeddings: left out of the mean
+    beats = bool((deep.r2 > deep.shuffled_r2 + 0.1).all())
+    return {"claim": claim, "metric": "held-out R² at matched relative depth, mean over source blocks > 0 (shuffled pairs; gain over the block-0 map)",
+            "paper": paper, "ours": f"{deep.r2.mean():.2f} (shuffled {deep.shuffled_r2.mean():.2f}; {deep['r2 over block 0'].mean():+.2f} over block 0)",
+            "held": "yes" if deep.r2.mean() >= 0.5 and beats else "partly" if beats else "no",
+            "note": f"'yes' = mean R² >= 0.5 and every block beats its shuffled baseline by 0.1; the block-0 map (token identity) "
+                    f"is the harder baseline; {pair_name}"}
+
+
+def depth_claim(gap: float) -> dict:
+    """Paper-comparison row for 'best target block at similar relative depth': 'yes' when the
+    mean depth gap is at most 0.15."""
+    return {"claim": "the best-mapped target block lies at a similar relative depth",
+            "metric": "mean |relative depth gap| of each source block's best target block", "paper": "similar depth (20 -> 20)",
+            "ours": f"{gap:.2f}", "held": "yes" if gap <= 0.15 else "partly" if gap <= 0.3 else "no", "note": "'yes' = at most 0.15"}
+
+
+def transfer_claim(corr: "pd.DataFrame", vector: str, claim: str, paper: str) -> dict:
+    """Paper-comparison row for one carried vector: 'yes' when its mean Pearson r with the native
+    dose-response is at least 0.73 and every behaviour's slope is at least half the native one."""
+    d = corr[corr.vector == vector]
+    ratio = d.slope / d["slope (native)"]
+    r_mean, strong = float(d["pearson r"].mean()), bool((ratio >= 0.5).all())
+    per = ", ".join(f"{r.behaviour} r {r['pearson r']:.2f} [{r['r low']:.2f}, {r['r high']:.2f}], slope ratio {q:.2f}"
+                    for (_, r), q in zip(d.iterrows(), ratio))
+    return {"claim": claim, "metric": f"Pearson r across α, native vs {vector} (mean over behaviours)", "paper": paper,
+            "ours": f"{r_mean:.2f}", "held": "yes" if r_mean >= 0.73 and strong else "partly" if r_mean >= 0.5 else "no",
+            "note": f"'yes' = mean r >= 0.73 and every slope at least half the native one (r alone is near ±1 for any "
+                    f"direction whose effect is monotone in α); random direction mean r "
+                    f"{corr[corr.vector == 'random']['pearson r'].mean():.2f}; {per}"}
+
+
+def random_control_claim(corr: "pd.DataFrame") -> dict:
+    """Paper-comparison row for the random control: 'yes' when the random direction's |slope| is
+    on average at most a quarter of the native one."""
+    rr = corr[corr.vector == "random"]
+    ratio = float((rr.slope.abs() / rr["slope (native)"].abs().clip(lower=1e-9)).mean())
+    return {"claim": "a random direction of equal norm does not steer the behaviour",
+            "metric": "|slope of the random direction| / |slope of the native vector| (mean)", "paper": "control",
+            "ours": f"{ratio:.2f}", "held": "yes" if ratio <= 0.25 else "partly" if ratio <= 0.5 else "no", "note": "'yes' = at most 0.25"}
