@@ -65,6 +65,9 @@ def test_the_alphabet_rule_on_a_constructed_unembedding():
     assert (share, letter) == (1.0, "b")
     share, _ = dense.alphabet_share(torch.tensor([0, 0, 1.0, 0]), W_U, vocab)
     assert share < 0.9
+    tie = torch.zeros(len(vocab), 4)
+    tie[[150, 3, 151, 4], 3] = torch.tensor([4.0, 3.0, 2.0, 1.0])  # b, a, b, a: two each, b promoted most
+    assert dense.alphabet_share(torch.tensor([0, 0, 0, 1.0]), tie, vocab, top=4) == (0.5, "b")
 
 
 def test_nullspace_and_pca_alignment():
@@ -215,3 +218,334 @@ def test_task_threads_give_a_lone_last_task_every_core():
     assert task_threads(3, 2, 2) == [1, 1, 2]
     assert task_threads(5, 2, 16) == [8, 8, 8, 8, 16]
     assert task_threads(1, 4, 2) == [2]
+
+
+# --------------------------------------------------------------------------- the notebook's steps
+
+
+def test_held_out_tokens_drop_bos_and_keep_each_tokens_provenance():
+    from resa_utils.data.windows import Windows
+
+    w = Windows(ids=torch.tensor([[2, 5, 6, 7], [2, 8, 9, 10]]),
+                doc=torch.tensor([[-1, 0, 0, -1], [-1, 1, 1, 1]]),
+                pos=torch.tensor([[-1, 4, 5, -1], [-1, 0, 1, 2]]),
+                sentence_start=torch.tensor([[False, True, False, False], [False, True, False, True]]),
+                pos_tag=torch.tensor([[-1, 1, -1, -1], [-1, 0, 2, 3]]), doc_ids=["a", "b"])
+    h = dense.held_out_tokens(w)
+    assert h.doc_N.tolist() == [0, 0, -1, 1, 1, 1]
+    assert h.tag_N.tolist() == [1, -1, -1, 0, 2, 3]
+    assert h.positions["window"].tolist() == [1, 2, 3, 1, 2, 3]
+    assert h.positions["document"].tolist() == [4, 5, -1, 0, 1, 2]
+    assert h.positions["sentence"].tolist() == [0, 1, -1, 0, 1, 0]
+
+
+def test_harvest_once_harvests_then_reuses_the_cache(tmp_path, tiny_lm, tiny_windows):
+    import math
+
+    from resa_utils.lm.activations import ActivationCache, resid_hook
+
+    splits, hooks = {"train": tiny_windows[:4], "eval": tiny_windows[4:6]}, [resid_hook(0), resid_hook(1)]
+    args = (tmp_path / "h.jsonl", {"data": "x"}, tmp_path / "acts", tiny_lm, splits, hooks)
+    first = dense.harvest_once(*args)
+    assert not first.reused and first.tokens_per_s > 0 and "tok/s" in first.note(2)
+    assert first.tokens == sum(ActivationCache(tmp_path / "acts" / s).n_tokens for s in splits) > 0
+    (tmp_path / "h.jsonl").unlink()  # the row is gone but the caches are complete: nothing to harvest
+    again = dense.harvest_once(*args)
+    assert again.reused and again.tokens == 0 and math.isnan(again.tokens_per_s) and "reused" in again.note(2)
+    stored = dense.harvest_once(tmp_path / "h.jsonl", {"data": "x"}, tmp_path / "acts", None, splits, hooks)
+    assert stored.reused and stored.tokens == 0  # a stored row with complete caches never touches the model (None here)
+
+
+def test_sae_sweep_names_trains_and_loads_each_variant(tmp_path, tiny_lm, tiny_windows):
+    from resa_utils.lm.activations import resid_hook
+    from resa_utils.sae import TrainConfig
+
+    hooks = {1: resid_hook(1)}
+    dense.harvest_once(tmp_path / "h.jsonl", {"data": "x"}, tmp_path / "acts", tiny_lm,
+                       {"train": tiny_windows[:8], "eval": tiny_windows[8:12]}, list(hooks.values()))
+    d = tiny_lm.d_model
+    cfg = TrainConfig(method="topk", d_sae=2 * d, k=4, batch_size=32, n_tokens=128, seed=0)
+    sweep = dense.SAESweep(tmp_path / "saes", tmp_path / "acts", hooks, cfg, {"data": "x"}, {"rank_rtol": 0.05},
+                           tiny_lm.name, (0.1,))
+    other_rule = dense.SAESweep(**{**sweep.__dict__, "ablation_setup": {"rank_rtol": 0.5}})
+    assert sweep.path(1) == sweep.path(1, "original", 0) == other_rule.path(1)  # originals ignore the ablation rule
+    assert sweep.path(1, "ablate-dense", 0) != other_rule.path(1, "ablate-dense", 0) != sweep.path(1, "ablate-dense", 1)
+    basis = dense.subspace_basis(torch.eye(d)[:2])
+    grid = [{"layer": 1, "variant": "original", "seed": 0}, {"layer": 1, "variant": "ablate-dense", "seed": 0}]
+    rows = sweep.train(tmp_path / "s.jsonl", grid, bases={(1, "ablate-dense"): basis})
+    assert rows.variant.tolist() == ["original", "ablate-dense"] and "dense@0.1" in rows
+    assert all(sweep.has_sae(r) for r in grid) and not sweep.has_sae({**grid[0], "seed": 5})
+    assert sweep.basis_file(1, "ablate-dense", 0).exists()
+    ablated = sweep.load(1, "ablate-dense", 0)
+    assert ablated.cfg.metadata["variant"] == "ablate-dense" and ablated.cfg.d_sae == 2 * d
+
+
+def test_spliced_ce_once_matches_spliced_ce_and_reuses_its_row(tmp_path, tiny_lm, tiny_windows):
+    from resa_utils.lm.activations import resid_hook
+    from resa_utils.sae import SAE, SAEConfig, spliced_ce
+
+    sae = SAE(SAEConfig(d_in=tiny_lm.d_model, d_sae=16)).init_weights(torch.Generator().manual_seed(0))
+    hooks, ids = {1: resid_hook(1)}, tiny_windows[:3]
+    got = dense.spliced_ce_once(tmp_path / "ce.jsonl", {"k": 1}, tiny_lm, {1: sae}, hooks, ids)
+    want = spliced_ce(tiny_lm, {"L1": (hooks[1], sae)}, ids, entropy=True)
+    assert got.ce_clean == pytest.approx(want["ce"]["clean"])
+    assert torch.allclose(got.spliced_W[1], want["per_window"]["L1"])
+    assert torch.allclose(got.entropy_M, want["entropy_NT"][:, 1:].reshape(-1))  # no entropy at BOS
+    again = dense.spliced_ce_once(tmp_path / "ce.jsonl", {"k": 1}, None, {1: sae}, hooks, ids)  # stored: no model needed
+    assert torch.equal(again.clean_W, got.clean_W)
+
+
+def test_delta_ce_interval_and_the_sae_quality_table():
+    import math
+
+    import pandas as pd
+
+    ce = dense.SplicedCE(ce_clean=2.0, clean_W=torch.tensor([1.0, 2.0, 3.0, 2.0]),
+                         spliced_W={3: torch.tensor([1.5, 2.5, 3.5, 2.5]), 9: torch.tensor([1.0, 3.0, 3.0, 3.0])},
+                         entropy_M=torch.zeros(0))
+    assert ce.delta(3) == (pytest.approx(0.5), pytest.approx(0.0))
+    mean, half = ce.delta(9)  # differences 0, 1, 0, 1: sd 0.577 over 4 windows
+    assert mean == pytest.approx(0.5) and half == pytest.approx(1.96 * math.sqrt(1 / 3) / 2)
+    one = dense.SplicedCE(1.0, torch.tensor([1.0]), {3: torch.tensor([2.0])}, torch.zeros(0))
+    assert math.isnan(one.delta(3)[1])
+    originals = pd.DataFrame({"layer": [3, 9], "fvu": [0.1, 0.2], "l0": [4.0, 4.0], "dead_frac": [0.0, 0.5],
+                              "dense@0.1": [2, 0], "seconds": [1.0, 2.0], "tokens_per_s": [10.0, 5.0], "curve": [[], []]})
+    q = dense.sae_quality(originals, ce, [0.1]).set_index("layer")
+    assert q.loc[3, "ΔCE nats"] == pytest.approx(0.5) and q.loc[9, "dense@0.1"] == 0 and q.loc[9, "CE clean"] == 2.0
+    assert list(q.columns) == ["fvu", "l0", "dead_frac", "ΔCE nats", "ΔCE ±95%", "CE clean", "dense@0.1",
+                               "train s", "train tok/s"]
+
+
+def test_rates_frame_marks_dense_latents():
+    df = dense.rates_frame({3: torch.tensor([0.0, 0.05, 0.2]), 9: torch.tensor([0.5])}, 0.1)
+    assert df.layer.tolist() == [3, 3, 3, 9] and df.latent.tolist() == [0, 1, 2, 0]
+    assert df.dense.tolist() == [False, False, True, True]
+    assert df["firing rate"].tolist() == pytest.approx([0.0, 0.05, 0.2, 0.5])
+
+
+def _standard_sae(W_dec_FD: torch.Tensor, b_enc_F: torch.Tensor | None = None):
+    """A ReLU SAE with the given decoder rows, encoder = decoder transpose, no biases unless given."""
+    from resa_utils.sae import SAE, SAEConfig
+
+    F, D = W_dec_FD.shape
+    sae = SAE(SAEConfig(d_in=D, d_sae=F)).init_weights()
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec_FD)
+        sae.W_enc.copy_(W_dec_FD.T)
+        sae.b_dec.zero_()
+        sae.b_enc.copy_(torch.zeros(F) if b_enc_F is None else b_enc_F)
+    return sae
+
+
+def test_antipodality_by_layer_finds_a_planted_dense_pair():
+    from resa_utils.sae import SAE
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(40, 16, generator=g)
+    W[7] = -W[3]
+    sae = _standard_sae(W)
+    rates = torch.full((40,), 0.01)
+    rates[[3, 7]] = 0.5
+    init = SAE(sae.cfg).init_weights(torch.Generator().manual_seed(1))
+    res = dense.antipodality_by_layer({5: sae}, {5: rates}, {5: torch.tensor([3, 7])}, init, n_sparse=20,
+                                      dense_threshold=0.1, antipodal_threshold=0.9, rank_rtol=0.05, seed=0)
+    row = res.summary.iloc[0]
+    assert (row["dense"], row["dense subspace rank"], row["dense-dense pairs"]) == (2, 1, 1)
+    assert row["share s>0.9 (dense)"] == 1.0 and row["share s>0.9 (sparse)"] < 0.5
+    pair = res.pairs.iloc[0]
+    assert (pair.latent, pair.partner) == (3, 7) and pair["cos dec"] == pytest.approx(-1.0) and pair.s == pytest.approx(1.0)
+    assert res.scores.groupby("group").size().to_dict() == {"dense": 2, "random init": 20, "sparse": 20}
+
+
+def test_ablation_bases_span_the_dense_directions_and_as_many_sparse_ones():
+    W = torch.eye(6)
+    W[1] = -W[0]  # an antipodal pair: the dense latents 0, 1, 2 span two dimensions
+    rates = torch.tensor([0.5, 0.5, 0.5, 0.01, 0.02, 0.0])
+    bases = dense.ablation_bases(W, rates, torch.tensor([0, 1, 2]), 0.05, 0.1, seed=0)
+    assert bases["ablate-dense"].shape == (2, 6) and bases["ablate-control"].shape == (2, 6)
+    assert dense.project_out(W, bases["ablate-dense"])[:3].abs().max() < 1e-6  # e0, -e0 and e2 removed
+    assert dense.project_out(W, bases["ablate-dense"])[3:].abs().sum() == 3  # the rest kept
+    assert dense.project_out(W, bases["ablate-control"])[3:5].abs().max() < 1e-6  # the two firing sparse latents
+
+
+def test_ablation_table_reads_each_retrained_sae():
+    import pandas as pd
+
+    retrained = pd.DataFrame({"layer": [3, 3, 3], "variant": ["ablate-dense", "ablate-control", "original"],
+                              "seed": [0, 0, 1], "dense@0.1": [1, 9, 7], "fvu": [0.3, 0.2, 0.25]})
+    originals = pd.DataFrame({"layer": [3, 9], "fvu": [0.1, 0.5]})
+    bases = {(3, "ablate-dense"): torch.zeros(4, 8), (3, "ablate-control"): torch.zeros(4, 8)}
+    t = dense.ablation_table(retrained, originals, {3: 10, 9: 2}, bases, 0.1, seed=0)
+    assert t.iloc[0].to_dict() == {"layer": 3, "dense (original)": 10, "dimension removed": 4,
+                                   "dense after dense-span ablation": 1, "dense after control ablation": 9,
+                                   "FVU original": 0.1, "FVU dense-ablated": 0.3, "FVU control": 0.2}
+    assert dense.ablation_table(pd.DataFrame(), originals, {}, {}, 0.1, 0).empty
+
+
+def test_seed_stability_counts_counterparts_in_the_other_seed():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(16, 8, generator=g)
+    W_other = W.clone()
+    W_other[[0, 5]] = W[[5, 0]]                        # latent 0 reappears as latent 5 of the other seed
+    W_other[10:] = torch.randn(6, 8, generator=g)      # latents 10-15 have no counterpart
+    b_other = torch.full((16,), -10.0)
+    b_other[5] = 10.0                                  # the other seed's only dense latent is 5
+    mine, other = _standard_sae(W), _standard_sae(W_other, b_other)
+    with torch.no_grad():
+        other.W_enc.zero_()  # pre-activation = bias: latent 5 always fires, the rest never
+    rates = torch.full((16,), 0.01)
+    rates[[0, 1]] = 0.5
+    t = dense.seed_stability({3: mine}, {3: other}, {3: torch.zeros(20, 8)}, {3: rates}, {3: torch.tensor([0, 1])},
+                             0.1, 0.9, n_sparse=14, seeds=(0, 1)).iloc[0]
+    assert (t["dense (seed 0)"], t["dense (seed 1)"]) == (2, 1)
+    assert t["counterpart among all latents"] == 1.0 and t["counterpart among dense latents"] == 0.5
+    assert t["sparse latents: counterpart among all"] == pytest.approx(8 / 14)  # latents 2-9 of the 14 sparse ones
+
+
+def _label_context(N: int, D: int, positions: torch.Tensor):
+    from resa_utils.data.corpora import POS_CLASSES
+
+    g = torch.Generator().manual_seed(6)
+    W_U = torch.randn(40, D, generator=g)
+    return dense.LabelContext(positions={"window": positions}, doc_N=torch.zeros(N, dtype=torch.long),
+                              tag_N=torch.full((N,), -1), class_names=POS_CLASSES, entropy_M=torch.rand(N, generator=g),
+                              null_KD=dense.null_basis(W_U, 2), W_U_VD=W_U, token_strings=[f"t{i}" for i in range(40)],
+                              pcs_KD=torch.eye(D)[:2])
+
+
+def test_encode_latents_and_label_latents_label_a_position_latent():
+    N, D = 300, 6
+    pos = torch.arange(N) % 50
+    acts = torch.randn(N, D, generator=torch.Generator().manual_seed(7)) * 0.1
+    acts[:, 0] = pos.float()  # latent 0 reads dimension 0: its activation is the position
+    sae = _standard_sae(torch.eye(D))
+    f = dense.encode_latents(sae, acts, torch.tensor([0, 2]), batch=7)
+    assert torch.allclose(f, sae.encode(acts)[:, [0, 2]])
+    groups = {4: {"dense": torch.tensor([0]), "random sparse": torch.tensor([2, 3])}, 5: {"dense": torch.tensor([], dtype=torch.long)}}
+    t = dense.label_latents({4: sae, 5: sae}, {4: acts, 5: acts}, groups, {4: _label_context(N, D, pos)},
+                            dense.LabelThresholds(), alphabet_top=10)
+    assert t[["layer", "group", "latent"]].values.tolist() == [[4, "dense", 0], [4, "random sparse", 2], [4, "random sparse", 3]]
+    assert "position" in t.labels[0].split(", ") and "Spearman" in t.evidence[0]
+    assert t.position_rho[0] == pytest.approx(1.0) and t.firing_rate[0] == pytest.approx(49 / 50)
+
+
+def test_label_shares_split_a_latent_with_several_labels_evenly():
+    import pandas as pd
+
+    labels = pd.DataFrame({"layer": [3, 3, 3, 3], "group": ["dense", "dense", "dense", "random sparse"],
+                           "labels": ["position", "position, PCA", "unlabelled", "unlabelled"]})
+    s = dense.label_shares(labels).set_index(["group", "label"])
+    assert s.loc[("dense", "position"), "share"] == pytest.approx(2 / 3)
+    assert s.loc[("dense", "position"), "stacked share"] == pytest.approx(0.5)
+    assert s.loc[("dense", "PCA"), "stacked share"] == pytest.approx(1 / 6)
+    assert s.loc[("random sparse", "unlabelled"), "share"] == 1.0 and s.loc[("dense", "alphabet"), "share"] == 0.0
+    assert s.loc[("dense", "unlabelled"), "n"] == 3 and len(s) == 2 * len(dense.LABELS)
+    assert dense.label_shares(pd.DataFrame()).empty
+
+
+def test_label_examples_show_the_first_dense_latent_per_label(tiny_lm):
+    import pandas as pd
+
+    ids = torch.tensor([[2, 10, 11, 12, 13], [2, 20, 21, 22, 23]])
+    acts = torch.zeros(8, 4)
+    acts[6, 1] = 3.0   # latent 1 peaks at window 1, token 22
+    acts[1, 0] = 2.0   # latent 0 peaks at window 0, token 11
+    sae = _standard_sae(torch.eye(4))
+    labels = pd.DataFrame({"layer": [3, 5, 3], "group": ["dense", "dense", "random sparse"], "latent": [1, 0, 2],
+                           "labels": ["position", "position, PCA", "alphabet"], "evidence": ["ρ", "ρ; cos", "a"]})
+    ex = dense.label_examples(labels, {3: sae, 5: sae}, {3: acts, 5: acts}, ids, tiny_lm.tokenizer, n_contexts=2)
+    assert ex[["label", "layer", "latent", "rank"]].values.tolist() == [
+        ["position", 3, 1, 1], ["position", 3, 1, 2], ["PCA", 5, 0, 1], ["PCA", 5, 0, 2]]  # no alphabet: not dense
+    assert f"[[{tiny_lm.tokenizer.decode([22])}]]" in ex.context[0] and ex.context[0].startswith("3.00:")
+    assert f"[[{tiny_lm.tokenizer.decode([11])}]]" in ex.context[2]
+    assert dense.label_examples(labels, {3: sae, 5: sae}, {3: acts, 5: acts}, ids, tiny_lm.tokenizer, 0).empty
+
+
+# --------------------------------------------------------------------------- ours vs the paper
+
+
+def test_density_and_antipodal_claims_follow_their_rules():
+    import pandas as pd
+
+    assert dense.density_claims({3: 2, 9: 5}, 256, 8, 0.1)[0]["held"] == "yes"
+    row = dense.density_claims({3: 2, 9: 0}, 256, 8, 0.1)[0]
+    assert (row["held"], row["ours"]) == ("partly", "L3: 2, L9: 0")
+    assert dense.density_claims({3: 0}, 256, 8, 0.1)[0]["held"] == "no"
+    scores = pd.DataFrame({"layer": 3, "group": ["dense"] * 3 + ["sparse"] * 2 + ["random init"],
+                           "s": [0.95, 0.95, 0.1, 0.2, 0.3, 0.1]})
+    anti = dense.Antipodality(summary=pd.DataFrame({"dense": [3], "dense subspace rank": [1]}),
+                              pairs=pd.DataFrame({"layer": [3]}), scores=scores)
+    share, rank = dense.antipodal_claims(anti, 0.9, 0.05)
+    assert (share["held"], share["ours"]) == ("yes", "0.67 (sparse 0.00, random init 0.00)")
+    assert "1 dense-dense pairs" in share["note"]
+    assert (rank["held"], rank["ours"]) == ("yes", "1/3 = 0.33")
+    none = dense.Antipodality(pd.DataFrame({"dense": [0], "dense subspace rank": [0]}), pd.DataFrame(),
+                              scores[scores.group != "dense"])
+    share, rank = dense.antipodal_claims(none, 0.9, 0.05)
+    assert share["held"] == rank["held"] == "no" and rank["ours"] == "0/0" and "no dense latents" in share["note"]
+
+
+def test_ablation_claims_follow_their_rules():
+    import pandas as pd
+
+    def table(after, ctrl):
+        return pd.DataFrame({"layer": [3], "dense (original)": [20], "dense after dense-span ablation": [after],
+                             "dense after control ablation": [ctrl]})
+
+    removed, control = dense.ablation_claims(table(4, 18))
+    assert (removed["held"], removed["ours"], control["held"]) == ("yes", "20 -> 4", "yes")
+    assert "retrain layers 3" in removed["metric"]
+    removed, control = dense.ablation_claims(table(10, 12))
+    assert (removed["held"], control["held"]) == ("partly", "partly")
+    assert [r["held"] for r in dense.ablation_claims(table(20, 5))] == ["no", "no"]
+    assert [r["held"] for r in dense.ablation_claims(pd.DataFrame())] == ["not tested"]
+
+
+def test_taxonomy_and_stability_claims_follow_their_rules():
+    import pandas as pd
+
+    labels = pd.DataFrame({"layer": [3, 3, 16, 3, 3, 16], "group": ["dense"] * 3 + ["random sparse"] * 3,
+                           "labels": ["position", "unlabelled", "entropy / null space", "unlabelled", "unlabelled", "PCA"]})
+    unl, depth, control = dense.taxonomy_claims(labels, dense.label_shares(labels), [3, 9, 16])
+    assert (unl["held"], unl["ours"]) == ("yes", "0.33 of 3")
+    assert depth["held"] == "yes" and depth["ours"] == "position: L3 (0.50), entropy / null space: L16 (1.00)"
+    assert (control["held"], control["ours"]) == ("yes", "0.67 vs 0.33")
+    _, depth, _ = dense.taxonomy_claims(labels, dense.label_shares(labels), [1, 3, 16])
+    assert depth["held"] == "partly"  # position peaks at 3, not at the first layer 1
+    assert dense.taxonomy_claims(pd.DataFrame(), pd.DataFrame(), [3]) == []
+    stab = pd.DataFrame({"layer": [3, 9], "dense (seed 0)": [4, 2], "counterpart among all latents": [0.5, 0.0],
+                         "sparse latents: counterpart among all": [0.1, 0.2]})
+    (row,) = dense.stability_claims(stab, 0, 1, 0.9)
+    assert (row["held"], row["ours"]) == ("no", "0.33") and row["note"].endswith("L3 0.10, L9 0.20")
+    assert dense.stability_claims(stab.assign(**{"counterpart among all latents": [1.0, 0.5]}), 0, 1, 0.9)[0]["held"] == "yes"
+    assert dense.stability_claims(pd.DataFrame(), 0, 1, 0.9) == []
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_dense_figures_on_tiny_tables():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from resa_utils.harness import plots
+
+    rates = dense.rates_frame({3: torch.tensor([0.0, 0.01, 0.3]), 9: torch.tensor([0.02, 0.5])}, 0.1)
+    fig = plots.dense_density(rates, 0.1, 2016)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "layer 3: 1 dense" and fig.axes[-1].get_legend()
+    scores = pd.DataFrame({"layer": [3, 3, 3, 9, 9], "group": ["dense", "sparse", "random init", "sparse", "random init"],
+                           "s": [0.95, 0.1, 0.05, 0.2, 0.0]})
+    fig = plots.dense_antipodality(scores, 0.9)
+    legend = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert len(fig.axes) == 2 and {"dense", "sparse", "random init"} <= set(legend)  # dense listed though layer 9 has none
+    abl = pd.DataFrame({"layer": [3], "dense (original)": [20], "dense after dense-span ablation": [4],
+                        "dense after control ablation": [18]})
+    fig = plots.dense_ablate_retrain(abl, 0.1, 256)
+    (ax,) = fig.axes
+    assert len(ax.patches) == 3 and len(ax.get_legend().get_texts()) == 3
+    legend_box, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend_box.x0 >= axes_box.x1  # the legend sits right of the bars
+    labels = pd.DataFrame({"layer": [3, 3], "group": ["dense", "random sparse"], "labels": ["position", "unlabelled"]})
+    fig = plots.dense_taxonomy(dense.label_shares(labels), dense.LABELS)
+    assert len(fig.axes) == 2 and len(fig.axes[1].get_legend().get_texts()) == len(dense.LABELS)
+    plt.close("all")
