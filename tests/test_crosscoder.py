@@ -237,3 +237,396 @@ def test_per_model_fvu_and_batched_encoding_match_the_direct_computation():
     want = [float((x[:, s] - xh[:, s]).pow(2).sum() / (x[:, s] - x[:, s].mean(0)).pow(2).sum())
             for s in (slice(0, D), slice(D, 2 * D))]
     assert per_model_fvu(cc, x, batch_size=7) == pytest.approx(want, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- notebook 04's steps
+
+
+def test_predicting_positions_mark_the_token_before_each_word():
+    from resa_utils.methods.crosscoder import cache_rows, category_masks, predicting_positions
+
+    m = torch.zeros(2, 6, dtype=torch.bool)
+    m[0, 3] = m[0, 5] = m[1, 1] = True
+    pred = predicting_positions(m)
+    want = torch.zeros(2, 6, dtype=torch.bool)
+    want[0, 2] = want[0, 4] = want[1, 0] = True
+    assert torch.equal(pred, want) and not pred[:, -1].any()
+    assert not predicting_positions(torch.eye(1, 6, dtype=torch.bool)).any()   # a word at the start has no such position
+    assert torch.equal(cache_rows(m), m[:, 1:].reshape(-1)) and cache_rows(m).shape == (10,)
+    on_word, before = category_masks({"w": m}, 0)["w"], category_masks({"w": m}, -1)["w"]
+    assert on_word.nonzero().flatten().tolist() == [2, 4, 5]        # (0,3), (0,5), (1,1) as rows of [2, 5]
+    assert before.nonzero().flatten().tolist() == [1, 3]            # (0,2), (0,4); (1,0) is BOS: no row
+    with pytest.raises(ValueError, match="offset"):
+        category_masks({"w": m}, 1)
+
+
+def test_mean_ci_is_the_normal_interval():
+    from resa_utils.methods.crosscoder import mean_ci
+
+    m, h = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert m == 2.5 and h == pytest.approx(1.96 * (5 / 3) ** 0.5 / 2)
+    assert mean_ci(torch.tensor([2.0]))[0] == 2.0 and mean_ci([2.0])[1] != mean_ci([2.0])[1]  # NaN under two values
+
+
+def _cats(r2, live, categories, firings=None, shares=None):
+    import pandas as pd
+
+    F = len(r2)
+    df = pd.DataFrame({"latent": range(F), "category": categories, "firings": firings or [10] * F,
+                       "r (L2)": r2, "r (L1)": r2, "live": live})
+    for c in ("self-reflection", "deduction"):
+        df[f"share {c}"] = (shares or {}).get(c, [0.0] * F)
+    df["group"] = ["base-only" if v < 0.1 else "reasoner-only" if v > 0.9 else "shared" for v in r2]
+    return df
+
+
+def test_label_latents_and_categories_by_group():
+    from resa_utils.methods.crosscoder import categories_by_group, label_latents
+
+    N = 40
+    wait = torch.zeros(N, dtype=torch.bool)
+    wait[::4] = True
+    acts = torch.zeros(N, 3)
+    acts[wait, 0] = 1.0           # on "Wait" only
+    acts[:, 1] = 1.0              # everywhere
+    r = {"L2": torch.tensor([0.95, 0.5, 0.05]), "L1": torch.tensor([0.9, 0.5, 0.1])}
+    live = torch.tensor([True, True, False])
+    cats = label_latents(acts, {"self-reflection": wait}, r, live, 0.1, 0.9, min_share=0.5, min_firings=2)
+    assert cats.group.tolist() == ["reasoner-only", "shared", "base-only"]
+    assert cats.category.tolist() == ["self-reflection", "other", "other"] and cats.live.tolist() == [True, True, False]
+    by = categories_by_group(cats)
+    assert set(by.index) == {"reasoner-only", "shared"}            # the dead base-only latent is not counted
+    assert by.loc["reasoner-only", "categorised share"] == 1.0 and by.loc["shared", "categorised share"] == 0.0
+
+
+class _Tok:
+    """A word-level tokenizer with BOS 1 and EOS 2 (the document windows' needs)."""
+
+    bos_token_id, eos_token_id, all_special_ids = 1, 2, [1, 2]
+
+    def __call__(self, text, add_special_tokens=False, **kw):
+        return {"input_ids": [3 + (sum(map(ord, w)) % 50) for w in text.split()]}
+
+    def decode(self, ids):
+        return " ".join(f"t{int(i)}" for i in ids)
+
+
+def test_mixed_windows_cap_the_answers_at_half_and_keep_documents_apart(tiny_lm):
+    from resa_utils.data.corpora import Document
+    from resa_utils.methods.crosscoder import answer_documents, mixed_windows
+
+    class Prob:
+        def __init__(self, uid):
+            self.uid = uid
+
+    answers = answer_documents([Prob(f"p{i}") for i in range(60)], [" a b c d e f g h"] * 60, lambda p: f"Q {p.uid}")
+    assert answers[3].doc_id == "answer-p3" and answers[3].text == "Q p3 a b c d e f g h"
+    texts = [Document(doc_id=f"t{i}", text=" ".join(f"w{i}x{j}" for j in range(30))) for i in range(80)]
+    tok = tiny_lm.tokenizer
+    mix = mixed_windows(answers, texts, tok, seq_len=9, train_tokens=400, eval_tokens=160, eval_frac=0.3, seed=0)
+    for split, want in (("train", 400), ("eval", 160)):
+        ids, src = mix.ids[split], mix.from_answers[split]
+        assert ids.shape[1] == 9 and (ids[:, 0] == tok.bos_token_id).all() and len(src) == len(ids)
+        assert mix.n_tokens(split) == len(ids) * 8 >= want
+        assert 0 < int(src.sum()) <= -(-want // 8) // 2                  # answers: at most half the windows asked for
+        assert not src.all() and src.any() and not (src[:-1] <= src[1:]).all()   # mixed, not sorted by source
+    again = mixed_windows(answers, texts, tok, seq_len=9, train_tokens=400, eval_tokens=160, eval_frac=0.3, seed=0)
+    assert all(torch.equal(mix.ids[s], again.ids[s]) for s in mix.ids)
+
+
+def test_harvest_pairs_leave_out_special_tokens_and_norm_outliers(tmp_path, tiny_lm, tiny_windows):
+    from resa_utils.lm.activations import content_positions
+    from resa_utils.methods.crosscoder import describe_data, harvest_pairs
+
+    ids = tiny_windows[:6].clone()
+    special = tiny_lm.tokenizer.all_special_ids[0]
+    ids[1, 4] = ids[3, 9] = special
+    splits = {"train": ids[:4], "eval": ids[4:]}
+    hook = resid_hook(1)
+    data = harvest_pairs(tmp_path, {"a": tiny_lm, "b": tiny_lm}, "k", splits, hook, max_norm_ratio=1e9)
+    assert (tmp_path / f"{tiny_lm.name.replace('/', '--')}_k" / "train").exists()
+    content = content_positions(splits["train"], tiny_lm.tokenizer)
+    assert data.n_special == {"train": 2, "eval": 0} and torch.equal(data.keep["train"], content[:, 1:].reshape(-1))
+    x = data.paired["train"].load()
+    assert x.shape == (4 * 31, 2 * tiny_lm.d_model) and torch.equal(x[:, :tiny_lm.d_model], x[:, tiny_lm.d_model:])
+    tight = harvest_pairs(tmp_path, {"a": tiny_lm, "b": tiny_lm}, "k", splits, hook, max_norm_ratio=1.01)
+    assert tight.keep["train"].sum() < data.keep["train"].sum() and not (tight.keep["train"] & ~data.keep["train"]).any()
+    assert all(h["tokens"] == 0 for h in tight.harvest.values())      # the second call reads the caches
+    import pandas as pd
+
+    from resa_utils.methods.crosscoder import MixedWindows
+
+    mix = MixedWindows(splits, {"train": torch.tensor([True, False, False, False]), "eval": torch.tensor([False, True])})
+    answers = pd.DataFrame({"correct": [True, False], "Wait": [1, 0]})
+    text = describe_data(answers, mix, tight, tight.paired["eval"].load(), 1.01)
+    assert text.startswith("2 answers (reasoner pass@1 on these training problems 0.50; 'Wait' in 50% of them)")
+    assert "answers 25% / 50% of them" in text and "special tokens 2 train / 0 held-out" in text and "cached" in text
+
+
+def test_train_crosscoder_trains_once_and_again_when_the_weights_are_gone(tmp_path):
+    import shutil
+
+    from resa_utils.methods.crosscoder import held_out_quality, train_crosscoder
+    from resa_utils.sae import SAE
+
+    x, *_ = planted(n=4096)
+    cfg = TrainConfig(method="crosscoder", d_sae=16, n_tokens=2048, batch_size=256, lr=1e-3)
+    args = (tmp_path / "sweep.jsonl", {"run": 1}, x[:3072], x[3072:], cfg, tmp_path / "cc", {"model_names": ["a", "b"]})
+    first = train_crosscoder(*args)
+    assert (tmp_path / "cc" / "cfg.json").exists() and len(first.curve) > 0
+    assert train_crosscoder(*args).seconds == first.seconds                  # the stored row, no retraining
+    shutil.rmtree(tmp_path / "cc")
+    assert train_crosscoder(*args).seconds != first.seconds and (tmp_path / "cc" / "cfg.json").exists()
+    cc = SAE.load(tmp_path / "cc")
+    keep = torch.ones(1024, dtype=torch.bool)
+    keep[:100] = False
+    held = held_out_quality(cc, x[3072:], keep, ["a", "b"], first)
+    assert held.acts_NF.shape == (1024, 16) and (held.acts_NF[:100] == 0).all()
+    assert torch.equal(held.live_F, (held.acts_NF > 0).any(0))
+    assert held.quality.model.tolist() == ["a", "b"] and held.metrics["dead_share"] == float((~held.live_F).float().mean())
+    assert held.metrics["fvu_base"] == pytest.approx(float(held.quality["held-out FVU"][0]))
+    assert held.metrics["l0"] == pytest.approx(float((held.acts_NF[keep] > 0).sum(1).float().mean()))
+
+
+def test_relative_norm_counts_count_live_latents_per_group():
+    from resa_utils.methods.crosscoder import relative_norm_counts, relative_norm_frame
+
+    r = {"L2": torch.tensor([0.05, 0.5, 0.8, 0.95, 0.97]), "L1": torch.tensor([0.5, 0.5, 0.5, 0.5, 0.95])}
+    live = torch.tensor([True, True, True, True, False])
+    counts = relative_norm_counts(r, live, 0.1, 0.9, 0.7).set_index("norm")
+    assert counts.loc["L2"].tolist() == [1, 2, 1, 2, 4] and counts.loc["L1"].tolist() == [0, 4, 0, 0, 4]
+    assert list(counts.columns) == ["base-only r<0.1", "shared", "reasoner-only r>0.9", "reasoner-leaning r>0.7 (live)", "live"]
+    frame = relative_norm_frame(r, live)
+    assert len(frame) == 8 and frame[frame.norm == "L2"].latent.tolist() == [0, 1, 2, 3]
+
+
+def test_top_latent_contexts_show_the_group_categorised_first():
+    from resa_utils.methods.crosscoder import top_latent_contexts
+
+    cats = _cats([0.95, 0.95, 0.5, 0.95], [True, True, True, False], ["other", "self-reflection", "other", "other"],
+                 firings=[50, 3, 99, 99])
+    ids = torch.arange(2 * 6).view(2, 6)
+    acts = torch.zeros(10, 4)
+    acts[7, 1], acts[2, 1], acts[4, 0] = 3.0, 1.0, 2.0
+    ctx = top_latent_contexts(cats, "reasoner-only", acts, ids, _Tok(), n_latents=5, n_contexts=2)
+    assert ctx.latent.tolist() == [1, 1, 0, 0] and ctx["rank"].tolist() == [1, 2, 1, 2]   # live reasoner-only only
+    assert ctx.context[0].startswith("3.00:") and "[[t9]]" in ctx.context[0]             # row 7 = window 1, token 3 (id 9)
+    assert top_latent_contexts(cats, "base-only", acts, ids, _Tok(), 5, 2).empty
+
+
+def test_geometry_of_identical_models_has_cosine_one():
+    from resa_utils.methods.crosscoder import geometry
+
+    x = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    is_answer = torch.arange(200) < 50
+    words = torch.zeros(200, dtype=torch.bool)
+    words[[3, 70]] = True
+    geo = geometry(torch.cat([x, 2 * x], 1), is_answer, words, seed=0, n_points=30)
+    assert geo.table.n.tolist() == [50, 150, 2]
+    assert geo.table["median cos(base, reasoner)"].to_numpy() == pytest.approx([1, 1, 1], abs=1e-5)
+    assert geo.points.model.value_counts().to_dict() == {"base": 30, "reasoner": 30, "reasoning words (reasoner)": 2}
+    b, rr = geo.points[geo.points.model == "base"], geo.points[geo.points.model == "reasoner"]
+    assert b["PC 1"].to_numpy() == pytest.approx(rr["PC 1"].to_numpy(), abs=1e-4)     # same tokens, same place
+    assert (geo.cos.tokens == "answers").sum() == 50 and len(geo.cos) == 200
+    shifted = geometry(torch.cat([x, -x], 1), is_answer, words, seed=0)
+    assert shifted.table["median cos(base, reasoner)"].to_numpy() == pytest.approx([-1, -1, -1], abs=1e-5)
+
+
+def test_latent_pool_falls_back_to_every_live_latent():
+    from resa_utils.methods.crosscoder import latent_pool
+
+    live = torch.tensor([True, True, True, False])
+    leaning = latent_pool(_cats([0.8, 0.5, 0.5, 0.9], live.tolist(), ["other"] * 4), live, 0.7)
+    assert leaning.pool_F.tolist() == [True, False, False, False] and leaning.note.startswith("reasoner-leaning")
+    none = latent_pool(_cats([0.5, 0.5, 0.5, 0.9], live.tolist(), ["other"] * 4), live, 0.7)
+    assert torch.equal(none.pool_F, live) and not none.lean_F.any() and none.note.startswith("all live latents")
+
+
+def test_busiest_windows_and_the_ablation_plan_read_other_windows():
+    from resa_utils.methods.crosscoder import ablation_plan, busiest_windows
+
+    N, T, F = 4, 6, 5
+    words = {"self-reflection": torch.zeros(N, T, dtype=torch.bool), "deduction": torch.zeros(N, T, dtype=torch.bool)}
+    words["self-reflection"][2, [2, 4]] = True
+    words["self-reflection"][0, 3] = True
+    words["deduction"][1, 5] = True
+    words["deduction"][0, 5] = True
+    assert busiest_windows(words, 2).tolist() == [0, 2]             # 2 words each, in window order
+    acts = torch.zeros(N, T - 1, F)
+    acts[1, 3, 0] = 1.0            # window 1, position 4 (predicts "Therefore" at 5): latent 0
+    acts[3, :, 1] = 1.0            # everywhere in window 3: no share
+    acts[2, 0, 2] = 5.0            # window 2 predicts "Wait" at position 2: but window 2 is ablated, so unseen
+    acts[1, 0, 3] = 1.0            # latent 3: fires once on window 1, never on a predicting position
+    pool = torch.tensor([True, True, True, True, False])
+    plan = ablation_plan(acts.view(-1, F), words, torch.tensor([0, 2]), pool, n_ablate=2, min_share=0.3,
+                         min_firings=1, cc_name="cc")
+    assert plan.configs == [{"category": "deduction", "latents": [0], "windows": [0, 2], "cc": "cc",
+                             "measures": ["logit", "log-prob"]}]
+    assert plan.cats_pred.loc[0, "share deduction"] == 1.0 and plan.cats_pred.loc[2, "firings"] == 0
+
+
+def test_control_sets_draw_other_active_latents_of_the_pool():
+    from resa_utils.methods.crosscoder import control_sets
+
+    pool = torch.tensor([True] * 8 + [False] * 2)
+    active = torch.tensor([True, True, False, True, True, False, True, False, True, True])
+    sets, n = control_sets([0, 1], pool, active, n_draws=3, seed=5)
+    assert n == 3 and sets["category latents"].tolist() == [0, 1]   # active pool latents 3, 4, 6 (8, 9 not in the pool)
+    for k in range(3):
+        assert len(sets[f"random {k}"]) == 2 and set(sets[f"random {k}"].tolist()) <= {3, 4, 6}
+    again, _ = control_sets([0, 1], pool, active, n_draws=3, seed=5)
+    assert all(torch.equal(sets[k], again[k]) for k in sets)
+    few, n_few = control_sets([0, 1, 3], pool, torch.tensor([True] * 4 + [False] * 6), n_draws=1, seed=5)
+    assert n_few == 5 and set(few["random 0"].tolist()) <= {2, 4, 5, 6, 7}        # too few active: the whole pool
+
+
+def test_run_ablation_measures_the_words_at_the_positions_predicting_them(tmp_path, tiny_lm, tiny_windows):
+    from resa_utils.methods.crosscoder import ablation_table, run_ablation, token_drops
+    from resa_utils.sae import SAE, SAEConfig
+
+    D = tiny_lm.d_model
+    cc = SAE(SAEConfig(d_in=2 * D, d_sae=16, metadata={"n_models": 2, "d_model": D}))
+    cc.init_weights(torch.Generator().manual_seed(0))
+    ids = tiny_windows[:5]
+    words = {"self-reflection": torch.zeros(ids.shape, dtype=torch.bool)}
+    words["self-reflection"][1, 7] = words["self-reflection"][3, 12] = True
+    acts = torch.rand(5 * 31, 16, generator=torch.Generator().manual_seed(1))
+    where = torch.ones(ids.shape, dtype=torch.bool)
+    cfg = [{"category": "self-reflection", "latents": [2, 5], "windows": [1, 3], "cc": "cc", "measures": ["logit", "log-prob"]}]
+    hook = resid_hook(1)
+    pool = torch.ones(16, dtype=torch.bool)
+    abl = run_ablation(tmp_path / "abl.jsonl", cfg, tiny_lm, tiny_lm, cc, hook, ids, words, acts, torch.tensor([1, 3]),
+                       pool, 2, 0, where)
+    row = abl.iloc[0]
+    assert row.pool == 14 and len(row.drops["category latents"]) == 2 and set(row.drops) == {"category latents", "random 0", "random 1"}
+    at = torch.zeros(2, 32, dtype=torch.bool)
+    at[0, 6] = at[1, 11] = True
+    want = token_drops(tiny_lm, tiny_lm, cc, hook, ids[[1, 3]], at, {"s": [2, 5]}, where_BT=where[[1, 3]])
+    assert row.drops["category latents"] == pytest.approx(want["logit"]["s"].tolist(), abs=1e-5)
+    assert row.drops_lp["category latents"] == pytest.approx(want["log-prob"]["s"].tolist(), abs=1e-5)
+    table = ablation_table(abl, _cats([0.5] * 16, [True] * 16, ["other"] * 16, shares={"self-reflection": [0.1 * i for i in range(16)]}))
+    assert table.occurrences.tolist() == [2] and table["their share there"][0] == "0.20..0.50"
+    assert table["logit fall (category latents)"][0] == pytest.approx(float(want["logit"]["s"].mean()), abs=1e-5)
+    assert run_ablation(tmp_path / "none.jsonl", [], tiny_lm, tiny_lm, cc, hook, ids, words, acts, torch.tensor([1, 3]),
+                        pool, 2, 0, where).empty
+
+
+def test_ablation_table_summarises_the_falls():
+    import pandas as pd
+
+    from resa_utils.methods.crosscoder import ablation_table
+
+    abl = pd.DataFrame([{"category": "deduction", "latents": [0, 1], "pool": 7,
+                         "drops": {"category latents": [2.0, 4.0], "random 0": [0.0, 1.0], "random 1": [1.0, 2.0]},
+                         "drops_lp": {"category latents": [1.0, 1.0], "random 0": [0.0, 0.0], "random 1": [0.5, 0.5]}}])
+    cats = _cats([0.5, 0.5], [True, True], ["other"] * 2)
+    cats["share deduction"] = [0.25, 0.75]
+    t = ablation_table(abl, cats).iloc[0]
+    assert t["logit fall (category latents)"] == 3.0 and t["± 95%"] == pytest.approx(1.96 * 2 ** 0.5 / 2 ** 0.5)
+    assert t["logit fall (random, mean of draws)"] == 1.0 and t["random draws min..max"] == "0.500..1.500"
+    assert t["log-prob fall (random, max of draws)"] == 0.5 and t["lp ± 95%"] == 0.0 and t["control pool"] == 7
+    assert t["their share there"] == "0.25..0.75" and ablation_table(pd.DataFrame(), cats).empty
+
+
+def test_steering_directions_prefer_a_labelled_latent_and_fall_back_to_the_largest_share():
+    from resa_utils.methods.crosscoder import steering_directions
+
+    cats = _cats([0.5, 0.6, 0.7, 0.8], [True] * 4, ["other", "self-reflection", "other", "other"], firings=[9, 9, 9, 1],
+                 shares={"self-reflection": [0.9, 0.4, 0.0, 0.0], "deduction": [0.0, 0.1, 0.2, 0.9]})
+    W = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    pool = torch.tensor([True, True, True, True])
+    dirs, picked = steering_directions(cats, pool, W, mean_norm=3.0, min_firings=5)
+    assert list(dirs) == ["self-reflection (latent 1)", "deduction (latent 2)"]   # latent 3 fires too rarely
+    assert torch.allclose(dirs["deduction (latent 2)"], W[2] / W[2].norm() * 3.0)
+    assert [p["labelled so by the rule"] for p in picked] == [True, False] and picked[1]["r (L2)"] == pytest.approx(0.7)
+    assert steering_directions(cats, torch.zeros(4, dtype=torch.bool), W, 3.0, 5) == ({}, [])
+
+
+def test_steering_table_means_and_intervals():
+    import pandas as pd
+
+    from resa_utils.data.tasks import wilson
+    from resa_utils.methods.crosscoder import steering_table
+
+    steered = pd.DataFrame({"vector": ["none"] * 2 + ["v"] * 3, "scale": [0.0] * 2 + [0.5] * 3,
+                            "correct": [True, False, True, True, False], "n_tokens": [10, 20, 30, 30, 60],
+                            "Wait": [0, 0, 1, 2, 3], "Therefore": [1, 1, 0, 0, 0]})
+    t = steering_table(steered).set_index("direction")
+    assert t.loc["none", "length"] == 15 and t.loc["v", "length"] == 40 and t.loc["v", "n"] == 3
+    assert t.loc["v", "Wait ±95%"] == pytest.approx(1.96 * 1 / 3 ** 0.5)
+    assert (t.loc["v", "acc low"], t.loc["v", "acc high"]) == wilson(2, 3) and t.loc["none", "Therefore ±95%"] == 0
+
+
+def test_paper_claims_follow_their_stated_rules():
+    import pandas as pd
+
+    from resa_utils.methods.crosscoder import (claim_ablation, claim_categories, claim_specific_latents,
+                                               claim_steering, report_scale)
+
+    counts = pd.DataFrame([{"norm": "L2", "base-only r<0.1": 1, "shared": 90, "reasoner-only r>0.9": 2, "live": 100}])
+    assert claim_specific_latents(counts, 0.1, 0.9, "m", 64, 2048)["held"] == "yes"
+    counts["reasoner-only r>0.9"] = 0
+    row = claim_specific_latents(counts, 0.1, 0.9, "m", 64, 2048)
+    assert row["held"] == "no" and row["ours"] == "0 / 1 of 100" and "2,048 tokens" in row["note"]
+    cats = _cats([0.95, 0.95, 0.5, 0.5, 0.5, 0.5], [True] * 6, ["self-reflection", "deduction", "other", "self-reflection", "other", "other"])
+    lean = torch.tensor([True, True, False, False, False, False])
+    assert claim_categories(cats, lean, 0.7, 0.3)["held"] == "yes"             # 1.0 vs 0.25 share
+    cats.loc[4, "category"] = "deduction"
+    assert claim_categories(cats, lean, 0.7, 0.3)["held"] == "partly"          # 1.0 vs 0.5: not more than twice
+    no_lean = claim_categories(cats, torch.zeros(6, dtype=torch.bool), 0.7, 0.3)
+    assert no_lean["held"] == "not tested" and no_lean["ours"] == "no reasoner-leaning latent (r > 0.7); shared 0.500"
+    base = {"category": "deduction", "latents ablated": 4, "occurrences": 9, "random draws min..max": "0.100..0.200",
+            "logit fall (random, mean of draws)": 0.15, "log-prob fall (random, max of draws)": 0.1}
+    abl = pd.DataFrame([{**base, "logit fall (category latents)": 5.0, "± 95%": 1.0, "log-prob fall (category latents)": 2.0, "lp ± 95%": 0.5},
+                        {**base, "logit fall (category latents)": 0.5, "± 95%": 1.0, "log-prob fall (category latents)": 2.0, "lp ± 95%": 0.5},
+                        {**base, "logit fall (category latents)": 5.0, "± 95%": 1.0, "log-prob fall (category latents)": 0.3, "lp ± 95%": 0.5}])
+    assert [r["held"] for r in claim_ablation(abl, "pool", 3)] == ["yes", "partly", "partly"]
+    assert claim_ablation(pd.DataFrame(), "pool", 3) == []
+    assert report_scale([0, 0.05, 0.1, 0.2]) == 0.1 and report_scale([0, 1.0]) == 1.0 and report_scale([0]) is None
+
+    def steer_row(direction, scale, length, ci, wait=0.0):
+        return {"direction": direction, "scale (× mean norm)": scale, "length": length, "length ±95%": ci, "Wait": wait, "accuracy": 0.5}
+
+    table = pd.DataFrame([steer_row("none", 0.0, 50, 2), steer_row("self-reflection (latent 1)", 0.1, 90, 3, wait=2),
+                          steer_row("deduction (latent 2)", 0.1, 48, 2), steer_row("random 0", 0.1, 55, 2), steer_row("random 1", 0.1, 45, 2)])
+    picked = [{"direction": "self-reflection", "latent": 1, "r (L2)": 0.5, "labelled so by the rule": True},
+              {"direction": "deduction", "latent": 2, "r (L2)": 0.5, "labelled so by the rule": False}]
+    rows = claim_steering(table, ["self-reflection (latent 1)", "deduction (latent 2)", "random 0"], picked, [0, 0.1], "pool", 48, 160)
+    assert [r["held"] for r in rows] == ["yes", "no"]                           # 1.8x vs random 1.1x; deduction 0.96x
+    assert rows[0]["ours"].startswith("1.80 (random, the closest of 2: 1.10)") and "not labelled deduction" in rows[1]["note"]
+    assert [r["held"] for r in claim_steering(table, [], [], [0, 0.1], "pool", 48, 160)] == ["not tested"] * 2
+
+
+def test_crosscoder_figures_have_their_panels_and_labelled_dashed_lines():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from resa_utils.harness import plots
+
+    r = pd.DataFrame({"norm": ["L2"] * 3 + ["L1"] * 3, "latent": [0, 1, 2] * 2, "r": [0.2, 0.5, 0.6, 0.4, 0.5, 0.55]})
+    fig = plots.crosscoder_relative_norms(r, 0.1, 0.9, "a vs b")
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert len(dashed) == 2 and all(not ln.get_label().startswith("_") for ln in dashed)
+    assert {t.get_text() for t in fig.axes[1].get_legend().get_texts()} >= {"base-only below r = 0.1", "reasoner-only above r = 0.9"}
+    plt.close(fig)
+    pts = pd.DataFrame({"model": ["base", "reasoner", "reasoning words (reasoner)"], "PC 1": [0.0, 1.0, 2.0], "PC 2": [0.0, 1.0, 2.0]})
+    cos = pd.DataFrame({"tokens": ["answers", "English", "English"], "cos": [0.9, 0.95, 1.0]})
+    fig = plots.crosscoder_geometry(pts, cos, "a vs b")
+    assert len(fig.axes) == 2 and len(fig.axes[0].collections) == 3
+    plt.close(fig)
+    abl = pd.DataFrame({"category": ["deduction", "contrast"], "logit fall (category latents)": [2.0, 1.0], "± 95%": [0.5, 0.2],
+                        "logit fall (random, mean of draws)": [0.1, 0.0], "log-prob fall (category latents)": [1.0, 0.5],
+                        "lp ± 95%": [0.1, 0.1], "log-prob fall (random, max of draws)": [0.0, 0.0], "occurrences": [5, 3]})
+    fig = plots.crosscoder_ablation(abl, 4, 3, "pool")
+    assert len(fig.axes) == 2 and all(len(ax.patches) == 4 for ax in fig.axes)
+    plt.close(fig)
+    rows = [{"direction": d, "scale (× mean norm)": s, "n": 4, "accuracy": 0.5, "acc low": 0.2, "acc high": 0.8,
+             "length": 10.0, "length ±95%": 1.0, "Wait": 0.0, "Wait ±95%": 0.0}
+            for d, s in (("none", 0.0), ("self-reflection (latent 1)", 0.5), ("random 0", 0.5), ("random 1", 0.5))]
+    fig = plots.crosscoder_steering(pd.DataFrame(rows), 2, "m")
+    assert len(fig.axes) == 3 and all(len(ax.containers) == 3 for ax in fig.axes)   # one errorbar line per direction
+    labels = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+    assert labels == ["self-reflection (latent 1)", "random (2 draws)"]
+    plt.close(fig)
