@@ -106,7 +106,7 @@ def test_fvu_on_content_rows_equals_the_hand_computation():
     pos = torch.ones(len(x), dtype=torch.bool)
     pos[::50] = False
     kept, _ = content_rows(_MemCache(x, pos), "h", ContentRule())
-    sae = SAE(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2))
+    sae = SAE(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2)).init_weights()
     torch.nn.init.normal_(sae.W_enc, generator=torch.Generator().manual_seed(0))
     rows = kept.load("h")
     with torch.no_grad():
@@ -159,6 +159,33 @@ def test_spliced_ce_with_the_rule_leaves_window_starts_clean():
     hook = resid_hook(1)
     out = spliced_ce(lm, {"zero": (hook, record)}, ids, rule=ContentRule())
     # position 0 stays clean, so the spliced CE of the first prediction differs from a full ablation
-    full = spliced_ce(lm, {"zero": (hook, torch.zeros_like)}, ids, keep_bos=False)
+    full = spliced_ce(lm, {"zero": (hook, torch.zeros_like)}, ids, keep_bos=False, rule=None)
     assert not math.isclose(out["ce"]["zero"], full["ce"]["zero"])
     assert run_with_cache(lm.model, ids, [hook])[hook].shape == seen["in"].shape
+
+
+def test_left_out_table_reuses_the_harvest_record_and_recomputes_for_another_rule(tmp_path):
+    from resa_utils.lm.activations import left_out_table
+
+    lm = load_model("tiny-llama")
+    ids = torch.randint(10, 200, (4, 10), generator=torch.Generator().manual_seed(2))
+    cache = ActivationCache.build(tmp_path / "c", lm, ids, [resid_hook(0), resid_hook(1)], progress=False)
+    df = left_out_table({"train": cache}, [resid_hook(0), resid_hook(1)])
+    assert list(df.cache) == ["train", "train"] and list(df.rows) == [40, 40]
+    assert list(df.by_position) == [4, 4]  # no BOS in these windows: each start is left out
+    off = left_out_table({"train": cache}, [resid_hook(1)], ContentRule(enabled=False))
+    assert int(off.by_position[0]) == 0 and float(off.variance_share[0]) == 0.0
+
+
+def test_train_sae_reads_a_raw_cache_through_the_rule(tmp_path):
+    from resa_utils.sae import TrainConfig, train_sae
+    from resa_utils.sae.train import with_content_rows
+
+    lm = load_model("tiny-llama")
+    ids = torch.randint(10, 200, (8, 16), generator=torch.Generator().manual_seed(3))
+    cache = ActivationCache.build(tmp_path / "c", lm, ids, [resid_hook(1)], progress=False)
+    kept, _ = with_content_rows((cache, resid_hook(1)), ContentRule())
+    assert kept.n_tokens == cache.n_tokens - 8  # the 8 window starts
+    assert with_content_rows((cache, resid_hook(1)), None)[0] is cache
+    cfg = TrainConfig(method="topk", d_sae=32, k=4, n_tokens=256, batch_size=32)
+    assert train_sae((cache, resid_hook(1)), cfg, progress=False, device="cpu").sae.cfg.d_in == lm.d_model

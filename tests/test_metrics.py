@@ -55,7 +55,7 @@ def test_spliced_ce_matches_hand_computed_splices(tiny_lm, tiny_windows):
     assert out["ce"]["perfect"] == pytest.approx(out["ce"]["clean"], abs=1e-4)  # a perfect SAE changes nothing
     assert out["ce"]["clean"] == pytest.approx(by_hand(), abs=1e-4)
     no_bos = spliced_ce(tiny_lm, {"sae": (resid_hook(2), zero), "fn": (resid_hook(2), torch.zeros_like)}, w,
-                        keep_bos=False)["ce"]
+                        keep_bos=False, rule=None)["ce"]
     assert no_bos["sae"] == pytest.approx(by_hand(lambda a: zero(a.float()).to(a.dtype)), abs=1e-4)  # its own hook
     assert no_bos["fn"] == pytest.approx(by_hand(torch.zeros_like), abs=1e-4)  # a plain function splices too
     assert abs(no_bos["fn"] - out["ce"]["clean"]) > 1e-3  # and it did change the output

@@ -13,7 +13,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,6 +23,9 @@ from resa_utils.core.atomic import atomic_path, read_json, sha256_file, write_js
 from resa_utils.core.progress import PROGRESS_INTERVAL_S, tqdm
 from resa_utils.lm.content import (POSITION_KEY, ContentRule, LeftOut, _block_norms, _Variance,
                                    content_positions, norm_ok)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|mlp_out)$")
 
@@ -570,6 +573,19 @@ def content_rows(cache, hook: str, rule: ContentRule = ContentRule(), n_blocks: 
                    float(medians[0]), rule.max_norm_ratio, sh["position"] + sh["norm"], sh["position"],
                    sh["norm"])
     return KeptRows(cache, pos_N & ok_N), left
+
+
+def left_out_table(caches: dict, hooks: list[str], rule: ContentRule = ContentRule()) -> "pd.DataFrame":
+    """What `rule` leaves out of each `{name: cache}` at each hook: one `LeftOut.as_row()` per
+    (cache, hook), with the cache's name; the harvest's record is reused when `rule` is the default."""
+    import pandas as pd
+
+    rows = []
+    for name, cache in caches.items():
+        for hook in hooks:
+            rec = cache.left_out(hook) if rule == ContentRule() and hasattr(cache, "left_out") else None
+            rows.append({"cache": name, **(rec or content_rows(cache, hook, rule)[1].as_row())})
+    return pd.DataFrame(rows)
 
 
 def typical_rows(cache, hook: str, max_ratio: float, n_blocks: int = 1) -> torch.Tensor:

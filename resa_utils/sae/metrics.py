@@ -46,13 +46,14 @@ def evaluate_sae(sae: SAE, acts_ND: torch.Tensor, batch_size: int = 4096) -> dic
 
 @torch.no_grad()
 def ce_loss_recovered(lm, saes: SAE | dict[str, SAE], hook: str, windows_NT: torch.Tensor,
-                      batch_size: int = 4, keep_bos: bool = True, rule: ContentRule | None = None) -> dict:
+                      batch_size: int = 4, keep_bos: bool = True,
+                      rule: ContentRule | None = ContentRule()) -> dict:
     """(CE_zero − CE_sae) / (CE_zero − CE_clean) with each SAE spliced in at `hook`.
 
     `saes` is one SAE (returns one dict) or `{name: SAE}` (returns `{name: dict}`; the clean and
     zero-ablated passes run once for all). The SAE replaces the activations at every position
-    except, with `keep_bos`, the BOS, which SAEs trained with BOS dropped never saw; with a content
-    `rule`, every position the rule leaves out stays clean instead (see `spliced_ce`).
+    the content `rule` leaves out (special tokens, window starts, massive-norm rows: the SAE never
+    learned them); with `rule=None`, every position but, with `keep_bos`, the BOS (see `spliced_ce`).
     """
     single = isinstance(saes, SAE)
     named = {"sae": saes} if single else dict(saes)
@@ -69,16 +70,16 @@ def ce_loss_recovered(lm, saes: SAE | dict[str, SAE], hook: str, windows_NT: tor
 @torch.no_grad()
 def spliced_ce(lm, splices: dict[str, tuple[str, "SAE | Callable"]], windows_NT: torch.Tensor,
                batch_size: int = 4, keep_bos: bool = True, entropy: bool = False,
-               rule: ContentRule | None = None) -> dict:
+               rule: ContentRule | None = ContentRule()) -> dict:
     """Next-token CE (nats) of the clean model and of each `{name: (hook, sae)}` splice, each SAE
-    replacing the activations at its own hook (BOS kept clean with `keep_bos`, as SAEs trained
-    with BOS dropped never saw it). One clean pass serves all splices, so SAEs at several layers
+    replacing the activations at its own hook. One clean pass serves all splices, so SAEs at several layers
     cost one pass each. Returns `{"ce": {name: mean CE}, "per_window": {name: CE_N}}` with the
     clean pass under "clean", plus `"entropy_NT"`, the clean next-token entropy, if asked. A splice
     may also be any function of the activations (e.g. `torch.zeros_like` for zero ablation).
-    With a content `rule` (`lm.content.ContentRule`), every splice leaves the clean activation at
-    the positions the rule leaves out (special tokens, position 0, rows above the norm ratio times
-    the batch's median): the dictionary never learned them."""
+    Every splice leaves the clean activation at the positions the content `rule` leaves out
+    (`lm.content.ContentRule`: special tokens, position 0, rows above the norm ratio times the
+    batch's median): the dictionary never learned them. `rule=None`: the splice covers every
+    position but, with `keep_bos`, a leading BOS."""
     bos = getattr(lm.tokenizer, "bos_token_id", None)
     per_window: dict[str, list[torch.Tensor]] = {"clean": [], **{n: [] for n in splices}}
     ent: list[torch.Tensor] = []

@@ -13,6 +13,7 @@ import torch
 from resa_utils.core.progress import PROGRESS_INTERVAL_S, tqdm
 from resa_utils.lm.activations import check_finite
 from resa_utils.lm.models import default_device
+from resa_utils.lm.content import ContentRule
 from resa_utils.sae.config import TrainConfig
 from resa_utils.sae.crosscoder import CrosscoderTrainer
 from resa_utils.sae.gba import GBATrainer
@@ -49,8 +50,12 @@ def make_trainer(cfg: TrainConfig, d_in: int, device="cpu", metadata: dict | Non
 def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
               checkpoint_dir: str | Path | None = None, metadata: dict | None = None,
               progress: bool = True, probe: Callable[[SAE], dict] | None = None,
-              probe_tokens: tuple[int, ...] = ()) -> TrainResult:
+              probe_tokens: tuple[int, ...] = (), rule: ContentRule | None = ContentRule()) -> TrainResult:
     """Train an SAE on `data`: an `acts_ND` tensor or an `(ActivationCache, hook)` pair.
+
+    A raw cache (`ActivationCache` or `PairedCache`) is read through the content `rule`
+    (`activations.content_rows`: no special tokens, no window starts, no massive-norm rows);
+    `rule=None` reads every row. A tensor or a `KeptRows` is taken as already chosen.
 
     With `checkpoint_dir`, state is saved every `cfg.checkpoint_every` steps and at the end,
     and a rerun resumes from the last checkpoint (a finished run returns at once).
@@ -60,6 +65,7 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
     returned as `TrainResult.probes`, so a curve along training needs one run, not one per length.
     """
     device = device if device is not None else default_device()
+    data = with_content_rows(data, rule)
     sample = first_rows(data, 16_384)
     if sample.ndim != 2 or sample.shape[0] == 0:
         raise ValueError(f"data must be [n_tokens, d] activations, got shape {tuple(sample.shape)}")
@@ -103,6 +109,17 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
     done = (trainer.step - start_step) * cfg.batch_size
     return TrainResult(sae=trainer.export(), history=trainer.history, seconds=seconds,
                        tokens_per_s=done / seconds if seconds > 0 else 0.0, probes=trainer.probes)
+
+
+def with_content_rows(data, rule: ContentRule | None):
+    """`data` with a raw cache's rows chosen by `rule` (see `train_sae`); anything else unchanged."""
+    from resa_utils.lm.activations import ActivationCache, PairedCache, content_rows
+
+    if rule is None or isinstance(data, torch.Tensor) or not isinstance(data[0], (ActivationCache, PairedCache)):
+        return data
+    cache, hook = data
+    n_blocks = 2 if isinstance(cache, PairedCache) else 1
+    return content_rows(cache, hook, rule, n_blocks)[0], hook
 
 
 def _probe_due(step: int, cfg: TrainConfig, probe_tokens: tuple[int, ...]) -> bool:
@@ -151,6 +168,9 @@ class CacheJob:
     (needs `in_ram`)."""
     density_thresholds: tuple[float, ...] = ()
     """Firing rates whose held-out counts the row reports as `dense@t`."""
+    rule: ContentRule | None = ContentRule()
+    """Content rows of both caches (`activations.content_rows`); None: every row. Put it in the
+    sweep config too, so rows trained under another rule are not reused."""
 
 
 def train_cache_job(config: dict, jobs: dict[str, CacheJob]) -> dict:
@@ -163,8 +183,10 @@ def train_cache_job(config: dict, jobs: dict[str, CacheJob]) -> dict:
     from resa_utils.lm.activations import ActivationCache
 
     job = jobs[config_key(config)]
-    train_cache, eval_acts = ActivationCache(job.train_dir), ActivationCache(job.eval_dir).load(job.hook)
-    data = train_cache.load(job.hook) if job.in_ram else (train_cache, job.hook)
+    train_data, _ = with_content_rows((ActivationCache(job.train_dir), job.hook), job.rule)
+    eval_data, _ = with_content_rows((ActivationCache(job.eval_dir), job.hook), job.rule)
+    eval_acts = eval_data.load(job.hook)
+    data = train_data.load(job.hook) if job.in_ram else (train_data, job.hook)
     if job.basis_file is not None:
         if not job.in_ram:
             raise ValueError("a CacheJob with basis_file needs in_ram=True (the projection is applied in RAM)")
