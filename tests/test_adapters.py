@@ -63,3 +63,26 @@ def test_unmade_reasoner_names_say_how_to_make_them(cache):
 
 def test_a_hub_id_ending_in_reasoner_passes_through(cache):
     assert resolve_model_name("some-org/tiny-reasoner") == "some-org/tiny-reasoner"
+
+
+def test_scaled_adapters_scale_the_weight_change(cache):
+    """A dose-response of a distillation: the merged weights of `register_scaled(s)` are
+    base + s * (reasoner - base), exactly (LoRA B scaled); s = 0 is the base."""
+    lm, res = _trained(cache)
+    adapters.register_adapter("tiny-llama-reasoner", lm, res.adapter_dir)
+    base = dict(load_model("tiny-llama").model.named_parameters())
+    full = dict(load_model("tiny-llama-reasoner").model.named_parameters())
+    changed = [n for n in base if not torch.equal(base[n], full[n])]
+    assert changed
+    for s in (0.0, 2.0):
+        adapters.register_scaled(f"tiny-llama-reasoner-x{s:g}", "tiny-llama-reasoner", s)
+        got = dict(load_model(f"tiny-llama-reasoner-x{s:g}").model.named_parameters())
+        for n in changed:
+            assert torch.allclose(got[n] - base[n], s * (full[n] - base[n]), atol=1e-6), n
+    meta = adapters.read_json(adapters.adapter_path("tiny-llama-reasoner-x2") / adapters.META)
+    assert meta["scale"] == 2.0 and meta["scaled_from"] == "tiny-llama-reasoner" and meta["base"] == "tiny-llama"
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="scale"):
+            adapters.register_scaled("tiny-llama-reasoner-bad", "tiny-llama-reasoner", bad)
+    with pytest.raises(ValueError, match="not a registered adapter"):
+        adapters.register_scaled("x", "tiny-llama-nothing", 2.0)

@@ -202,3 +202,31 @@ def test_reasoning_models_figure_has_three_panels():
     assert not empty.axes[2].get_lines() and "no loss logged" in empty.axes[2].texts[0].get_text()
     plt.close(fig)
     plt.close(empty)
+
+
+def test_representation_change_is_zero_for_the_same_model_and_grows_with_a_scaled_change():
+    """Cosine 1 for a model against itself; a perturbed copy gives cosine below 1 that falls as the
+    perturbation grows; window starts are not counted under the content rule."""
+    import copy
+
+    import torch
+
+    from resa_utils.lm.content import ContentRule
+    from resa_utils.lm.models import load_model
+    from resa_utils.methods.distill import representation_change
+
+    base = load_model("tiny-llama")
+    ids = torch.randint(10, 200, (3, 12), generator=torch.Generator().manual_seed(0))
+    same = representation_change(base, base, ids, [1, 3])
+    assert list(same.block) == [1, 3] and (same["median cos"] > 0.9999).all()
+    assert (same.n == 3 * 11).all()  # 36 rows minus the 3 window starts
+    out = []
+    for eps in (0.05, 0.5):
+        other = copy.deepcopy(base)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in other.model.parameters():
+                p.add_(eps * p.abs().mean() * torch.randn(p.shape, generator=g))
+        out.append(representation_change(base, other, ids, [3])["median cos"].iloc[0])
+    assert 1 > out[0] > out[1]
+    assert representation_change(base, base, ids, [1], ContentRule(enabled=False)).n.iloc[0] == 36

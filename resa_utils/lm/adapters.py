@@ -73,6 +73,36 @@ def register_adapter(name: str, lm, adapter_src: str | Path, info: dict | None =
     return final
 
 
+def register_scaled(name: str, source: str, scale: float, info: dict | None = None) -> Path:
+    """Register `name` as the registered adapter `source` with its weight change scaled by `scale`
+    (every LoRA B multiplied by `scale`, so the merged model is base + scale * (B A) * alpha / r):
+    a dose-response of the change a distillation made. Refuses a non-finite or negative scale."""
+    import math
+
+    from safetensors.torch import load_file, save_file
+
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale={scale!r} must be a finite number >= 0")
+    src = adapter_path(source)
+    if not (src / META).exists():
+        raise ValueError(f"{source!r} is not a registered adapter model: register it first")
+    meta = read_json(src / META)
+    final = adapter_path(name)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(src / "adapter_config.json", tmp / "adapter_config.json")
+    weights = load_file(str(src / "adapter_model.safetensors"))
+    scaled = {k: (v * scale if "lora_B" in k else v).contiguous() for k, v in weights.items()}
+    if not any("lora_B" in k for k in weights):
+        raise ValueError(f"{source!r} has no lora_B weights to scale")
+    save_file(scaled, str(tmp / "adapter_model.safetensors"))
+    write_json(tmp / META, {**meta, "name": name, "scaled_from": source, "scale": float(scale),
+                            **(info or {})})
+    publish(tmp, final)
+    return final
+
+
 def check_adapter(folder: Path, lm) -> dict:
     """The adapter's metadata, after checking it was trained on `lm`'s base model (by name and
     by config shape); a mismatch names both models."""

@@ -11,11 +11,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+import torch
+
 from resa_utils.data.tasks import REFLECTION_PHRASES, Problem, TraceStyle, prompt, wilson, worked_trace
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from resa_utils.lm.content import ContentRule
     from resa_utils.lm.lora import LoraResult, LoraTrainConfig
 
 
@@ -290,3 +293,39 @@ def judge_reasoners(acc: "pd.DataFrame", *, n_test: int, task: str, difficulty: 
                      "note": f"rft {f['pass@1']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]; {rft_rounds} round(s), "
                              f"k={rft_k} at T={rft_temperature}; 'partly' = higher but intervals overlap"})
     return Verdict(rows, gain["points"], gain["disjoint"], ok)
+
+
+@torch.no_grad()
+def representation_change(base, other, windows_NT: torch.Tensor, layers: list[int],
+                          rule: "ContentRule | None" = None, batch_size: int = 8) -> "pd.DataFrame":
+    """How far a fine-tune moved the residual stream: per block, the cosine between the base's and
+    the other model's output at the same token, over content rows (`rule`; default ContentRule():
+    no special tokens, no window starts, no massive-norm rows in either model). One row per block:
+    median and quartiles of the cosine, median relative norm change, n."""
+    import pandas as pd
+
+    from resa_utils.lm.activations import resid_hook, run_with_cache
+    from resa_utils.lm.content import ContentRule, content_positions, select_rows
+
+    rule = ContentRule() if rule is None else rule
+    hooks = [resid_hook(layer) for layer in layers]
+    cos: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    rel: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    for a in range(0, windows_NT.shape[0], batch_size):
+        ids = windows_NT[a:a + batch_size]
+        pos = content_positions(ids, base.tokenizer).reshape(-1)
+        xa = run_with_cache(base.model, ids.to(base.device), hooks)
+        xb = run_with_cache(other.model, ids.to(other.device), hooks)
+        for h in hooks:
+            ra = xa[h].float().reshape(-1, xa[h].shape[-1]).cpu()
+            rb = xb[h].float().reshape(-1, xb[h].shape[-1]).cpu()
+            keep = select_rows(ra, pos, rule)[0] & select_rows(rb, pos, rule)[0]
+            cos[h].append(torch.nn.functional.cosine_similarity(ra[keep], rb[keep], dim=-1))
+            rel[h].append((rb[keep] - ra[keep]).norm(dim=-1) / ra[keep].norm(dim=-1).clamp_min(1e-12))
+    rows = []
+    for layer, h in zip(layers, hooks):
+        c, r = torch.cat(cos[h]), torch.cat(rel[h])
+        q = torch.quantile(c.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+        rows.append({"block": layer, "median cos": q[1], "cos q25": q[0], "cos q75": q[2],
+                     "median relative change": float(r.median()), "n": int(c.numel())})
+    return pd.DataFrame(rows)
