@@ -169,6 +169,11 @@ def test_effective_unembedding_and_top_contexts(tiny_lm):
     tok = tiny_lm.tokenizer
     (text,) = dense.top_contexts(act, ids, tok, n=1, width=2)
     assert text.startswith("3.00:") and f"[[{tok.decode([22])}]]" in text and tok.decode([20, 21]) in text
+    # a content-row subset: row 2 of these three is cache row 6 (window 1, token 22), not row 2
+    (text,) = dense.top_contexts(torch.tensor([0.0, 1.0, 3.0]), ids, tok, n=1, width=2, rows_N=torch.tensor([0, 3, 6]))
+    assert f"[[{tok.decode([22])}]]" in text
+    with pytest.raises(ValueError, match="rows_N"):
+        dense.top_contexts(act, ids, tok, rows_N=torch.tensor([0, 1]))
 
 
 def test_cache_job_trains_on_the_projected_cache(tmp_path, tiny_lm, tiny_windows):
@@ -179,7 +184,7 @@ def test_cache_job_trains_on_the_projected_cache(tmp_path, tiny_lm, tiny_windows
 
     from safetensors.torch import save_file
 
-    from resa_utils.lm.activations import ActivationCache, resid_hook
+    from resa_utils.lm.activations import ActivationCache, content_rows, resid_hook
     from resa_utils.sae import CacheJob, TrainConfig, train_and_evaluate, train_cache_job
     from resa_utils.core.sweep import config_key, run_sweep
 
@@ -197,11 +202,12 @@ def test_cache_job_trains_on_the_projected_cache(tmp_path, tiny_lm, tiny_windows
         basis_file=str(tmp_path / "basis.safetensors") if c["variant"] == "ablate" else None)
         for c in configs}
     rows = run_sweep(tmp_path / "rows.jsonl", configs, partial(train_cache_job, jobs=jobs), workers=2).set_index("variant")
-    x, e = dense.project_out(tr.load(hook), basis), dense.project_out(ev.load(hook), basis)
+    tr_rows, ev_rows = content_rows(tr, hook)[0].load(hook), content_rows(ev, hook)[0].load(hook)  # the job's default rule
+    x, e = dense.project_out(tr_rows, basis), dense.project_out(ev_rows, basis)
     _, direct = train_and_evaluate(x, e, cfg, tmp_path / "direct")
     assert rows.loc["ablate"].fvu == pytest.approx(direct["fvu"], rel=1e-4)
     assert rows.loc["original"].fvu != pytest.approx(direct["fvu"], rel=1e-4)
-    _, streamed = train_and_evaluate((tr, hook), ev.load(hook), cfg, tmp_path / "direct_streamed")
+    _, streamed = train_and_evaluate((tr, hook), ev_rows, cfg, tmp_path / "direct_streamed")
     assert rows.loc["streamed"].fvu == pytest.approx(streamed["fvu"], rel=1e-4)
     assert {"dense@0.1", "dense@0.01"} <= set(rows.columns)
     assert (tmp_path / "ablate" / "cfg.json").exists()
@@ -237,6 +243,60 @@ def test_held_out_tokens_drop_bos_and_keep_each_tokens_provenance():
     assert h.positions["window"].tolist() == [1, 2, 3, 1, 2, 3]
     assert h.positions["document"].tolist() == [4, 5, -1, 0, 1, 2]
     assert h.positions["sentence"].tolist() == [0, 1, -1, 0, 1, 0]
+    assert h.row_N.tolist() == list(range(6))
+    sub = h.subset(torch.tensor([True, False, False, True, True, False]))
+    assert sub.row_N.tolist() == [0, 3, 4] and sub.doc_N.tolist() == [0, 1, 1] and sub.tag_N.tolist() == [1, 0, 2]
+    assert sub.positions["window"].tolist() == [1, 1, 2] and sub.positions["document"].tolist() == [4, 0, 1]
+    assert sub.entropy(torch.tensor([10.0, 11, 12, 13])).tolist() == [10.0, 13.0]  # entropy of rows 0..3 only
+    with pytest.raises(ValueError, match="row mask"):
+        h.subset(torch.ones(5, dtype=torch.bool))
+
+
+def _hand_cache(folder, hook, x_ND, position_ok_N, shard_rows):
+    """An ActivationCache written by hand (no model): `x_ND` in shards of `shard_rows` rows, with
+    the content-position record."""
+    from safetensors.torch import save_file
+
+    from resa_utils.core.atomic import sha256_file, write_json
+    from resa_utils.lm.activations import ActivationCache
+    from resa_utils.lm.content import POSITION_KEY
+
+    folder.mkdir(parents=True)
+    shards = []
+    for i, a in enumerate(range(0, len(x_ND), shard_rows)):
+        name = f"shard_{i:05d}.safetensors"
+        save_file({hook: x_ND[a:a + shard_rows].contiguous(), POSITION_KEY: position_ok_N[a:a + shard_rows].contiguous()},
+                  str(folder / name))
+        shards.append({"file": name, "start": i, "stop": i + 1, "n_tokens": len(x_ND[a:a + shard_rows]),
+                       "sha256": sha256_file(folder / name)})
+    write_json(folder / "manifest.json", {"hooks": [hook], "shards": shards, "complete": True, "n_tokens": len(x_ND)})
+    return ActivationCache(folder)
+
+
+def test_held_out_content_leaves_out_planted_rows_and_keeps_labels_aligned(tmp_path):
+    from resa_utils.lm.content import ContentRule
+
+    g = torch.Generator().manual_seed(0)
+    N, D, hook = 40, 6, "blocks.1.hook_resid_post"
+    x = torch.randn(N, D, generator=g)
+    x[17] *= 1000.0                                   # a massive row
+    pos_ok = torch.ones(N, dtype=torch.bool)
+    pos_ok[[0, 20]] = False                           # window starts / special tokens
+    cache = _hand_cache(tmp_path / "eval", hook, x, pos_ok, shard_rows=15)
+    held = dense.HeldOutTokens(doc_N=torch.arange(N) // 10, tag_N=torch.arange(N) % 3,
+                               positions={"window": torch.arange(N) % 20}, row_N=torch.arange(N))
+    acts, rows = dense.held_out_content(cache, {1: hook}, held, ContentRule())
+    kept = rows[1].row_N
+    assert set(range(N)) - set(kept.tolist()) == {0, 17, 20}
+    assert torch.equal(acts[1], x[kept])                      # row i of the activations ...
+    assert torch.equal(rows[1].doc_N, held.doc_N[kept])       # ... is token i of the labels
+    assert torch.equal(rows[1].tag_N, held.tag_N[kept])
+    assert torch.equal(rows[1].positions["window"], held.positions["window"][kept])
+    assert rows[1].entropy(torch.arange(25.0)).tolist() == [float(r) for r in kept if r < 25]
+    acts_all, rows_all = dense.held_out_content(cache, {1: hook}, held, ContentRule(enabled=False))
+    assert torch.equal(acts_all[1], x) and torch.equal(rows_all[1].row_N, torch.arange(N))
+    with pytest.raises(ValueError, match="held-out tokens"):
+        dense.held_out_content(cache, {1: hook}, held.subset(torch.arange(N) < 30), ContentRule())
 
 
 def test_harvest_once_harvests_then_reuses_the_cache(tmp_path, tiny_lm, tiny_windows):
@@ -280,6 +340,37 @@ def test_sae_sweep_names_trains_and_loads_each_variant(tmp_path, tiny_lm, tiny_w
     assert ablated.cfg.metadata["variant"] == "ablate-dense" and ablated.cfg.d_sae == 2 * d
 
 
+def test_sae_sweep_keys_folders_and_rows_by_the_content_rule(tmp_path, tiny_lm, tiny_windows):
+    """Two rules: other folders, other sweep rows (never reused across rules), and the jobs read
+    other rows (a strict norm ratio leaves rows out of training and of the held-out metrics)."""
+    from dataclasses import asdict
+
+    from resa_utils.core.sweep import read_rows
+    from resa_utils.lm.activations import resid_hook
+    from resa_utils.lm.content import ContentRule
+    from resa_utils.sae import TrainConfig
+
+    hooks = {1: resid_hook(1)}
+    dense.harvest_once(tmp_path / "h.jsonl", {"data": "x"}, tmp_path / "acts", tiny_lm,
+                       {"train": tiny_windows[:8], "eval": tiny_windows[8:12]}, list(hooks.values()))
+    cfg = TrainConfig(method="topk", d_sae=2 * tiny_lm.d_model, k=4, batch_size=32, n_tokens=128, seed=0)
+    strict, off = ContentRule(max_norm_ratio=1.05), ContentRule(enabled=False)
+    sweeps = {r: dense.SAESweep(tmp_path / "saes", tmp_path / "acts", hooks, cfg, {"data": "x"}, {}, tiny_lm.name,
+                                (0.1,), rule=r) for r in (strict, off)}
+    assert sweeps[strict].path(1) != sweeps[off].path(1)
+    assert dense.SAESweep(**{**sweeps[off].__dict__, "rule": ContentRule()}).path(1) not in {s.path(1) for s in sweeps.values()}
+    grid = [{"layer": 1, "variant": "original", "seed": 0}]
+    rows = {strict: sweeps[strict].train(tmp_path / "s.jsonl", grid)}
+    (key_strict,) = read_rows(tmp_path / "s.jsonl")
+    again = sweeps[strict].train(tmp_path / "s.jsonl", grid)  # same rule: the stored row
+    assert again.fvu[0] == rows[strict].fvu[0] and list(read_rows(tmp_path / "s.jsonl")) == [key_strict]
+    rows[off] = sweeps[off].train(tmp_path / "s.jsonl", grid)  # another rule: a row of its own, trained
+    assert list(read_rows(tmp_path / "s.jsonl")) != [key_strict]
+    assert rows[strict].content_rule[0] == asdict(strict) and rows[off].content_rule[0] == asdict(off)
+    assert rows[strict].fvu[0] != pytest.approx(rows[off].fvu[0], rel=1e-6)  # the rule reached the job
+    assert sweeps[strict].has_sae(grid[0]) and sweeps[off].has_sae(grid[0])  # both SAEs kept, in their own folders
+
+
 def test_spliced_ce_once_matches_spliced_ce_and_reuses_its_row(tmp_path, tiny_lm, tiny_windows):
     from resa_utils.lm.activations import resid_hook
     from resa_utils.sae import SAE, SAEConfig, spliced_ce
@@ -293,6 +384,28 @@ def test_spliced_ce_once_matches_spliced_ce_and_reuses_its_row(tmp_path, tiny_lm
     assert torch.allclose(got.entropy_M, want["entropy_NT"][:, 1:].reshape(-1))  # no entropy at BOS
     again = dense.spliced_ce_once(tmp_path / "ce.jsonl", {"k": 1}, None, {1: sae}, hooks, ids)  # stored: no model needed
     assert torch.equal(again.clean_W, got.clean_W)
+
+
+def test_spliced_ce_once_keys_its_row_by_the_content_rule(tmp_path, tiny_lm, tiny_windows):
+    from dataclasses import asdict
+
+    from resa_utils.core.sweep import read_rows
+    from resa_utils.lm.activations import resid_hook
+    from resa_utils.lm.content import ContentRule
+    from resa_utils.sae import SAE, SAEConfig, spliced_ce
+
+    sae = SAE(SAEConfig(d_in=tiny_lm.d_model, d_sae=16)).init_weights(torch.Generator().manual_seed(0))
+    hooks, ids, strict = {1: resid_hook(1)}, tiny_windows[:3], ContentRule(max_norm_ratio=1.05)
+    dense.spliced_ce_once(tmp_path / "ce.jsonl", {"k": 1}, tiny_lm, {1: sae}, hooks, ids)
+    with pytest.raises(AttributeError):  # another rule: the stored row is not reused, so the (absent) model is needed
+        dense.spliced_ce_once(tmp_path / "ce.jsonl", {"k": 1}, None, {1: sae}, hooks, ids, strict)
+    got = dense.spliced_ce_once(tmp_path / "ce.jsonl", {"k": 1}, tiny_lm, {1: sae}, hooks, ids, strict)
+    want = spliced_ce(tiny_lm, {"L1": (hooks[1], sae)}, ids, rule=strict)["per_window"]["L1"]
+    assert torch.allclose(got.spliced_W[1], want)
+    assert [r["content_rule"] for r in read_rows(tmp_path / "ce.jsonl").values()] == [asdict(strict)]
+    off = dense.spliced_ce_once(tmp_path / "ce.jsonl", {"k": 1}, tiny_lm, {1: sae}, hooks, ids, ContentRule(enabled=False))
+    every = spliced_ce(tiny_lm, {"L1": (hooks[1], sae)}, ids, rule=None)["per_window"]["L1"]  # all but the BOS
+    assert torch.allclose(off.spliced_W[1], every) and not torch.allclose(off.spliced_W[1], got.spliced_W[1])
 
 
 def test_delta_ce_interval_and_the_sae_quality_table():
@@ -459,6 +572,12 @@ def test_label_examples_show_the_first_dense_latent_per_label(tiny_lm):
     assert f"[[{tiny_lm.tokenizer.decode([22])}]]" in ex.context[0] and ex.context[0].startswith("3.00:")
     assert f"[[{tiny_lm.tokenizer.decode([11])}]]" in ex.context[2]
     assert dense.label_examples(labels, {3: sae, 5: sae}, {3: acts, 5: acts}, ids, tiny_lm.tokenizer, 0).empty
+    # content rows: layer 3 kept cache rows 0, 2 and 5 (window 1, token 21); latent 1 peaks at the last
+    sub = torch.zeros(3, 4)
+    sub[2, 1] = 3.0
+    ex = dense.label_examples(labels, {3: sae, 5: sae}, {3: sub, 5: acts}, ids, tiny_lm.tokenizer, n_contexts=1,
+                              rows={3: torch.tensor([0, 2, 5]), 5: torch.arange(8)})
+    assert f"[[{tiny_lm.tokenizer.decode([21])}]]" in ex.context[0]
 
 
 # --------------------------------------------------------------------------- ours vs the paper
@@ -533,6 +652,9 @@ def test_dense_figures_on_tiny_tables():
     rates = dense.rates_frame({3: torch.tensor([0.0, 0.01, 0.3]), 9: torch.tensor([0.02, 0.5])}, 0.1)
     fig = plots.dense_density(rates, 0.1, 2016)
     assert len(fig.axes) == 2 and fig.axes[0].get_title() == "layer 3: 1 dense" and fig.axes[-1].get_legend()
+    assert "2,016 tokens" in fig._suptitle.get_text()
+    fig = plots.dense_density(rates, 0.1, {3: 2000, 9: 2010})  # content rows differ by layer
+    assert "2,000-2,010 tokens by layer" in fig._suptitle.get_text()
     scores = pd.DataFrame({"layer": [3, 3, 3, 9, 9], "group": ["dense", "sparse", "random init", "sparse", "random init"],
                            "s": [0.95, 0.1, 0.05, 0.2, 0.0]})
     fig = plots.dense_antipodality(scores, 0.9)

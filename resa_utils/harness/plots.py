@@ -268,10 +268,16 @@ def _hist_proxy(ax, color, text: str) -> None:
     ax.add_patch(Rectangle((0, 0), 0, 0, color=color, alpha=0.55, label=text))
 
 
-def dense_density(rates, dense_threshold: float, n_tokens: int) -> plt.Figure:
+def dense_density(rates, dense_threshold: float, n_tokens: "int | dict") -> plt.Figure:
     """Notebook 03: each layer's histogram of latent firing rates (`dense.rates_frame`: layer,
-    latent, firing rate, dense), log-log, latents that never fire left out, the dense threshold marked."""
+    latent, firing rate, dense), log-log, latents that never fire left out, the dense threshold marked.
+    `n_tokens`: the held-out tokens the rates were read on, or `{layer: tokens}` (content rows differ by layer)."""
     layers = list(dict.fromkeys(rates["layer"]))
+    if isinstance(n_tokens, dict):
+        lo, hi = min(n_tokens.values()), max(n_tokens.values())
+        n_text = f"{lo:,} tokens" if lo == hi else f"{lo:,}-{hi:,} tokens by layer"
+    else:
+        n_text = f"{n_tokens:,} tokens"
     fig, axes = figure(len(layers), width=3.4, height=3.0, sharey=True)
     bins = np.logspace(-5, 0, 51)
     for i, (ax, L) in enumerate(zip(axes, layers)):
@@ -283,7 +289,7 @@ def dense_density(rates, dense_threshold: float, n_tokens: int) -> plt.Figure:
         label(ax, "firing rate (share of held-out tokens)", "latents" if i == 0 else "",
               f"layer {L}: {int(part['dense'].sum())} dense")
     legend_outside(axes[-1])
-    title(fig, "Latent firing rates on held-out tokens, by layer", n=f"{n_tokens:,} tokens")
+    title(fig, "Latent firing rates on held-out tokens, by layer", n=n_text)
     return fig
 
 

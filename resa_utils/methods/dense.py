@@ -20,7 +20,8 @@ import torch
 from resa_utils.core.atomic import atomic_path
 from resa_utils.core.stats import _ranks, pearson, spearman
 from resa_utils.core.sweep import config_key, run_sweep
-from resa_utils.lm.activations import ActivationCache, harvest_splits
+from resa_utils.lm.activations import ActivationCache, content_rows, harvest_splits
+from resa_utils.lm.content import ContentRule
 from resa_utils.sae import SAE, CacheJob, TrainConfig, evaluate_sae, spliced_ce, train_cache_job
 
 if TYPE_CHECKING:
@@ -352,13 +353,16 @@ def label_stats(act_N: torch.Tensor, w_dec_D: torch.Tensor, ctx: LabelContext,
 
 
 def top_contexts(act_N: torch.Tensor, ids_NT: torch.Tensor, tokenizer, n: int = 5,
-                 width: int = 8) -> list[str]:
+                 width: int = 8, rows_N: torch.Tensor | None = None) -> list[str]:
     """The `n` highest activations' contexts: `width` tokens before, the token in [[ ]], and
-    two after. Rows of `act_N` are the tokens of `ids_NT` without each window's first (BOS)."""
+    two after. Rows of `act_N` are the tokens of `ids_NT` without each window's first (BOS), or,
+    with `rows_N`, the rows of those it names (`HeldOutTokens.row_N` of a content-row subset)."""
     T = ids_NT.shape[1] - 1
+    if rows_N is not None and len(rows_N) != len(act_N):
+        raise ValueError(f"rows_N names {len(rows_N)} rows, the activations have {len(act_N)}")
     out = []
     for r in torch.topk(act_N, min(n, len(act_N))).indices.tolist():
-        w, t = divmod(r, T)
+        w, t = divmod(r if rows_N is None else int(rows_N[r]), T)
         t += 1
         ids = ids_NT[w]
         before = tokenizer.decode(ids[max(1, t - width):t])
@@ -416,6 +420,22 @@ class HeldOutTokens:
     """Part-of-speech class of each token; -1 where untagged."""
     positions: dict[str, torch.Tensor]
     """Position in the window (1 = the first token after BOS), the document and the sentence."""
+    row_N: torch.Tensor
+    """Row of each token in the held-out cache (corpus order): `arange(N)` until `subset` keeps some."""
+
+    def subset(self, keep_N: torch.Tensor) -> "HeldOutTokens":
+        """The tokens where `keep_N` (a bool per token, the mask that chose the activation rows) is
+        True, every label subset with the same mask, so they stay aligned with those rows."""
+        keep = torch.as_tensor(keep_N, dtype=torch.bool).flatten()
+        if keep.numel() != len(self.doc_N):
+            raise ValueError(f"the row mask has {keep.numel():,} entries, the held-out tokens {len(self.doc_N):,}")
+        return HeldOutTokens(doc_N=self.doc_N[keep], tag_N=self.tag_N[keep],
+                             positions={n: p[keep] for n, p in self.positions.items()}, row_N=self.row_N[keep])
+
+    def entropy(self, entropy_M: torch.Tensor) -> torch.Tensor:
+        """Of a next-token entropy given for the first M cache rows (corpus order), the values of
+        this subset's rows among them: aligned with this subset's first rows."""
+        return entropy_M[self.row_N[self.row_N < len(entropy_M)]]
 
 
 def held_out_tokens(windows: "Windows") -> HeldOutTokens:
@@ -427,7 +447,24 @@ def held_out_tokens(windows: "Windows") -> HeldOutTokens:
     doc_N = flat(windows.doc)
     return HeldOutTokens(doc_N=doc_N, tag_N=flat(windows.pos_tag), positions={
         "window": torch.arange(1, windows.ids.shape[1]).repeat(len(windows)), "document": flat(windows.pos),
-        "sentence": sentence_positions(doc_N, flat(windows.sentence_start))})
+        "sentence": sentence_positions(doc_N, flat(windows.sentence_start))}, row_N=torch.arange(len(doc_N)))
+
+
+def held_out_content(cache: ActivationCache, hooks: dict[int, str], held: HeldOutTokens,
+                     rule: ContentRule = ContentRule()) -> tuple[dict[int, torch.Tensor], dict[int, HeldOutTokens]]:
+    """Each layer's held-out content rows under `rule` (`activations.content_rows`: no special
+    tokens, no window starts, no rows above the norm ratio), and the held-out tokens' labels
+    subset with the same mask (the norm part differs by layer): `({layer: acts_ND}, {layer: HeldOutTokens})`,
+    row i of one the token i of the other. Every statistic of a dense latent reads these."""
+    if cache.n_tokens != len(held.doc_N):
+        raise ValueError(f"the held-out cache has {cache.n_tokens:,} rows but {len(held.doc_N):,} held-out tokens "
+                         "are labelled: build both from the same windows")
+    acts, rows = {}, {}
+    for L, hook in hooks.items():
+        kept, _ = content_rows(cache, hook, rule)
+        keep = torch.cat([s["keep"] for s in kept.manifest["shards"]])
+        acts[L], rows[L] = kept.load(hook), held.subset(keep)
+    return acts, rows
 
 
 # --------------------------------------------------------------------------- the SAEs
@@ -452,12 +489,16 @@ class SAESweep:
     model_name: str
     density_thresholds: tuple[float, ...] = ()
     workers: int = 1
+    rule: ContentRule = ContentRule()
+    """Content rows of both caches each SAE trains and is evaluated on; in every folder name and sweep
+    config, so an SAE or a row made under another rule is never reused."""
 
     def path(self, layer: int, variant: str = "original", seed: int | None = None) -> Path:
         """The SAE's folder (`cfg.json` + weights)."""
         c = {"layer": layer, "variant": variant, "seed": self.cfg.seed if seed is None else seed}
         setup = self.setup if variant == "original" else {**self.setup, **self.ablation_setup}
-        return Path(self.sae_dir) / f"L{layer}_{variant}_seed{c['seed']}_{config_key({**setup, **c})}"
+        key = config_key({**setup, **c, "content_rule": asdict(self.rule)})
+        return Path(self.sae_dir) / f"L{layer}_{variant}_seed{c['seed']}_{key}"
 
     def basis_file(self, layer: int, variant: str, seed: int) -> Path:
         """The file holding the basis an ablated SAE's activations are projected off."""
@@ -474,9 +515,11 @@ class SAESweep:
     def train(self, sweep_file: str | Path, grid: list[dict], desc: str = "SAEs",
               bases: dict[tuple[int, str], torch.Tensor] | None = None) -> pd.DataFrame:
         """Train the SAEs of `grid` (dicts of layer, variant, seed), `workers` at a time in spawned
-        processes; an ablated variant projects out `bases[(layer, variant)]`. One row per SAE."""
+        processes; an ablated variant projects out `bases[(layer, variant)]`. One row per SAE; each
+        config carries the content rule (`content_rule`), so a row of another rule is trained again."""
         from safetensors.torch import save_file
 
+        grid = [{**c, "content_rule": asdict(self.rule)} for c in grid]
         for c in grid:
             if c["variant"] != "original":
                 with atomic_path(self.basis_file(c["layer"], c["variant"], c["seed"])) as tmp:
@@ -486,7 +529,7 @@ class SAESweep:
             replace(self.cfg, seed=c["seed"]), str(self.path(c["layer"], c["variant"], c["seed"])),
             {"model_name": self.model_name, "hook_name": self.hooks[c["layer"]], "variant": c["variant"]},
             basis_file=None if c["variant"] == "original" else str(self.basis_file(c["layer"], c["variant"], c["seed"])),
-            density_thresholds=tuple(self.density_thresholds))
+            density_thresholds=tuple(self.density_thresholds), rule=self.rule)
             for c in grid}
         return run_sweep(sweep_file, grid, partial(train_cache_job, jobs=jobs), desc=desc,
                          valid=self.has_sae, workers=self.workers)
@@ -510,15 +553,19 @@ class SplicedCE:
 
 
 def spliced_ce_once(sweep_file: str | Path, config: dict, lm, saes: dict[int, SAE], hooks: dict[int, str],
-                    windows_NT: torch.Tensor) -> SplicedCE:
-    """CE of the clean model and of each layer's SAE spliced in (BOS kept clean), one pass per
-    splice, as a one-row resumable sweep keyed by `config`."""
+                    windows_NT: torch.Tensor, rule: ContentRule = ContentRule()) -> SplicedCE:
+    """CE of the clean model and of each layer's SAE spliced in, one pass per splice, as a one-row
+    resumable sweep keyed by `config` and the content `rule` (`content_rule`, so a row computed under
+    another rule is never reused). The splice leaves the clean activation where `rule` leaves a row
+    out (special tokens, window starts, norms above the ratio; `sae.metrics.spliced_ce`); with the
+    rule off, everywhere but the BOS, which the harvest never stores (the SAE's rows either way)."""
     def row(_config: dict) -> dict:
-        out = spliced_ce(lm, {f"L{L}": (hooks[L], saes[L]) for L in saes}, windows_NT, entropy=True)
+        out = spliced_ce(lm, {f"L{L}": (hooks[L], saes[L]) for L in saes}, windows_NT, entropy=True,
+                         rule=rule if rule.enabled else None)
         return {"ce": out["ce"], "per_window": {n: v.tolist() for n, v in out["per_window"].items()},
                 "entropy": out["entropy_NT"][:, 1:].reshape(-1).tolist()}
 
-    r = run_sweep(sweep_file, [config], row, desc="CE").iloc[0]
+    r = run_sweep(sweep_file, [{**config, "content_rule": asdict(rule)}], row, desc="CE").iloc[0]
     return SplicedCE(ce_clean=r["ce"]["clean"], clean_W=torch.tensor(r["per_window"]["clean"]),
                      spliced_W={L: torch.tensor(r["per_window"][f"L{L}"]) for L in saes},
                      entropy_M=torch.tensor(r["entropy"]))
@@ -689,10 +736,12 @@ def label_shares(labels: pd.DataFrame, names: list[str] = LABELS) -> pd.DataFram
 
 
 def label_examples(labels: pd.DataFrame, saes: dict[int, SAE], eval_acts: dict[int, torch.Tensor],
-                   ids_NT: torch.Tensor, tokenizer, n_contexts: int, names: list[str] = LABELS) -> pd.DataFrame:
+                   ids_NT: torch.Tensor, tokenizer, n_contexts: int, names: list[str] = LABELS,
+                   rows: dict[int, torch.Tensor] | None = None) -> pd.DataFrame:
     """The top-activating held-out contexts of the first dense latent (shallowest layer first) to
-    earn each label: one row per (label, rank)."""
-    rows = []
+    earn each label: one row per (label, rank). `rows[layer]`: the cache row of each of
+    `eval_acts[layer]`'s rows (`HeldOutTokens.row_N` of `held_out_content`); None: every row."""
+    out = []
     dense_labels = labels[labels.group == "dense"] if len(labels) else labels
     for lab in names:
         hit = dense_labels[dense_labels["labels"].str.split(", ").map(lambda ls: lab in ls)] if len(dense_labels) else dense_labels
@@ -701,9 +750,10 @@ def label_examples(labels: pd.DataFrame, saes: dict[int, SAE], eval_acts: dict[i
         row = hit.iloc[0]
         L, i = int(row.layer), int(row.latent)
         act = encode_latents(saes[L], eval_acts[L], torch.tensor([i]))[:, 0]
-        for rank, text in enumerate(top_contexts(act, ids_NT, tokenizer, n_contexts)):
-            rows.append({"label": lab, "layer": L, "latent": i, "evidence": row.evidence, "rank": rank + 1, "context": text})
-    return pd.DataFrame(rows, columns=["label", "layer", "latent", "evidence", "rank", "context"])
+        for rank, text in enumerate(top_contexts(act, ids_NT, tokenizer, n_contexts,
+                                                 rows_N=None if rows is None else rows[L])):
+            out.append({"label": lab, "layer": L, "latent": i, "evidence": row.evidence, "rank": rank + 1, "context": text})
+    return pd.DataFrame(out, columns=["label", "layer", "latent", "evidence", "rank", "context"])
 
 
 # --------------------------------------------------------------------------- ours vs the paper (each rule fixed before the run)

@@ -14,6 +14,7 @@ _unit = P.real(gt=0, lt=1)
 CHECKS: dict = {
     "profile": P.profile(), "allow_cpu": P.boolean(), "seed": P.integer(min=0),
     "model_name": P.model(), "layers": P.layers("model_name"), "corpus": P.choice(corpora.CORPORA),
+    "content_rows": P.boolean(), "max_norm_ratio": P.real(gt=1, lt=float("inf")),
     "eval_frac": P.real(gt=0, max=0.5), "seq_len": P.integer(min=8, max=4096),
     "train_tokens": P.integer(min=1), "eval_tokens": P.integer(min=1), "ce_tokens": P.integer(min=1),
     "d_sae": P.integer(min=2), "k": P.integer(min=1), "batch_size": P.integer(min=1),
