@@ -5,7 +5,9 @@ pair the same tokens and refuse caches of different tokens."""
 import pytest
 import torch
 
+from resa_utils.core.sweep import config_key
 from resa_utils.lm.activations import ActivationCache, PairedCache, resid_hook
+from resa_utils.lm.content import ContentRule
 from resa_utils.methods.crosscoder import decoder_norms, relative_norms, split_latents
 from resa_utils.sae import TrainConfig, train_sae
 from resa_utils.sae.train import make_trainer
@@ -334,33 +336,95 @@ def test_mixed_windows_cap_the_answers_at_half_and_keep_documents_apart(tiny_lm)
     assert all(torch.equal(mix.ids[s], again.ids[s]) for s in mix.ids)
 
 
+class _Renamed:
+    """A model under another name, so two "models" harvest into two caches."""
+
+    def __init__(self, lm, name):
+        self._lm, self.name = lm, name
+
+    def __getattr__(self, key):
+        return getattr(self._lm, key)
+
+
+def _plant(folder, hook, row: int, factor: float) -> None:
+    """Scale one row of a finished cache's first shard by `factor`, keeping the manifest's checks true."""
+    from safetensors.torch import load_file, save_file
+
+    from resa_utils.core.atomic import read_json, sha256_file, write_json
+
+    manifest = read_json(folder / "manifest.json")
+    shard = manifest["shards"][0]
+    tensors = load_file(str(folder / shard["file"]))
+    tensors[hook][row] *= factor
+    save_file(tensors, str(folder / shard["file"]))
+    shard["sha256"], shard["bytes"] = sha256_file(folder / shard["file"]), (folder / shard["file"]).stat().st_size
+    manifest.pop("left_out", None)          # the harvest's record of what the rule leaves out: recomputed on the next build
+    write_json(folder / "manifest.json", manifest)
+
+
 def test_harvest_pairs_leave_out_special_tokens_and_norm_outliers(tmp_path, tiny_lm, tiny_windows):
     from resa_utils.lm.activations import content_positions
-    from resa_utils.methods.crosscoder import describe_data, harvest_pairs
+    from resa_utils.methods.crosscoder import cache_rows, describe_data, harvest_pairs, left_out_frame
 
     ids = tiny_windows[:6].clone()
     special = tiny_lm.tokenizer.all_special_ids[0]
     ids[1, 4] = ids[3, 9] = special
     splits = {"train": ids[:4], "eval": ids[4:]}
     hook = resid_hook(1)
-    data = harvest_pairs(tmp_path, {"a": tiny_lm, "b": tiny_lm}, "k", splits, hook, max_norm_ratio=1e9)
-    assert (tmp_path / f"{tiny_lm.name.replace('/', '--')}_k" / "train").exists()
+    models = {"a": _Renamed(tiny_lm, "tiny-a"), "b": _Renamed(tiny_lm, "tiny-b")}
+    loose = ContentRule(max_norm_ratio=1e9)
+    data = harvest_pairs(tmp_path, models, "k", splits, hook, loose)
+    assert (tmp_path / "tiny-a_k" / "train").exists() and (tmp_path / "tiny-b_k" / "train").exists()
     content = content_positions(splits["train"], tiny_lm.tokenizer)
-    assert data.n_special == {"train": 2, "eval": 0} and torch.equal(data.keep["train"], content[:, 1:].reshape(-1))
+    assert data.left_out["train"].by_position == 2 and data.left_out["eval"].by_position == 0
+    assert torch.equal(data.keep["train"], content[:, 1:].reshape(-1)) and torch.equal(data.content["train"], content)
     x = data.paired["train"].load()
     assert x.shape == (4 * 31, 2 * tiny_lm.d_model) and torch.equal(x[:, :tiny_lm.d_model], x[:, tiny_lm.d_model:])
-    tight = harvest_pairs(tmp_path, {"a": tiny_lm, "b": tiny_lm}, "k", splits, hook, max_norm_ratio=1.01)
-    assert tight.keep["train"].sum() < data.keep["train"].sum() and not (tight.keep["train"] & ~data.keep["train"]).any()
-    assert all(h["tokens"] == 0 for h in tight.harvest.values())      # the second call reads the caches
+    assert torch.equal(data.rows["train"].load(PairedCache.HOOK), x[data.keep["train"]])
+    _plant(tmp_path / "tiny-b_k" / "train", hook, row=40, factor=1000.0)   # a massive row in the second model only
+    rule = ContentRule()
+    planted = harvest_pairs(tmp_path, models, "k", splits, hook, rule)
+    assert all(h["tokens"] == 0 for h in planted.harvest.values())      # the second call reads the caches
+    x = planted.paired["train"].load()
+    assert x[40, tiny_lm.d_model:].norm() > 100 * x[41, tiny_lm.d_model:].norm()
+    assert not planted.keep["train"][40] and not planted.content["train"][1, 10]   # row 40 = window 1, position 10
+    assert torch.equal(planted.keep["train"], cache_rows(planted.content["train"])) and not planted.content["train"][:, 0].any()
+    trained_on = planted.rows["train"].load(PairedCache.HOOK)
+    assert not any(torch.equal(r, x[40]) for r in trained_on) and len(trained_on) == int(planted.keep["train"].sum())
+    assert planted.left_out["train"].by_norm >= 1 and planted.left_out["train"].norm_variance_share > 0.9
+    left = left_out_frame(planted, hook)
+    assert left.cache.tolist() == ["a/train", "a/eval", "b/train", "b/eval", "paired/train", "paired/eval"]
+    by = left.set_index("cache")
+    assert by.loc["b/train", "by_norm"] >= 1 and by.loc["paired/train", "variance_share"] > 0.9
+    assert by.loc["paired/train", "by_norm"] == planted.left_out["train"].by_norm
+    off = harvest_pairs(tmp_path, models, "k", splits, hook, ContentRule(enabled=False))   # every row, to show the difference
+    assert off.keep["train"].all() and off.rows["train"].n_tokens == 4 * 31 and off.content["train"][:, 1:].all()
+    assert (left_out_frame(off, hook).variance_share == 0).all()
     import pandas as pd
 
     from resa_utils.methods.crosscoder import MixedWindows
 
     mix = MixedWindows(splits, {"train": torch.tensor([True, False, False, False]), "eval": torch.tensor([False, True])})
     answers = pd.DataFrame({"correct": [True, False], "Wait": [1, 0]})
-    text = describe_data(answers, mix, tight, tight.paired["eval"].load(), 1.01)
+    text = describe_data(answers, mix, planted, planted.paired["eval"].load())
     assert text.startswith("2 answers (reasoner pass@1 on these training problems 0.50; 'Wait' in 50% of them)")
-    assert "answers 25% / 50% of them" in text and "special tokens 2 train / 0 held-out" in text and "cached" in text
+    assert "answers 25% / 50% of them" in text and "window starts 2 train / 0 held-out" in text and "cached" in text
+    assert "rule is off" in describe_data(answers, mix, off, off.paired["eval"].load())
+
+
+def test_harvest_pairs_refuse_a_cache_without_the_position_record(tmp_path, tiny_lm, tiny_windows, monkeypatch):
+    from resa_utils.methods.crosscoder import harvest_pairs
+
+    ids = tiny_windows[:4].clone()
+    ids[1, 4] = tiny_lm.tokenizer.all_special_ids[0]
+    splits = {"train": ids[:2], "eval": ids[2:]}
+    hook = resid_hook(1)
+    harvest_pairs(tmp_path, {"a": tiny_lm, "b": tiny_lm}, "k", splits, hook, ContentRule())
+    # a cache harvested before the rule existed reads as every position passing
+    monkeypatch.setattr(ActivationCache, "read_positions", lambda self, shard: torch.ones(shard["n_tokens"], dtype=torch.bool))
+    with pytest.raises(ValueError, match="do not record which rows are special tokens"):
+        harvest_pairs(tmp_path, {"a": tiny_lm, "b": tiny_lm}, "k", splits, hook, ContentRule())
+    harvest_pairs(tmp_path, {"a": tiny_lm, "b": tiny_lm}, "k", splits, hook, ContentRule(enabled=False))   # the rule off needs no record
 
 
 def test_train_crosscoder_trains_once_and_again_when_the_weights_are_gone(tmp_path):
@@ -372,11 +436,13 @@ def test_train_crosscoder_trains_once_and_again_when_the_weights_are_gone(tmp_pa
     x, *_ = planted(n=4096)
     cfg = TrainConfig(method="crosscoder", d_sae=16, n_tokens=2048, batch_size=256, lr=1e-3)
     args = (tmp_path / "sweep.jsonl", {"run": 1}, x[:3072], x[3072:], cfg, tmp_path / "cc", {"model_names": ["a", "b"]})
-    first = train_crosscoder(*args)
+    rule = ContentRule()
+    first = train_crosscoder(*args, rule=rule)
     assert (tmp_path / "cc" / "cfg.json").exists() and len(first.curve) > 0
-    assert train_crosscoder(*args).seconds == first.seconds                  # the stored row, no retraining
+    assert first.content_rule == {"enabled": True, "max_norm_ratio": 10.0}  # the rule is in the sweep row
+    assert train_crosscoder(*args, rule=rule).seconds == first.seconds       # the stored row, no retraining
     shutil.rmtree(tmp_path / "cc")
-    assert train_crosscoder(*args).seconds != first.seconds and (tmp_path / "cc" / "cfg.json").exists()
+    assert train_crosscoder(*args, rule=rule).seconds != first.seconds and (tmp_path / "cc" / "cfg.json").exists()
     cc = SAE.load(tmp_path / "cc")
     keep = torch.ones(1024, dtype=torch.bool)
     keep[:100] = False
@@ -386,6 +452,40 @@ def test_train_crosscoder_trains_once_and_again_when_the_weights_are_gone(tmp_pa
     assert held.quality.model.tolist() == ["a", "b"] and held.metrics["dead_share"] == float((~held.live_F).float().mean())
     assert held.metrics["fvu_base"] == pytest.approx(float(held.quality["held-out FVU"][0]))
     assert held.metrics["l0"] == pytest.approx(float((held.acts_NF[keep] > 0).sum(1).float().mean()))
+
+
+def test_crosscoder_runs_under_another_rule_are_never_reused(tmp_path, tiny_lm, tiny_windows, monkeypatch):
+    from pathlib import Path
+
+    import resa_utils.sae as sae_pkg
+    from resa_utils.methods.crosscoder import crosscoder_key, harvest_pairs, train_crosscoder
+
+    cfg = TrainConfig(method="crosscoder", d_sae=16, n_tokens=64, batch_size=32)
+    keys = {r: crosscoder_key("data", "h", cfg, r, 100) for r in (ContentRule(), ContentRule(max_norm_ratio=5.0),
+                                                                   ContentRule(enabled=False))}
+    assert len({config_key(k) for k in keys.values()}) == 3 and all(k["content_rule"] for k in keys.values())
+    assert config_key(crosscoder_key("data", "h", cfg, ContentRule(), 99)) != config_key(keys[ContentRule()])
+    seen = []
+
+    def fake_train(data, eval_ND, cfg, path, metadata=None, device=None):   # what train_crosscoder hands the trainer
+        seen.append(data)
+        Path(path).mkdir(exist_ok=True)
+        (Path(path) / "cfg.json").write_text("{}")      # the weights are there: the row may be reused
+        return None, {"fvu": 0.0, "seconds": float(len(seen))}
+
+    monkeypatch.setattr(sae_pkg, "train_and_evaluate", fake_train)
+    ids = tiny_windows[:4]
+    models = {"a": _Renamed(tiny_lm, "tiny-a"), "b": _Renamed(tiny_lm, "tiny-b")}
+    harvest_pairs(tmp_path, models, "k", {"train": ids}, resid_hook(1), ContentRule())
+    _plant(tmp_path / "tiny-a_k" / "train", resid_hook(1), row=5, factor=1000.0)
+    data = harvest_pairs(tmp_path, models, "k", {"train": ids}, resid_hook(1), ContentRule())
+    sweep, x = tmp_path / "cc.jsonl", data.paired["train"].load()
+    for rule in (ContentRule(), ContentRule(enabled=False), ContentRule(enabled=False)):
+        train_crosscoder(sweep, {"run": 1}, data.paired["train"], x[:8], cfg, tmp_path / "cc", {}, rule=rule)
+    assert len(seen) == 2                       # the rule off trained anew, then its row was reused
+    on_rows, off_rows = seen[0][0].load(PairedCache.HOOK), seen[1][0].load(PairedCache.HOOK)
+    assert len(off_rows) == len(x) and len(on_rows) == data.rows["train"].n_tokens < len(x)
+    assert not any(torch.equal(r, x[5]) for r in on_rows)   # the planted massive row is not trained on
 
 
 def test_relative_norm_counts_count_live_latents_per_group():
@@ -459,10 +559,13 @@ def test_busiest_windows_and_the_ablation_plan_read_other_windows():
     acts[1, 0, 3] = 1.0            # latent 3: fires once on window 1, never on a predicting position
     pool = torch.tensor([True, True, True, True, False])
     plan = ablation_plan(acts.view(-1, F), words, torch.tensor([0, 2]), pool, n_ablate=2, min_share=0.3,
-                         min_firings=1, cc_name="cc")
+                         min_firings=1, cc_name="cc", rule=ContentRule())
     assert plan.configs == [{"category": "deduction", "latents": [0], "windows": [0, 2], "cc": "cc",
-                             "measures": ["logit", "log-prob"]}]
+                             "measures": ["logit", "log-prob"], "content_rule": {"enabled": True, "max_norm_ratio": 10.0}}]
     assert plan.cats_pred.loc[0, "share deduction"] == 1.0 and plan.cats_pred.loc[2, "firings"] == 0
+    off = ablation_plan(acts.view(-1, F), words, torch.tensor([0, 2]), pool, n_ablate=2, min_share=0.3,
+                        min_firings=1, cc_name="cc", rule=ContentRule(enabled=False))
+    assert config_key(off.configs[0]) != config_key(plan.configs[0])   # a row measured under one rule is not reused under another
 
 
 def test_control_sets_draw_other_active_latents_of_the_pool():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from resa_utils.lm.content import ContentRule
 from resa_utils.sae import SAE
 from resa_utils.sae.crosscoder import block_norms
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from resa_utils.lm.activations import PairedCache
+    from resa_utils.lm.activations import ActivationCache, KeptRows, PairedCache
+    from resa_utils.lm.content import LeftOut
     from resa_utils.sae import TrainConfig
 
 
@@ -81,8 +83,8 @@ def ablated_logits(first_lm, second_lm, cc: SAE, hook: str, ids_BT: torch.Tensor
     reconstruction with those latents removed plus the crosscoder's error term, so an empty
     ablation reproduces the clean forward exactly. The encoder reads both models'
     activations of the same tokens (the first model runs up to `hook` once). `where_BT` (bool)
-    limits the ablation to those positions (e.g. `activations.content_positions`: the
-    crosscoder never saw BOS or special tokens)."""
+    limits the ablation to those positions (e.g. `PairedData.content`: the positions of the rows
+    the content rule kept, the only ones the crosscoder learned from)."""
     from resa_utils.lm.activations import run_with_cache, splice
 
     if n_models(cc) != 2:
@@ -333,74 +335,131 @@ def mixed_windows(answer_docs: list, text_docs: list, tokenizer, seq_len: int, t
 
 @dataclass
 class PairedData:
-    """Two models' activations at one hook over the same windows, and the rows a crosscoder reads."""
+    """Two models' activations at one hook over the same windows, and the rows a crosscoder reads:
+    the content rows of the pairs under one `ContentRule` (`lm.content`)."""
 
     paired: dict[str, "PairedCache"]
-    """`{split: PairedCache}`: row i holds the same token in both models (BOS dropped)."""
+    """`{split: PairedCache}`: row i holds the same token in both models (BOS dropped), every row."""
+    rows: dict[str, "KeptRows"]
+    """`{split: KeptRows}`: the content rows of `paired` (what the crosscoder trains on and is judged on)."""
     content: dict[str, torch.Tensor]
-    """`{split: [N, T]}` True at tokens that are neither BOS nor special nor a norm outlier."""
+    """`{split: [N, T]}` True at the positions of the content rows (never at position 0, whose BOS
+    is not harvested): where an ablation may act."""
     keep: dict[str, torch.Tensor]
     """`{split: [N·(T−1)]}` the same as cache rows (`cache_rows(content)`)."""
-    n_special: dict[str, int]
-    """`{split: rows}` left out as special tokens (before the norm rule)."""
+    left_out: dict[str, "LeftOut"]
+    """`{split: LeftOut}` what the rule left out of the pairs, with its share of the centred variance."""
+    rule: ContentRule
+    """The rule the rows were chosen by."""
+    caches: dict[str, dict[str, "ActivationCache"]]
+    """`{model: {split: ActivationCache}}`: each model's own harvest."""
     harvest: dict[str, dict]
     """`{model: {tokens, seconds, tokens/s}}` of what this call harvested."""
 
 
 def harvest_pairs(root: str | Path, models: dict, key: str, splits: dict[str, torch.Tensor], hook: str,
-                  max_norm_ratio: float, workers: int = 1) -> PairedData:
+                  rule: ContentRule, workers: int = 1) -> PairedData:
     """Both models' residual at `hook` over the same windows (cached in `root/<model>_<key>`),
-    paired row by row. Left out: special tokens (attention sinks, like BOS) and rows whose norm
-    in either model exceeds `max_norm_ratio` times that model's median (sinks that are not
-    special tokens)."""
-    from resa_utils.lm.activations import PairedCache, content_positions, harvest_splits, typical_rows
+    paired row by row, and the content rows of the pairs under `rule`
+    (`activations.content_rows` with one block per model): special tokens and window starts
+    (attention sinks, like BOS) are left out, and rows whose norm in either model exceeds
+    `rule.max_norm_ratio` times that model's median (sinks that are not special tokens).
+    A cache harvested before the position record existed is refused when the rule is on."""
+    from resa_utils.lm.activations import PairedCache, content_rows, harvest_splits
 
     caches, stats = {}, {}
     for name, lm in models.items():
-        caches[name], stats[name] = harvest_splits(Path(root) / f"{lm.name.replace('/', '--')}_{key}", lm, splits,
-                                                   [hook], workers=workers)
+        folder = Path(root) / f"{lm.name.replace('/', '--')}_{key}"
+        caches[name], stats[name] = harvest_splits(folder, lm, splits, [hook], workers=workers)
     first, second = list(models)
     paired = {s: PairedCache(caches[first][s], hook, caches[second][s], hook) for s in splits}
-    content = {s: content_positions(ids, models[first].tokenizer) for s, ids in splits.items()}  # not BOS, not special
-    n_special = {s: int((~c[:, 1:]).sum()) for s, c in content.items()}
-    for s, ids in splits.items():  # no attention sink in either model
-        content[s][:, 1:] &= typical_rows(paired[s], PairedCache.HOOK, max_norm_ratio, n_blocks=2).view(len(ids), -1)
-    return PairedData(paired, content, {s: cache_rows(c) for s, c in content.items()}, n_special, stats)
+    rows, left, content = {}, {}, {}
+    for s, ids in splits.items():
+        if rule.enabled:
+            _check_positions(paired[s], ids, models[first].tokenizer)
+        rows[s], left[s] = content_rows(paired[s], PairedCache.HOOK, rule, n_blocks=2)
+        keep = torch.cat([sh["keep"] for sh in rows[s].manifest["shards"]])
+        content[s] = torch.cat([torch.zeros(len(ids), 1, dtype=torch.bool), keep.view(len(ids), -1)], 1)
+    by_model = {name: {s: caches[name][s] for s in splits} for name in models}
+    return PairedData(paired, rows, content, {s: cache_rows(c) for s, c in content.items()}, left, rule,
+                      by_model, stats)
 
 
-def describe_data(answers: "pd.DataFrame", mix: MixedWindows, data: PairedData, eval_x_ND: torch.Tensor,
-                  max_norm_ratio: float) -> str:
+def _check_positions(paired: "PairedCache", ids_NT: torch.Tensor, tokenizer) -> None:
+    """Refuse a cache whose recorded content positions admit a special token or a window start of
+    `ids_NT` (a harvest from before the record existed reads as every position passing)."""
+    from resa_utils.lm.content import content_positions
+
+    recorded = torch.cat([paired.read_positions(s) for s in paired.manifest["shards"]])
+    expected = cache_rows(content_positions(ids_NT, tokenizer))
+    if recorded.shape != expected.shape or (recorded & ~expected).any():
+        raise ValueError(f"the activation caches {paired.a.folder} / {paired.b.folder} do not record which rows are "
+                         "special tokens (harvested before the content rule existed, or from other windows): delete "
+                         "them and rerun, so the harvest records the positions")
+
+
+def left_out_frame(data: PairedData, hook: str) -> "pd.DataFrame":
+    """What `data.rule` leaves out, one row per cache (`LeftOut.as_row()` with its name): each
+    model's own harvest (`model/split`, its own median; `activations.left_out_table`) and the
+    pairs the crosscoder reads (`paired/split`: left out when either model's block is)."""
+    import pandas as pd
+
+    from resa_utils.lm.activations import left_out_table
+
+    own = left_out_table({f"{m}/{s}": c for m, by_split in data.caches.items() for s, c in by_split.items()},
+                         [hook], data.rule)
+    pairs = pd.DataFrame([{"cache": f"paired/{s}", **lo.as_row()} for s, lo in data.left_out.items()])
+    return pd.concat([own, pairs], ignore_index=True)[list(pairs.columns)]   # one column order, recorded or computed
+
+
+def describe_data(answers: "pd.DataFrame", mix: MixedWindows, data: PairedData, eval_x_ND: torch.Tensor) -> str:
     """What the crosscoder reads, in two lines: the answers (pass@1, "Wait"), the windows and the
     answers' share of them, the harvest speeds, the rows left out, and the activation norms."""
     answer_share = {s: float(f.float().mean()) for s, f in mix.from_answers.items()}
-    keep_train, keep_eval = data.keep["train"], data.keep["eval"]
-    n_special, D = data.n_special, eval_x_ND.shape[1] // 2
+    keep_eval, lo, D = data.keep["eval"], data.left_out, eval_x_ND.shape[1] // 2
     norms = eval_x_ND[:, :D].float().norm(dim=1)
     left_out = float(norms[~keep_eval].max()) if (~keep_eval).any() else float("nan")
+    dropped = (f"rows left out: special tokens and window starts {lo['train'].by_position} train / "
+               f"{lo['eval'].by_position} held-out, then norm above {data.rule.max_norm_ratio:g}x the median in either "
+               f"model {lo['train'].by_norm} / {lo['eval'].by_norm}" if data.rule.enabled
+               else "rows left out: none (the content rule is off)")
     return (f"{len(answers)} answers (reasoner pass@1 on these training problems {answers.correct.mean():.2f}; "
             f"'Wait' in {(answers.Wait > 0).mean():.0%} of them); windows: {len(mix.ids['train'])} train / {len(mix.ids['eval'])} held-out, "
             f"answers {answer_share['train']:.0%} / {answer_share['eval']:.0%} of them; "
             + "; ".join(f"{n} harvest " + (f"{h['tokens/s']:.0f} tok/s" if h["tokens"] else "cached") for n, h in data.harvest.items())
-            + f"; rows left out: special tokens {n_special['train']} train / {n_special['eval']} held-out, "
-            + f"then norm above {max_norm_ratio:g}x the median {int((~keep_train).sum()) - n_special['train']} / {int((~keep_eval).sum()) - n_special['eval']}"
-            + f"\nbase activation norm at the hook: median {float(norms[keep_eval].median()):.0f}, max over the kept rows "
-            f"{float(norms[keep_eval].max()):.0f}, max over the rows left out {left_out:.0f}")
+            + f"; {dropped}"
+            + f"\nbase activation norm at the hook: median {float(norms[keep_eval].median()):.4g}, max over the kept rows "
+            f"{float(norms[keep_eval].max()):.4g}, max over the rows left out {left_out:.4g}")
 
 
 # --------------------------------------------------------------------------- training and quality
 
 
+def crosscoder_key(data_key: str, hook: str, cfg: "TrainConfig", rule: ContentRule, n_rows: int) -> dict:
+    """The crosscoder's sweep config, whose `config_key` also names its weights' folder: the data,
+    the hook, the training config, the content rule and how many rows it kept, so nothing
+    trained under another rule (or on other rows) is reused."""
+    from resa_utils.core.sweep import config_key
+
+    return {"data": data_key, "hook": hook, "cfg": config_key(cfg.__dict__), "content_rule": asdict(rule),
+            "kept": int(n_rows)}
+
+
 def train_crosscoder(sweep_path: str | Path, sweep_config: dict, train_rows, eval_ND: torch.Tensor,
-                     cfg: "TrainConfig", path: str | Path, metadata: dict) -> "pd.Series":
-    """The crosscoder trained on `train_rows` (rows `[N, 2D]`, or a cache read at `PairedCache.HOOK`) and saved to
-    `path`, once: its sweep row (held-out metrics on `eval_ND`, seconds, tokens/s, curve) is reused
-    while the weights are still in `path`."""
+                     cfg: "TrainConfig", path: str | Path, metadata: dict, *, rule: ContentRule) -> "pd.Series":
+    """The crosscoder trained on `train_rows` and saved to `path`, once: its sweep row (held-out
+    metrics on `eval_ND`, seconds, tokens/s, curve) is reused while the weights are still in
+    `path`. `train_rows`: rows `[N, 2D]` or a `KeptRows`, already chosen by `rule`, or a raw
+    `PairedCache`, read through `rule` here. The sweep config gets `content_rule`, so a row
+    trained under another rule is never reused."""
     from resa_utils.core.sweep import run_sweep
     from resa_utils.lm.activations import PairedCache
     from resa_utils.sae import train_and_evaluate
+    from resa_utils.sae.train import with_content_rows
 
     path = Path(path)
-    data = train_rows if isinstance(train_rows, torch.Tensor) else (train_rows, PairedCache.HOOK)
+    sweep_config = {**sweep_config, "content_rule": asdict(rule)}
+    data = train_rows if isinstance(train_rows, torch.Tensor) else with_content_rows((train_rows, PairedCache.HOOK), rule)
 
     def train(_config: dict) -> dict:
         return train_and_evaluate(data, eval_ND, cfg, path, metadata=metadata)[1]
@@ -569,11 +628,13 @@ class AblationPlan:
 
 
 def ablation_plan(acts_NF: torch.Tensor, words_NT: dict[str, torch.Tensor], windows: torch.Tensor,
-                  pool_F: torch.Tensor, n_ablate: int, min_share: float, min_firings: int, cc_name: str) -> AblationPlan:
+                  pool_F: torch.Tensor, n_ablate: int, min_share: float, min_firings: int, cc_name: str,
+                  rule: ContentRule) -> AblationPlan:
     """Per category, the `n_ablate` pool latents (firing `min_firings`+ times) with the largest share
     of their activation mass on the positions that predict the category's word, measured on the
     held-out windows other than `windows` (those the ablation reads). A category none of whose
-    latents fires there gets no config."""
+    latents fires there gets no config. Each config names the content `rule` (which rows the
+    latents were read on and where the ablation acts), so a row measured under another is not reused."""
     T_body = next(iter(words_NT.values())).shape[1] - 1
     select = torch.ones(len(next(iter(words_NT.values()))), dtype=torch.bool)
     select[windows] = False
@@ -586,7 +647,7 @@ def ablation_plan(acts_NF: torch.Tensor, words_NT: dict[str, torch.Tensor], wind
         chosen = cand.nlargest(n_ablate, f"share {cat}").latent.tolist()
         if chosen:
             configs.append({"category": cat, "latents": chosen, "windows": windows.tolist(), "cc": cc_name,
-                            "measures": ["logit", "log-prob"]})
+                            "measures": ["logit", "log-prob"], "content_rule": asdict(rule)})
     return AblationPlan(cats_pred, configs)
 
 
@@ -628,7 +689,8 @@ def run_ablation(sweep_path: str | Path, configs: list[dict], first_lm, second_l
                  windows: torch.Tensor, pool_F: torch.Tensor, n_draws: int, seed: int,
                  where_NT: torch.Tensor) -> "pd.DataFrame":
     """`ablation_drops` for every config (resumable sweep rows in `sweep_path`) on the held-out
-    `windows` of `ids_NT`, the controls drawn with seed `seed + 17`; an empty frame without configs."""
+    `windows` of `ids_NT`, the controls drawn with seed `seed + 17`, the latents zeroed only at
+    `where_NT` (the content rows' positions, `PairedData.content`); an empty frame without configs."""
     import pandas as pd
 
     from resa_utils.core.sweep import run_sweep
