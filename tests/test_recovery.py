@@ -3,6 +3,7 @@ parameter checks, and its figures (resa_utils.harness.plots, section 05_gba_reco
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import matplotlib
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from resa_utils.core.sweep import config_key
+from resa_utils.lm.content import ContentRule
 from resa_utils.methods import recovery as R
 from resa_utils.sae import SAE, SAEConfig
 
@@ -191,6 +193,94 @@ def test_sae_paths_stored_rows_and_loading(tmp_path):
     assert R.has_sae(c, tmp_path) and not R.has_sae({k: v for k, v in c.items() if k != "data"}, tmp_path)
     assert torch.equal(R.load_sae(tmp_path, c).W_dec, sae.W_dec)
 
+
+
+# --------------------------------------------------------------------------- content rows (issue 30)
+
+OFF = R.RealSpec(**{**SPEC.__dict__, "rule": ContentRule(enabled=False)})
+LOOSE = R.RealSpec(**{**SPEC.__dict__, "rule": ContentRule(max_norm_ratio=50.0)})
+
+
+def test_the_content_rule_is_in_every_real_config_so_no_row_of_another_rule_is_reused(tmp_path):
+    assert SPEC.rule == ContentRule()  # the library default
+    on, off, loose = (R.real_config(s, "topk", 4, 0) for s in (SPEC, OFF, LOOSE))
+    assert on["content_rule"] == {"enabled": True, "max_norm_ratio": 10.0} and off["content_rule"]["enabled"] is False
+    assert on["cfg"] == off["cfg"] and len({config_key(c) for c in (on, off, loose)}) == 3
+    assert len({R.sae_path(tmp_path, c) for c in (on, off, loose)}) == 3  # weights of each rule in their own folder
+    SAE(SAEConfig(d_in=4, d_sae=16)).init_weights(torch.Generator().manual_seed(0)).save(R.sae_path(tmp_path, on))
+    assert R.has_sae(on, tmp_path) and not R.has_sae(off, tmp_path) and not R.has_sae(loose, tmp_path)
+    assert not R.has_sae({k: v for k, v in on.items() if k != "content_rule"}, tmp_path)  # a row from before the rule
+    grid, named = {"topk": [4], "relu_l1": [0.1], "gba": [0.1]}, {"topk": 4, "relu_l1": 0.1, "gba": 0.1}
+    variants = [["tied", "relu"], ["untied", "relu"]]
+    for spec in (SPEC, OFF):
+        every = (R.real_configs(spec, grid, named, [0, 1], variants, [0.1])
+                 + [c for cs in R.named_configs(spec, named, [0, 1]).values() for c in cs]
+                 + list(R.ce_splices(spec, named, 0, variants, [0.1]).values()))
+        assert all(c["content_rule"] == dataclasses.asdict(spec.rule) for c in every)
+
+
+def test_the_ce_sweep_key_holds_the_rule_and_delta_ce_refuses_splices_of_another_rule():
+    named = {"topk": 4, "relu_l1": 0.1, "gba": 0.1}
+    splices = R.ce_splices(SPEC, named, 0, [["tied", "relu"]], [0.1])
+    on = R.ce_sweep_key(splices, 4, 16)
+    off = R.ce_sweep_key(splices, 4, 16, ContentRule(enabled=False))
+    assert on["content_rule"] == dataclasses.asdict(ContentRule()) and config_key(on) != config_key(off)
+    # splices built under another rule than the SAEs' configs: the rows are not theirs
+    configs = list(R.ce_splices(SPEC, named, 0, [["tied", "relu"]], [0.1]).values())
+    real = pd.DataFrame({"fvu": [0.1] * 3, "l0": [4.0] * 3})
+    pw = {n: [1.0, 2.0] for n in ["clean", "zero", *splices]}
+    R.delta_ce(pw, splices, real, configs)
+    with pytest.raises(ValueError, match="content rule"):
+        R.delta_ce(pw, R.ce_splices(OFF, named, 0, [["tied", "relu"]], [0.1]), real, configs)
+
+
+def test_ce_row_splices_under_the_rule_of_its_sweep_config(tmp_path, tiny_lm):
+    from resa_utils.lm.activations import resid_hook
+
+    hook = resid_hook(1)
+    c = R.real_config(SPEC, "topk", 4, 0)
+    SAE(SAEConfig(d_in=tiny_lm.d_model, d_sae=16)).init_weights(torch.Generator().manual_seed(0)).save(R.sae_path(tmp_path, c))
+    ids = torch.randint(10, 200, (3, 12), generator=torch.Generator().manual_seed(0))
+    out = {name: R.ce_row(R.ce_sweep_key({"TopK": c}, 3, 12, rule), tiny_lm, hook, {"TopK": c}, tmp_path, ids)["per_window"]
+           for name, rule in (("on", ContentRule()), ("off", ContentRule(enabled=False)))}
+    assert out["on"]["clean"] == pytest.approx(out["off"]["clean"])  # the clean pass is the same
+    # the rule keeps position 0 (and any outlier) clean, so every splice reads otherwise than with the rule off
+    assert out["on"]["zero"] != pytest.approx(out["off"]["zero"]) and out["on"]["TopK"] != pytest.approx(out["off"]["TopK"])
+
+
+def test_real_row_trains_on_the_content_rows_it_is_given_without_a_planted_massive_row(tmp_path):
+    from resa_utils.lm.activations import content_rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 8, generator=g)
+    x[100] *= 1000.0  # a massive activation
+    pos = torch.ones(len(x), dtype=torch.bool)
+    pos[::64] = False  # window starts
+    kept, left = content_rows(_RowCache(x, pos), "h", SPEC.rule)
+    rows = kept.load("h")
+    assert left.by_norm == 1 and left.by_position == 16 and len(rows) == 1024 - 17
+    assert rows.norm(dim=1).max() < 100 and left.variance_share > 0.9  # the planted row carried most of the variance
+    c = R.real_config(SPEC, "topk", 4, 0)
+    row = R.real_row(c, (kept, "h"), rows[:256], tmp_path, {})  # streamed, as the notebook does past its RAM limit
+    assert R.has_sae(c, tmp_path) and 0 < row["fvu"] < 1.5
+
+
+class _RowCache:
+    """A cache in memory with the reading interface `content_rows` and `KeptRows` use."""
+
+    def __init__(self, x, pos, shard_rows=256):
+        self.x, self.pos, self.n_tokens, self.hooks = x, pos, len(x), ["h"]
+        self.manifest = {"shards": [{"a": a, "b": min(a + shard_rows, len(x)), "n_tokens": min(shard_rows, len(x) - a)}
+                                    for a in range(0, len(x), shard_rows)]}
+
+    def check_hook(self, hook):
+        assert hook == "h"
+
+    def read_shard(self, s, hook, verify=True):
+        return self.x[s["a"]:s["b"]]
+
+    def read_positions(self, s):
+        return self.pos[s["a"]:s["b"]]
 
 def _real_rows() -> pd.DataFrame:
     rows = [("topk", 4, 0, "", 0.1, 4), ("topk", 8, 0, "", 0.05, 8), ("gba", 0.1, 0, "tied/relu", 0.2, 4),

@@ -14,6 +14,7 @@ import torch
 from resa_utils.core.sweep import config_key
 from resa_utils.data.synthetic import (SyntheticConfig, fresh_samples, make_dataset,
                                        matched_firing_corr, max_cosines, recovery_rate)
+from resa_utils.lm.content import ContentRule
 from resa_utils.sae import SAE, TrainConfig, evaluate_sae, spliced_ce, train_sae
 from resa_utils.sae.train import train_and_evaluate
 
@@ -325,7 +326,9 @@ def sensitivity_bars(sens: pd.DataFrame, tuning: Tuning, bars: dict[str, str] = 
 @dataclass(frozen=True)
 class RealSpec:
     """What every real-activation SAE shares: width, one pass over `n_tokens`, Adam lr, AuxK's
-    dead window, GBA's `(gamma, interval)` schedule, and the key of the activations it reads."""
+    dead window, GBA's `(gamma, interval)` schedule, the key of the activations it reads and the
+    content `rule` that chose its rows (in every config, so no row trained under another rule is
+    reused)."""
 
     d_sae: int
     n_tokens: int
@@ -336,6 +339,8 @@ class RealSpec:
     data_key: str
     default_variant: str = "tied/relu"
     """GBA's default `encoder/activation` variant (the first of `gba_variants`)."""
+    rule: ContentRule = ContentRule()
+    """The content rows the SAEs train and are evaluated on (`lm.content`)."""
 
 
 def real_train_config(spec: RealSpec, method: str, knob, seed: int, variant: str | None = None) -> TrainConfig:
@@ -355,10 +360,12 @@ def real_train_config(spec: RealSpec, method: str, knob, seed: int, variant: str
 
 
 def real_config(spec: RealSpec, method: str, knob, seed: int, variant: str | None = None) -> dict:
-    """One real SAE as a sweep config (labels, the data key and its full `TrainConfig`)."""
+    """One real SAE as a sweep config (labels, the data key, the content rule and its full
+    `TrainConfig`)."""
     variant = variant or spec.default_variant
     return {"method": method, "knob": knob, "seed": seed, "variant": variant if method == "gba" else "",
-            "data": spec.data_key, "cfg": asdict(real_train_config(spec, method, knob, seed, variant))}
+            "data": spec.data_key, "content_rule": asdict(spec.rule),
+            "cfg": asdict(real_train_config(spec, method, knob, seed, variant))}
 
 
 def real_configs(spec: RealSpec, knob_grid: dict[str, list], named: dict, seeds: list[int],
@@ -375,7 +382,7 @@ def sae_path(save_dir: Path, c: dict) -> Path:
     return Path(save_dir) / f"{c['method']}_{c['variant'].replace('/', '-')}_{c['knob']}_seed{c['seed']}_{config_key(c)}"
 
 
-REAL_KEYS = ("method", "knob", "seed", "variant", "data", "cfg")
+REAL_KEYS = ("method", "knob", "seed", "variant", "data", "content_rule", "cfg")
 """The fields of a real config (a stored row from another layout lacks some and is recomputed)."""
 
 
@@ -390,8 +397,9 @@ def load_sae(save_dir: Path, c: dict) -> SAE:
 
 
 def real_row(c: dict, train_data, eval_ND: torch.Tensor, save_dir: Path, metadata: dict) -> dict:
-    """Train real config `c` on `train_data` (tokens in RAM, or `(cache, hook)` streamed), save
-    it, and return its held-out row (`train_and_evaluate`); bind the data with `partial`."""
+    """Train real config `c` on `train_data` (content rows in RAM, or `(KeptRows, hook)` streamed,
+    chosen by the rule in `c["content_rule"]`), save it, and return its held-out row
+    (`train_and_evaluate`, on content rows `eval_ND`); bind the data with `partial`."""
     _, row = train_and_evaluate(train_data, eval_ND, TrainConfig(**c["cfg"]), sae_path(save_dir, c), metadata=metadata)
     return row
 
@@ -431,16 +439,21 @@ def ce_splices(spec: RealSpec, named: dict, seed: int, gba_variants: list, varia
     return out
 
 
-def ce_sweep_key(splices: dict[str, dict], windows: int, seq_len: int) -> dict:
-    """The CE sweep's one config: the splices' keys and the windows."""
-    return {"saes": {n: config_key(c) for n, c in splices.items()}, "windows": windows, "ce_seq_len": seq_len}
+def ce_sweep_key(splices: dict[str, dict], windows: int, seq_len: int, rule: ContentRule = ContentRule()) -> dict:
+    """The CE sweep's one config: the splices' keys, the windows and the content rule (the
+    positions every splice, zero ablation included, leaves clean)."""
+    return {"saes": {n: config_key(c) for n, c in splices.items()}, "windows": windows, "ce_seq_len": seq_len,
+            "content_rule": asdict(rule)}
 
 
-def ce_row(_c: dict, lm, hook: str, splices: dict[str, dict], save_dir: Path, windows_NT: torch.Tensor) -> dict:
+def ce_row(c: dict, lm, hook: str, splices: dict[str, dict], save_dir: Path, windows_NT: torch.Tensor) -> dict:
     """Per-window CE (nats) clean, zero-ablated and with each SAE of `splices` spliced in at
-    `hook` (`spliced_ce`); bind the arguments with `partial` for `run_sweep`."""
+    `hook` (`spliced_ce`), leaving clean the positions that the content rule of the sweep config
+    `c` (`ce_sweep_key`) leaves out, so the rule that keys the row is the one it ran under; bind
+    the other arguments with `partial` for `run_sweep`."""
+    rule = ContentRule(**c["content_rule"])
     saes = {"zero": (hook, torch.zeros_like), **{n: (hook, load_sae(save_dir, c)) for n, c in splices.items()}}
-    out = spliced_ce(lm, saes, windows_NT, batch_size=8)
+    out = spliced_ce(lm, saes, windows_NT, batch_size=8, rule=rule)
     return {"per_window": {n: v.tolist() for n, v in out["per_window"].items()}}
 
 
@@ -467,6 +480,10 @@ def delta_ce(per_window: dict[str, list[float]], splices: dict[str, dict], real:
     ablation, and the SAE's FVU and L0 (`real` holds `configs`' rows, in order)."""
     pw = {n: torch.tensor(v) for n, v in per_window.items()}
     by_key = {config_key(c): r for c, (_, r) in zip(configs, real.iterrows())}
+    missing = [n for n, c in splices.items() if config_key(c) not in by_key]
+    if missing:
+        raise ValueError(f"splices {missing} are not among the real sweep's configs: build them from the same "
+                         "RealSpec (same data key and content rule) as the SAEs")
     rows = []
     for name, c in splices.items():
         diff, r = pw[name] - pw["clean"], by_key[config_key(c)]
