@@ -176,32 +176,60 @@ def test_harvest_pair_caches_the_studied_blocks_of_both_models_and_reuses_them(t
     assert [r["model"] for r in rows] == ["tiny-qwen2", "tiny-llama"] and rows[0]["pair"] == "main"
     assert rows[0]["params"] > 0 and rows[0]["tokens/s"] > 0
     assert paths == [f"harvest_source_{pair.key}", f"harvest_target_{pair.key}"]
+    from safetensors import safe_open
+
+    from resa_utils.lm.content import POSITION_KEY
+
+    for cache in (pair.cache_s, pair.cache_t):  # every shard records its rows' position verdicts (the key says so)
+        for shard in cache.manifest["shards"]:
+            with safe_open(str(cache.folder / shard["file"]), "pt") as fh:
+                assert POSITION_KEY in fh.keys()
+    left = pair.left_out(name="main")  # one row per studied block of each model, named by pair and model
+    assert left.cache.tolist() == ["main/tiny-qwen2"] * len(pair.layers_s) + ["main/tiny-llama"] * len(pair.layers_t)
+    assert (left.rows == 60).all() and left.hook.tolist() == [h for hs in pair.hooks() for h in hs]
+    assert pair.content_mask().shape == pair.pw.source_rows.shape
     again = transfer.harvest_pair(texts, "tiny-qwen2", "tiny-llama", "tokens", extra_src=[1], **kw)
     assert again.key == pair.key and again.speeds == pair.speeds  # stored sweep rows, nothing harvested twice
 
 
 class _Cache:
-    """Stands in for an ActivationCache: `load(hook)` of activations keyed by block."""
+    """Stands in for an ActivationCache (one shard): activations keyed by block, each row's
+    position verdict (`positions`, default every row passes), and the reading interface that
+    `activations.content_rows` uses."""
 
-    def __init__(self, by_layer):
+    def __init__(self, by_layer, positions=None, model="m"):
         from resa_utils.lm.activations import resid_hook
 
         self.by_hook = {resid_hook(l): a for l, a in by_layer.items()}
+        n = next(iter(by_layer.values())).shape[0]
+        self.positions = torch.ones(n, dtype=torch.bool) if positions is None else positions
+        self.manifest = {"shards": [{"n_tokens": n}], "model": model}
+        self.n_tokens = n
+        self.hooks = list(self.by_hook)
 
     def load(self, hook, verify=True):
         return self.by_hook[hook]
 
+    def check_hook(self, hook):
+        assert hook in self.by_hook, hook
 
-def _planted_pair():
+    def read_shard(self, shard, hook, verify=True):
+        return self.by_hook[hook]
+
+    def read_positions(self, shard):
+        return self.positions
+
+
+def _planted_pair(n_win=30, T=20, positions=(None, None)):
     """Source block 2 maps exactly to target block 3 (4 blocks; 3 in the source); block 0s are noise."""
     g = torch.Generator().manual_seed(0)
-    n_win, T = 30, 20
     rows = torch.arange(n_win * T)
     src = {l: torch.randn(n_win * T, 5, generator=g) for l in (0, 2)}
     A = torch.randn(7, 5, generator=g)
     tgt = {0: torch.randn(n_win * T, 7, generator=g), 3: src[2] @ A.T - 1.0}
     pw = transfer.PairedWindows(torch.zeros(n_win, T + 1), torch.zeros(n_win, T + 1), rows, rows, rows // T, "tokens")
-    return transfer.HarvestedPair(pw, [0, 2], [0, 3], 3, 4, "k", _Cache(src), _Cache(tgt), {}), A
+    return transfer.HarvestedPair(pw, [0, 2], [0, 3], 3, 4, "k", _Cache(src, positions[0], "s"),
+                                  _Cache(tgt, positions[1], "t"), {}), A
 
 
 def test_fit_pair_maps_marks_matched_blocks_keeps_maps_and_resumes(tmp_path):
@@ -281,3 +309,83 @@ def test_lrt_figures_draw_every_panel_and_series():
     assert len(fig.axes) == 2 and len(fig.axes[0].containers) == 3  # one error-bar series per vector
     assert "3 held-out prompts per behaviour" in fig._suptitle.get_text() and fig.axes[1].get_legend() is not None
     plt.close(fig)
+
+
+def _spoiled_pair():
+    """The planted pair with rows that break the map: window starts (every T-th row) whose target
+    is noise, flagged by the source's position verdicts only; 2 rows flagged by the target's
+    position verdicts only (`t_out`); and 3 massive target rows at block 3 (~100x the typical
+    norm) that only the norm rule can catch. `(pair, A, starts, t_out, massive)`."""
+    n_win, T = 30, 20
+    rows = torch.arange(n_win * T)
+    starts, massive, t_out = rows % T == 0, torch.zeros(n_win * T, dtype=torch.bool), torch.zeros(n_win * T, dtype=torch.bool)
+    massive[[45, 211, 377]] = True
+    t_out[[7, 100]] = True
+    pair, A = _planted_pair(n_win, T, positions=(~starts, ~t_out))
+    g = torch.Generator().manual_seed(1)
+    y = pair.cache_t.by_hook["blocks.3.hook_resid_post"].clone()
+    y[starts] = 5 * torch.randn(int(starts.sum()), y.shape[1], generator=g)
+    y[massive] = 300 * torch.randn(3, y.shape[1], generator=g)
+    pair.cache_t.by_hook["blocks.3.hook_resid_post"] = y
+    return pair, A, starts, t_out, massive
+
+
+def test_content_mask_keeps_the_rows_both_models_keep_at_every_block():
+    from resa_utils.lm.content import ContentRule
+
+    pair, _, starts, t_out, massive = _spoiled_pair()
+    mask = pair.content_mask(ContentRule())
+    assert mask.tolist() == (~starts & ~t_out & ~massive).tolist()  # positions from both sides, norms from the target's block 3
+    assert pair.content_mask(ContentRule(enabled=False)).all()
+    assert pair.content_mask(ContentRule(max_norm_ratio=1000.0)).tolist() == (~starts & ~t_out).tolist()  # ~100x passes 1000x
+    # word-end pairing: source row i pairs with target row i - 1; a pair is out when either side's row is out
+    pw = pair.pw
+    pair.pw = transfer.PairedWindows(pw.source_ids, pw.target_ids, pw.source_rows[1:], pw.target_rows[:-1], pw.window[1:], "word_end")
+    assert pair.content_mask().tolist() == (~starts[1:] & ~t_out[:-1] & ~massive[:-1]).tolist()
+    left = pair.left_out(ContentRule(), "main")
+    assert left.cache.tolist() == ["main/s", "main/s", "main/t", "main/t"] and left.hook.tolist()[2:] == list(pair.cache_t.by_hook)
+    assert left.by_position.tolist() == [30, 30, 2, 2] and left.by_norm.tolist() == [0, 0, 0, 3]
+    assert left.variance_share.iloc[3] > 0.9  # the 3 massive rows carry most of block 3's centred variance
+
+
+def test_fit_layer_maps_reads_only_the_masked_rows_in_every_split():
+    pair, A, starts, t_out, massive = _spoiled_pair()
+    load_s, load_t = pair.cache_s.load, pair.cache_t.load
+    args = (lambda l: load_s(f"blocks.{l}.hook_resid_post"), lambda l: load_t(f"blocks.{l}.hook_resid_post"), pair.pw,
+            [2], [3], 3, 4, [0.0], transfer.window_splits(30, 0.2, 0.2, 0))
+    use = ~starts & ~t_out & ~massive
+    (clean,), maps = transfer.fit_layer_maps(*args, keep={(2, 3)}, shuffled={(2, 3)}, progress=False, rows_P=use)
+    (raw,), _ = transfer.fit_layer_maps(*args, shuffled={(2, 3)}, progress=False)
+    assert clean["r2"] > 0.999 and clean["cosine"] > 0.999 and raw["r2"] < 0.5  # the spoiled rows were in every split
+    assert torch.allclose(maps[(2, 3)].A_TS, A, atol=1e-3) and clean["shuffled_r2"] < 0.1
+    split = transfer.window_splits(30, 0.2, 0.2, 0)[pair.pw.window]
+    assert clean["n_train"] == int((use & (split == 0)).sum()) and clean["n_test"] == int((use & (split == 2)).sum())
+    assert raw["n_test"] == int((split == 2).sum())
+    with pytest.raises(ValueError, match="row mask has 3 entries"):
+        transfer.fit_layer_maps(*args, progress=False, rows_P=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="0 test pairs are left"):
+        transfer.fit_layer_maps(*args, progress=False, rows_P=use & (split != 2))
+
+
+def test_fit_pair_maps_puts_the_rule_in_its_sweep_config_and_map_files(tmp_path):
+    import json
+
+    from resa_utils.lm.content import ContentRule
+
+    pair, A, starts, t_out, massive = _spoiled_pair()
+    kw = dict(lambdas=[0.0], val_frac=0.2, test_frac=0.2, seed=0, map_dir=tmp_path / "maps",
+              sweep_path=lambda name: tmp_path / f"{name}.jsonl", keep=[(2, 3)])
+    on = transfer.fit_pair_maps(pair, "p", **kw)  # the default rule
+    assert on.table.set_index(["source_layer", "target_layer"]).loc[(2, 3), "r2"] > 0.999
+    assert (on.pairs, on.content_pairs) == (600, int((~starts & ~t_out & ~massive).sum()))
+    row = json.loads((tmp_path / "maps_p.jsonl").read_text().splitlines()[0])
+    assert row["content_rule"] == {"enabled": True, "max_norm_ratio": 10.0}
+    off = transfer.fit_pair_maps(pair, "p", **kw, rule=ContentRule(enabled=False))  # fitted again, not reused
+    assert off.table.set_index(["source_layer", "target_layer"]).loc[(2, 3), "r2"] < 0.5 and off.content_pairs == 600
+    rows = [json.loads(x) for x in (tmp_path / "maps_p.jsonl").read_text().splitlines()]
+    assert rows[-1]["content_rule"] == {"enabled": False, "max_norm_ratio": 10.0} and rows[-1]["fit"] != row["fit"]
+    assert len(list((tmp_path / "maps").iterdir())) == 2  # one map file per rule
+    pair.cache_s.by_hook = {}  # each rule's stored row is reused by that rule only
+    assert transfer.fit_pair_maps(pair, "p", **kw, rule=ContentRule(enabled=False)).table.r2.tolist() == off.table.r2.tolist()
+    with pytest.raises(AssertionError):  # another ratio is another config: refitted (and here the caches are gone)
+        transfer.fit_pair_maps(pair, "p", **kw, rule=ContentRule(max_norm_ratio=5.0))

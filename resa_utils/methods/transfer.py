@@ -1,7 +1,8 @@
 """Paper 2's affine maps between two models' hidden states, `h_T ≈ A h_S + p`, fitted in closed
 form by ridge regression from streamed sufficient statistics (the least-squares objective the
 paper minimises with AdamW has this minimiser exactly at λ = 0; λ > 0, chosen on a validation
-split, only regularises), scored by held-out R² and cosine; position pairing across two
+split, only regularises), scored by held-out R² and cosine on content rows (the pairs that a
+`ContentRule` keeps in both models at every studied block); position pairing across two
 tokenizers by character offsets at word ends; notebook 02's steps over a model pair (harvest,
 maps at every layer pair, steering vectors carried across) and its paper-comparison rules.
 """
@@ -9,11 +10,13 @@ maps at every layer pair, steering vectors carried across) and its paper-compari
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
+
+from resa_utils.lm.content import ContentRule
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -318,9 +321,11 @@ def matched_layer(layer: int, n_source: int, candidates: list[int], n_target: in
 def fit_layer_maps(load_source, load_target, pw: PairedWindows, source_layers: list[int],
                    target_layers: list[int], n_source: int, n_target: int, lams: list[float],
                    split_W: torch.Tensor, keep=(), shuffled=(), seed: int = 0,
-                   progress: bool = True) -> tuple[list[dict], dict]:
+                   progress: bool = True, rows_P: torch.Tensor | None = None) -> tuple[list[dict], dict]:
     """Ridge maps for every (source, target) layer pair, λ (relative to the source's mean
-    variance) chosen on the validation windows, scored on the test windows.
+    variance) chosen on the validation windows, scored on the test windows. `rows_P`: `[P]` bool,
+    the pairs that enter (None: all), the same for training, validation, test and the shuffled
+    baseline (see `HarvestedPair.content_mask`).
 
     `load_source(l)` / `load_target(l)` return a model's harvested `acts_ND` at block l (rows as
     in `pw`); only one target layer is held at a time. Returns `(rows, maps)`: one row per pair
@@ -330,7 +335,14 @@ def fit_layer_maps(load_source, load_target, pw: PairedWindows, source_layers: l
     from resa_utils.core.progress import tqdm
 
     part = split_W[pw.window]
-    tr, va, te = part == 0, part == 1, part == 2
+    use = torch.ones(len(part), dtype=torch.bool) if rows_P is None else torch.as_tensor(rows_P, dtype=torch.bool)
+    if use.shape != part.shape:
+        raise ValueError(f"the row mask has {use.numel()} entries, the pairing {part.numel()} pairs")
+    tr, va, te = (part == 0) & use, (part == 1) & use, (part == 2) & use
+    for i, (what, m) in enumerate((("training", tr), ("validation", va), ("test", te))):
+        if int(m.sum()) < 2:
+            raise ValueError(f"{int(m.sum())} {what} pairs are left of {int((part == i).sum())} (the row mask leaves "
+                             "out the rest): harvest more tokens, or check the content-row rule")
     xs = {}  # per source layer: its (train, validation, test) rows, split once
     for s in source_layers:
         x = load_source(s)[pw.source_rows]
@@ -405,6 +417,41 @@ class HarvestedPair:
         return [{"pair": pair, "model": m, "tokens/s": v["tokens/s"], "seconds": v["seconds"], "params": v["params"]}
                 for m, v in self.speeds.items()]
 
+    def hooks(self) -> tuple[list[str], list[str]]:
+        """The studied blocks' hooks: `(source hooks, target hooks)`."""
+        from resa_utils.lm.activations import resid_hook
+
+        return [resid_hook(l) for l in self.layers_s], [resid_hook(l) for l in self.layers_t]
+
+    def content_mask(self, rule: ContentRule = ContentRule()) -> torch.Tensor:
+        """`[P]` bool over the paired positions: both rows are content rows of their model (not a
+        special token, not position 0 of a window, norm within `rule.max_norm_ratio` times that
+        hook's median, judged per model at each studied block) at every studied block, so every
+        layer pair's map is fitted and scored on the same rows of both models. All True with the
+        rule off."""
+        from resa_utils.lm.activations import content_rows
+
+        keep = []
+        for cache, hooks in zip((self.cache_s, self.cache_t), self.hooks()):
+            k = torch.ones(cache.n_tokens, dtype=torch.bool)
+            for h in hooks:
+                kept, _ = content_rows(cache, h, rule)
+                k &= torch.cat([s["keep"] for s in kept.manifest["shards"]])
+            keep.append(k)
+        return keep[0][self.pw.source_rows] & keep[1][self.pw.target_rows]
+
+    def left_out(self, rule: ContentRule = ContentRule(), name: str = "") -> "pd.DataFrame":
+        """`activations.left_out_table` of both caches at their studied blocks, each cache named
+        `<name>/<model>` (the harvest's record, reused for the default rule)."""
+        import pandas as pd
+
+        from resa_utils.lm.activations import left_out_table
+
+        model = {"source": self.cache_s.manifest.get("model", "source"), "target": self.cache_t.manifest.get("model", "target")}
+        return pd.concat([left_out_table({f"{name}/{model[role]}" if name else model[role]: cache}, hooks, rule)
+                          for role, cache, hooks in zip(model, (self.cache_s, self.cache_t), self.hooks())],
+                         ignore_index=True)
+
 
 def harvest_pair(texts: list[str], src: str, tgt: str, mode: str, *, corpus: str, seq_len: int,
                  n_windows: int, layer_stride: int, act_root: Path, sweep_path: Callable[[str], Path],
@@ -426,7 +473,8 @@ def harvest_pair(texts: list[str], src: str, tgt: str, mode: str, *, corpus: str
     pw = paired_windows(texts, tok_s, tok_t, seq_len, n_windows, mode)
     layers_s, layers_t = studied_layers(n_s, layer_stride, extra_src), studied_layers(n_t, layer_stride, extra_tgt)
     key = config_key({"src": src, "tgt": tgt, "mode": mode, "corpus": corpus, "seq_len": seq_len, "n": n_windows,
-                      "ls": layers_s, "lt": layers_t, "dtype": "bfloat16", "pairs": 2})  # pairs 2: EOS separators left out
+                      "ls": layers_s, "lt": layers_t, "dtype": "bfloat16", "pairs": 2,
+                      "positions": 1})  # pairs 2: EOS separators left out; positions 1: shards record each row's position verdict
     speeds, caches = {}, {}
     for role, name, ids, layers in (("source", src, pw.source_ids, layers_s), ("target", tgt, pw.target_ids, layers_t)):
         folder = act_root / f"{name.replace('/', '--')}_{key}"
@@ -460,14 +508,21 @@ class PairMaps:
 
     table: "pd.DataFrame"
     maps: dict
+    pairs: int = 0
+    """paired positions of the harvest"""
+    content_pairs: int = 0
+    """of those, the ones the content-row rule keeps (`HarvestedPair.content_mask`): the maps' rows"""
 
 
 def fit_pair_maps(pair: HarvestedPair, name: str, *, lambdas: list[float], val_frac: float,
                   test_frac: float, seed: int, map_dir: Path, sweep_path: Callable[[str], Path],
-                  keep: Iterable[tuple[int, int]] = ()) -> PairMaps:
+                  keep: Iterable[tuple[int, int]] = (), rule: ContentRule = ContentRule()) -> PairMaps:
     """`fit_layer_maps` over a harvested pair (windows split by `window_splits`), the shuffled
     baseline at each source block's matched target block; one sweep row (`sweep_path('maps_<name>')`),
-    with the maps in `keep` saved under `map_dir` (the row is redone if they are gone)."""
+    with the maps in `keep` saved under `map_dir` (the row is redone if they are gone). Only the
+    pairs `rule` keeps on both sides enter (`HarvestedPair.content_mask`: training, validation,
+    test and the shuffled baseline alike); the rule is in the sweep config and the maps' file
+    names, so maps fitted under another rule are never reused."""
     import pandas as pd
 
     from resa_utils.core.sweep import config_key, run_sweep
@@ -475,8 +530,9 @@ def fit_pair_maps(pair: HarvestedPair, name: str, *, lambdas: list[float], val_f
 
     keep = list(keep)
     splits = window_splits(pair.pw.source_ids.shape[0], val_frac, test_frac, seed)
+    content_rule = asdict(rule)
     fit_key = config_key({"pair": name, "key": pair.key, "lambdas": lambdas, "val_frac": val_frac,
-                          "test_frac": test_frac, "seed": seed})
+                          "test_frac": test_frac, "seed": seed, "content_rule": content_rule})
 
     def map_path(s: int, t: int) -> Path:
         return map_dir / f"{name}_{fit_key}_{s}_{t}.safetensors"
@@ -484,21 +540,24 @@ def fit_pair_maps(pair: HarvestedPair, name: str, *, lambdas: list[float], val_f
     matched = {(s, matched_layer(s, pair.n_s, pair.layers_t, pair.n_t)) for s in pair.layers_s}
 
     def row(_c):
+        use = pair.content_mask(rule)
         rows, maps = fit_layer_maps(lambda l: pair.cache_s.load(resid_hook(l), verify=False),
                                     lambda l: pair.cache_t.load(resid_hook(l), verify=False),
                                     pair.pw, pair.layers_s, pair.layers_t, pair.n_s, pair.n_t, lambdas,
-                                    splits, keep=set(keep), shuffled=matched, seed=seed)
+                                    splits, keep=set(keep), shuffled=matched, seed=seed, rows_P=use)
         for (s, t), m in maps.items():
             m.save(map_path(s, t))
-        return {"rows": rows}
+        return {"rows": rows, "pairs": int(use.numel()), "content_pairs": int(use.sum())}
 
     def has_maps(_r) -> bool:
         return all(map_path(s, t).exists() for s, t in keep)
 
-    out = run_sweep(sweep_path(f"maps_{name}"), [{"fit": fit_key}], row, desc=f"maps {name}", valid=has_maps)
-    df = pd.DataFrame(out.iloc[0]["rows"])
+    out = run_sweep(sweep_path(f"maps_{name}"), [{"fit": fit_key, "content_rule": content_rule}], row,
+                    desc=f"maps {name}", valid=has_maps).iloc[0]
+    df = pd.DataFrame(out["rows"])
     df["matched"] = [(s, t) in matched for s, t in zip(df.source_layer, df.target_layer)]
-    return PairMaps(df, {(s, t): AffineMap.load(map_path(s, t)) for s, t in keep})
+    return PairMaps(df, {(s, t): AffineMap.load(map_path(s, t)) for s, t in keep}, int(out["pairs"]),
+                    int(out["content_pairs"]))
 
 
 def best_target_blocks(maps_df: "pd.DataFrame") -> "pd.DataFrame":

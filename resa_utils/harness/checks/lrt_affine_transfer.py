@@ -71,6 +71,7 @@ CHECKS: dict = {
     "cross_source": P.string(nonempty=False), "cross_target": P.string(nonempty=False),
     "cross_pairing": P.choice(["tokens", "word_end"]),
     "corpus": P.corpus(), "seq_len": P.integer(min=8, max=4096), "fit_tokens": P.integer(min=1000),
+    "content_rows": P.boolean(), "max_norm_ratio": P.real(gt=1, lt=float("inf")),
     "val_frac": P.real(gt=0, lt=0.5), "test_frac": P.real(gt=0, lt=0.5), "layer_stride": P.integer(min=1),
     "lambdas": P.list_of(P.real(min=0, max=100)), "behaviours": P.list_of(P.choice(S.behaviour_names()), unique=True),
     "n_fit": P.integer(min=2), "steer_source_layer": P.layer("source_model"), "steer_target_layer": P.integer(min=-1),
