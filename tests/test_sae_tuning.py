@@ -464,3 +464,162 @@ def test_sae_tuning_figure_has_four_panels():
     assert "target" in ax_acc.get_legend_handles_labels()[1] and "target (same problems)" in ax_layer.get_legend_handles_labels()[1]
     assert all(ax.get_legend() is not None for ax in (ax_acc, ax_curves, ax_layer)) and len(ax_count.get_lines()) == 1
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- content rows (issue 30)
+
+from dataclasses import asdict  # noqa: E402
+
+from resa_utils.lm.content import ContentRule  # noqa: E402
+
+
+def test_the_splice_leaves_the_rules_positions_clean():
+    lm = load_model("tiny-llama")
+    sae = _sae(lm.d_model)
+    chunks = _chunks(lm)
+    inside = torch.isin(chunks, torch.tensor(lm.tokenizer.all_special_ids))[:, 1:].any(1)
+    ids = torch.cat([chunks[inside][:1], chunks[~inside][:1]])   # one chunk holds EOS / BOS inside, one not
+    hook = resid_hook(1)
+    raw = run_with_cache(lm.model, ids, [hook])[hook]
+    special = torch.isin(ids, torch.tensor(lm.tokenizer.all_special_ids))
+    assert special[0, 1:].any() and len(ids) == 2
+    rule = ContentRule(max_norm_ratio=1.01)                       # a tight ratio: some content rows are outliers
+    with S.sae_spliced(lm.model, 1, sae, rule, ids, lm.tokenizer):
+        seen = run_with_cache(lm.model, ids, [hook])[hook]
+    clean = (seen == raw).all(-1)
+    recon = torch.isclose(seen, sae(raw), atol=1e-5).all(-1)
+    assert clean[:, 0].all() and clean[special].all()             # position 0 (the sink) and special tokens
+    content = ~special
+    content[:, 0] = False
+    norms = raw.norm(dim=-1)
+    outlier = content & (norms > 1.01 * norms[content].median())
+    assert outlier.any() and (content & ~outlier).any()
+    assert clean[outlier].all() and recon[content & ~outlier].all() and not recon[outlier].any()
+    # the rule off splices every position, as no rule does
+    with S.sae_spliced(lm.model, 1, sae, S.RULE_OFF, ids, lm.tokenizer):
+        torch.testing.assert_close(run_with_cache(lm.model, ids, [hook])[hook], sae(raw))
+    with pytest.raises(ValueError, match="input_ids"):
+        with S.sae_spliced(lm.model, 1, sae, ContentRule()):
+            pass
+
+
+def test_kl_through_the_splice_under_the_rule_keeps_the_no_op_and_differs_from_the_rule_off():
+    lm = load_model("tiny-llama")
+    sae = _sae(lm.d_model)
+    ids = _chunks(lm)[:2]
+    model = add_lora(lm.model, _cfg())
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    tok = lm.tokenizer
+    assert float(S.kl_loss_fn(1, None, ContentRule(), tok)(model, batch)) == 0.0
+    on = float(S.kl_loss_fn(1, sae, ContentRule(), tok)(model, batch))
+    off = float(S.kl_loss_fn(1, sae, S.RULE_OFF, tok)(model, batch))
+    assert on > 1e-4 and off > 1e-4 and on != pytest.approx(off)
+    assert off == pytest.approx(float(S.kl_loss_fn(1, sae)(model, batch)))      # rule off = no rule
+
+
+def test_spliced_kl_leaves_the_sink_clean_and_matches_the_heldout_kl():
+    lm = load_model("tiny-llama")
+    sae = _sae(lm.d_model)
+    chunks = _chunks(lm, 24)
+    rules = {"on": ContentRule(), "off": S.RULE_OFF}
+    first = S.spliced_kl(lm, chunks[:3, :1], 1, sae, rules)      # one position: the window start only
+    assert first["on"] == 0.0 and first["off"] > 0                # clean under the rule, spliced with it off
+    kl = S.spliced_kl(lm, chunks[:5], 1, sae, rules, batch_size=2)
+    assert kl["on"] > 0 and kl["off"] > 0 and kl["on"] != pytest.approx(kl["off"])
+    # on a plain model, the held-out KL is the same quantity (equal-length chunks)
+    assert kl["on"] == pytest.approx(S.heldout_loss(lm, chunks[:5], 1, sae, "kl", 2, ContentRule()), rel=1e-5)
+    assert kl["off"] == pytest.approx(S.heldout_loss(lm, chunks[:5], 1, sae, "kl", 2, S.RULE_OFF), rel=1e-5)
+
+
+def test_a_tuning_run_under_another_rule_is_not_reused(tmp_path):
+    chunks = _chunks(load_model("tiny-llama"), 24)
+    sae = _sae(64)
+    runs = {}
+    for name, rule in (("on", ContentRule()), ("off", S.RULE_OFF), ("on again", ContentRule())):
+        lm = load_model("tiny-llama")
+        runs[name] = S.sae_tune(lm, chunks, _cfg(max_steps=3), tmp_path / "t", sae, 1, progress=False, rule=rule)
+    assert runs["on"].history != runs["off"].history               # trained again, on other losses
+    assert runs["on again"].history[0]["loss"] == pytest.approx(runs["on"].history[0]["loss"])
+    key = json.loads((tmp_path / "t" / "run_key.json").read_text())
+    assert key["extra"]["content_rule"] == asdict(ContentRule())
+
+
+def test_train_saes_puts_the_rule_in_each_config_and_keeps_the_sink_out(tmp_path, monkeypatch):
+    import resa_utils.sae.train as train_mod
+    from resa_utils.sae import TrainConfig
+
+    lm = load_model("tiny-llama")
+    chunks = _chunks(lm, 24)
+    hooks = {"source": [resid_hook(1)]}
+    caches = {"source": S.harvest(tmp_path / "acts", lm, chunks[:3], chunks[3:5], hooks["source"])[0]}
+    cfg = TrainConfig(method="topk", d_sae=16, k=2, aux_coefficient=0.0, batch_size=16, n_tokens=64, seed=0)
+    jobs_seen = []
+    real = train_mod.train_cache_job
+    monkeypatch.setattr(train_mod, "train_cache_job", lambda c, jobs: jobs_seen.append(jobs[_key(c)]) or real(c, jobs))
+    on = S.train_saes(tmp_path / "saes.jsonl", caches, hooks, cfg, tmp_path / "saes", ContentRule())
+    off = S.train_saes(tmp_path / "saes.jsonl", caches, hooks, cfg, tmp_path / "saes", S.RULE_OFF)
+    assert on.rows.content_rule.tolist() == [asdict(ContentRule())] and off.rows.content_rule.tolist() == [asdict(S.RULE_OFF)]
+    assert [j.rule for j in jobs_seen] == [ContentRule(), S.RULE_OFF]   # the rule off was trained, not reused
+    assert jobs_seen[0].save_dir != jobs_seen[1].save_dir
+    # the rows the rule's job reads: no window start, no special token (the sink and BOS / EOS stay out)
+    from resa_utils.lm.activations import ActivationCache, content_rows
+    cache = ActivationCache(jobs_seen[0].train_dir)
+    kept, left = content_rows(cache, resid_hook(1), jobs_seen[0].rule)
+    bos, special = lm.tokenizer.bos_token_id, torch.tensor(lm.tokenizer.all_special_ids)
+    starts_with_bos = chunks[:3, 0] == bos                        # the harvest drops a leading BOS itself
+    first_rows = (torch.arange(3) * chunks.shape[1] - torch.cumsum(starts_with_bos.long(), 0) + starts_with_bos.long())
+    sinks = first_rows[~starts_with_bos]                          # window starts on an ordinary token
+    assert len(sinks) >= 1
+    assert left.by_position == len(sinks) + int(torch.isin(chunks[:3, 1:], special).sum())
+    full, rows = cache.load(resid_hook(1)), kept.load(resid_hook(1))
+    assert rows.shape[0] == left.kept < full.shape[0]
+    assert not any(torch.isclose(rows, full[i]).all(-1).any() for i in sinks.tolist())   # no sink row is trained on
+    assert on.rows.fvu.iloc[0] != pytest.approx(off.rows.fvu.iloc[0])
+
+
+def _key(config: dict) -> str:
+    from resa_utils.core.sweep import config_key
+    return config_key(config)
+
+
+def test_splice_kl_table_is_keyed_by_the_rule_and_resumes(tmp_path, monkeypatch):
+    lm = load_model("tiny-llama")
+    chunks = _chunks(lm, 24)[:3]
+    saes = {("source", resid_hook(1)): _sae(lm.d_model), ("target", resid_hook(2)): _sae(lm.d_model, seed=1)}
+    models = {"source": "tiny-llama", "target": "tiny-llama"}
+    out = S.splice_kl_table(tmp_path / "kl.jsonl", saes, models, chunks, ContentRule())
+    assert out.columns.tolist() == ["model", "hook", "spliced KL", "spliced KL (rule off)"]
+    assert out[["model", "hook"]].values.tolist() == [list(k) for k in saes]
+    want = S.spliced_kl(lm, chunks, 1, saes[("source", resid_hook(1))], {"on": ContentRule(), "off": S.RULE_OFF})
+    assert out["spliced KL"].iloc[0] == pytest.approx(want["on"]) and out["spliced KL (rule off)"].iloc[0] == pytest.approx(want["off"])
+    rows = [json.loads(line) for line in (tmp_path / "kl.jsonl").read_text().splitlines()]
+    assert all(r["content_rule"] == asdict(ContentRule()) for r in rows)
+    calls = []
+    real = S.spliced_kl
+    monkeypatch.setattr(S, "spliced_kl", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    S.splice_kl_table(tmp_path / "kl.jsonl", saes, models, chunks, ContentRule())
+    assert calls == []                                              # reused
+    other = S.splice_kl_table(tmp_path / "kl.jsonl", saes, models, chunks, ContentRule(max_norm_ratio=2.0))
+    assert len(calls) == 2                                          # another rule: measured again
+    assert (other["spliced KL (rule off)"] == out["spliced KL (rule off)"]).all()
+    with pytest.raises(ValueError, match="block's output"):
+        S.splice_kl_table(tmp_path / "x.jsonl", {("source", "blocks.1.hook_mlp_out"): _sae(lm.d_model)}, models, chunks,
+                          ContentRule())
+
+
+def test_reasoning_feature_table_skips_the_positions_the_rule_leaves_out():
+    is_tag = torch.tensor([False, True, False, False, True, False])
+    ids = torch.tensor([5, 6, 7, 2, 8, 9])       # 2: a special token (EOS)
+    a = torch.zeros(6, 6)
+    a[:, 5] = 1.0                                # a latent active everywhere: never a reasoning feature
+    a[1, 0] = a[3, 0] = 1.0                      # at a tag and at the special token
+    a[4, 1] = a[2, 1] = 1.0                      # at a tag and at a massive row
+    a[2, 5] = 50.0                               # position 2: ~35x the median norm
+    plain = S.reasoning_feature_table({3: _Identity()}, {3: a}, is_tag)
+    assert plain.features.iloc[0] == []          # 0 and 1 also fire elsewhere
+    ruled = S.reasoning_feature_table({3: _Identity()}, {3: a}, is_tag, ids, [2], ContentRule())
+    assert ruled.features.iloc[0] == [0, 1] and ruled["reasoning features"].iloc[0] == 2
+    off = S.reasoning_feature_table({3: _Identity()}, {3: a}, is_tag, ids, [2], S.RULE_OFF)
+    assert off.features.iloc[0] == []            # the rule off: only the first token is skipped
+    with pytest.raises(ValueError, match="ids_T"):
+        S.reasoning_feature_table({3: _Identity()}, {3: a}, is_tag, rule=ContentRule())

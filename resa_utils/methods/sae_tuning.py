@@ -5,6 +5,11 @@ At test time the SAE is removed and the adapter merged. Also: the data packing, 
 catch a mismatched SAE or adapter before compute, held-out losses for choosing the lr, the
 "reasoning features" of the paper's transparency section, and notebook 01's steps (evaluations,
 the SAEs, the tuning runs, the lr rule, the tables, the costs and the comparison with the paper).
+
+Content rows (`lm.content.ContentRule`): the SAEs train and are measured on content rows only, and
+every splice (SAE-Tuning's, the held-out losses', the spliced KL's) leaves the block's own output
+at the positions the rule leaves out (special tokens, position 0 of each packed chunk, an ordinary
+token that acts as an attention sink, and norm outliers), since the SAE never learned them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +25,8 @@ import pandas as pd
 import torch
 
 from resa_utils.data.tasks import SYSTEM_PROMPT, Problem, answer_only
-from resa_utils.lm.activations import ActivationCache, decoder_layers, resid_hook, splice
+from resa_utils.lm.activations import ActivationCache, decoder_layers, parse_hook, resid_hook, splice
+from resa_utils.lm.content import ContentRule, clean_positions, keep_clean
 from resa_utils.lm.lora import LoraResult, LoraTrainConfig, train_lora
 from resa_utils.methods.distill import ModelEval, accuracy_row, evaluate_model, lift
 from resa_utils.sae import SAE, TrainConfig
@@ -79,14 +85,26 @@ def _base(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def rule_key(rule: ContentRule | None) -> dict | None:
+    """The content rule as JSON values, for the keys of resumable results (None: no rule)."""
+    return None if rule is None else asdict(rule)
+
+
 @contextmanager
-def sae_spliced(model: torch.nn.Module, layer: int, sae: SAE | None):
+def sae_spliced(model: torch.nn.Module, layer: int, sae: SAE | None, rule: ContentRule | None = None,
+                ids_BT: torch.Tensor | None = None, special_ids=()):
     """Inside the block, decoder block `layer` outputs `sae(output)` (no error term); the SAE's
-    own weights are frozen, gradients flow through it to earlier layers. `sae=None`: no splice."""
+    own weights are frozen, gradients flow through it to earlier layers. `sae=None`: no splice.
+    With a content `rule`, the positions it leaves out of the batch `ids_BT` (`special_ids`: a
+    tokenizer or token ids; position 0; rows above `max_norm_ratio` times the batch's median norm)
+    keep the block's own output (`content.clean_positions`): the SAE never learned them."""
     if sae is None:
         yield
         return
     check_sae_fits(sae, model, layer)
+    if rule is not None and rule.enabled and ids_BT is None:
+        raise ValueError("a splice under a content rule needs the batch's input_ids (ids_BT) to find the "
+                         "positions it leaves clean")
     sae.requires_grad_(False)
     param = next(_base(model).parameters())
     sae.to(device=param.device)
@@ -94,7 +112,12 @@ def sae_spliced(model: torch.nn.Module, layer: int, sae: SAE | None):
     def recon(acts_BTD: torch.Tensor) -> torch.Tensor:
         return sae(acts_BTD.float()).to(acts_BTD.dtype)
 
-    with splice(_base(model), resid_hook(layer), recon):
+    def recon_content(acts_BTD: torch.Tensor) -> torch.Tensor:
+        clean_BT = clean_positions(acts_BTD.detach(), ids_BT.to(acts_BTD.device), special_ids, rule)
+        return keep_clean(recon, clean_BT)(acts_BTD)
+
+    fn = recon_content if rule is not None and rule.enabled else recon
+    with splice(_base(model), resid_hook(layer), fn):
         yield
 
 
@@ -135,45 +158,51 @@ def _adapter_off(model: torch.nn.Module):
     return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
 
 
-def kl_loss_fn(layer: int, sae: SAE | None):
+def kl_loss_fn(layer: int, sae: SAE | None, rule: ContentRule | None = None, special_ids=()):
     """Resa's loss for `train_lora`: the teacher is the same model with its adapter disabled and no
-    splice, run in the same step without grad; the student has the adapter on and the SAE spliced."""
+    splice, run in the same step without grad; the student has the adapter on and the SAE spliced
+    (leaving the positions `rule` leaves out clean, see `sae_spliced`)."""
 
     def loss_fn(model, inputs: dict) -> torch.Tensor:
         ids, am = inputs["input_ids"], inputs.get("attention_mask")
         with torch.no_grad(), _adapter_off(model):
             teacher = model(input_ids=ids, attention_mask=am).logits
-        with sae_spliced(model, layer, sae):
+        with sae_spliced(model, layer, sae, rule, ids, special_ids):
             student = model(input_ids=ids, attention_mask=am).logits
         return kl_to_teacher(student, teacher, am)
 
     return loss_fn
 
 
-def ce_loss_fn(layer: int, sae: SAE | None):
+def ce_loss_fn(layer: int, sae: SAE | None, rule: ContentRule | None = None, special_ids=()):
     """Next-token CE on every token, with the SAE spliced (or plain LoRA SFT for `sae=None`)."""
 
     def loss_fn(model, inputs: dict) -> torch.Tensor:
-        with sae_spliced(model, layer, sae):
+        with sae_spliced(model, layer, sae, rule, inputs["input_ids"], special_ids):
             return model(**inputs).loss
 
     return loss_fn
 
 
 def sae_tune(lm, chunks_NT: torch.Tensor, cfg: LoraTrainConfig, out_dir: str | Path,
-             sae: SAE | None, layer: int, loss: str = "kl", progress: bool = True) -> LoraResult:
+             sae: SAE | None, layer: int, loss: str = "kl", progress: bool = True,
+             rule: ContentRule | None = ContentRule()) -> LoraResult:
     """Train LoRA on `lm` through the spliced `sae` (None: no splice) with Resa's KL or CE; the
     adapter is saved in `out_dir/adapter` and stays attached (unmerged). Checkpointed and
-    resumable as every `train_lora` run. `result.flops` adds the KL teacher's forward (2NT)."""
+    resumable as every `train_lora` run. `result.flops` adds the KL teacher's forward (2NT).
+    The splice leaves the positions the content `rule` leaves out clean (None: it covers every
+    position); with an SAE the rule is part of the run's key, so a run under another rule is not
+    reused."""
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}: use one of {LOSSES}")
     if sae is not None:
         check_sae_fits(sae, lm.model, layer)
     else:
         check_layer(lm.model, layer)
-    fn = (kl_loss_fn if loss == "kl" else ce_loss_fn)(layer, sae)
+    fn = (kl_loss_fn if loss == "kl" else ce_loss_fn)(layer, sae, rule, lm.tokenizer)
     extra = {"model": weights_fingerprint(lm.model), "loss": loss, "layer": layer,
-             "sae": None if sae is None else weights_fingerprint(sae)}
+             "sae": None if sae is None else weights_fingerprint(sae),
+             **({} if sae is None else {"content_rule": rule_key(rule)})}
     res = train_lora(lm, [], cfg, out_dir, loss_fn=fn, progress=progress, rows=chunk_rows(chunks_NT),
                      extra_key=extra)
     if loss == "kl":
@@ -243,10 +272,12 @@ def attach_merged(lm, adapter_dir: str | Path):
 
 @torch.no_grad()
 def heldout_loss(lm, chunks_NT: torch.Tensor, layer: int, sae: SAE | None, loss: str = "kl",
-                 batch_size: int = 4) -> float:
-    """The training objective on held-out chunks (adapter on, SAE spliced), the stated criterion
-    for the lr sweep: mean KL to the adapter-off, unspliced model, or mean next-token CE."""
-    fn = (kl_loss_fn if loss == "kl" else ce_loss_fn)(layer, sae)
+                 batch_size: int = 4, rule: ContentRule | None = ContentRule()) -> float:
+    """The training objective on held-out chunks (adapter on, SAE spliced, the positions `rule`
+    leaves out clean), the stated criterion for the lr sweep: mean KL to the adapter-off, unspliced
+    model, or mean next-token CE. On a plain model (no adapter) the KL is the SAE's spliced KL:
+    nats per token that replacing the block's output with the reconstruction costs."""
+    fn = (kl_loss_fn if loss == "kl" else ce_loss_fn)(layer, sae, rule, lm.tokenizer)
     total, n = 0.0, 0
     for a in range(0, chunks_NT.shape[0], batch_size):
         ids = chunks_NT[a:a + batch_size].to(lm.device)
@@ -353,9 +384,12 @@ class TrainedSAEs:
 
 
 def train_saes(sweep_path: Path, caches: dict[str, tuple[ActivationCache, ActivationCache]],
-               hooks: dict[str, list[str]], cfg: TrainConfig, sae_dir: Path) -> TrainedSAEs:
+               hooks: dict[str, list[str]], cfg: TrainConfig, sae_dir: Path,
+               rule: ContentRule | None = ContentRule()) -> TrainedSAEs:
     """One TopK SAE per model and hook (`hooks[model]`) on that model's cached activations,
-    resumable as sweep rows in `sweep_path`; a row whose saved SAE is gone is trained again."""
+    resumable as sweep rows in `sweep_path`; a row whose saved SAE is gone is trained again.
+    Training and the held-out fvu / l0 / dead_frac read the content rows of `rule` (None: every
+    row); the rule is in each row's config, so a row trained under another rule is not reused."""
     from functools import partial
 
     from resa_utils.core.sweep import config_key, run_sweep
@@ -365,9 +399,11 @@ def train_saes(sweep_path: Path, caches: dict[str, tuple[ActivationCache, Activa
     for who, hks in hooks.items():
         train, held = caches[who]
         for h in hks:
-            c = {"model": who, "hook": h, "cfg": vars(cfg), "data": train.manifest["fingerprint"]}
+            c = {"model": who, "hook": h, "cfg": vars(cfg), "data": train.manifest["fingerprint"],
+                 "content_rule": rule_key(rule)}
             jobs[config_key(c)] = CacheJob(str(train.folder), str(held.folder), h, cfg,
-                                           str(Path(sae_dir) / f"sae_{who}_{h}_{config_key(c)[:12]}"), {"model": who})
+                                           str(Path(sae_dir) / f"sae_{who}_{h}_{config_key(c)[:12]}"), {"model": who},
+                                           rule=rule)
             configs.append(c)
     save_dirs = {(c["model"], c["hook"]): jobs[config_key(c)].save_dir for c in configs}
 
@@ -378,15 +414,73 @@ def train_saes(sweep_path: Path, caches: dict[str, tuple[ActivationCache, Activa
     return TrainedSAEs(rows, {(c["model"], c["hook"]): SAE.load(jobs[config_key(c)].save_dir) for c in configs})
 
 
+RULE_OFF = ContentRule(enabled=False)
+"""The content rule turned off: every position spliced, every row read."""
+
+
+@torch.no_grad()
+def spliced_kl(lm, chunks_NT: torch.Tensor, layer: int, sae: SAE, rules: dict[str, ContentRule | None],
+               batch_size: int = 4) -> dict[str, float]:
+    """`{name: mean KL(p_clean ‖ p_spliced)}` in nats per token over `chunks_NT`: `sae` replaces block
+    `layer`'s output of the plain model `lm`, leaving clean the positions each of `rules` leaves
+    out (`sae_spliced`). One clean pass per batch serves every rule."""
+    totals, n = {name: 0.0 for name in rules}, 0
+    for a in range(0, chunks_NT.shape[0], batch_size):
+        ids = chunks_NT[a:a + batch_size].to(lm.device)
+        clean = lm.model(input_ids=ids).logits
+        for name, rule in rules.items():
+            with sae_spliced(lm.model, layer, sae, rule, ids, lm.tokenizer):
+                totals[name] += float(kl_to_teacher(lm.model(input_ids=ids).logits, clean)) * ids.numel()
+        n += ids.numel()
+    return {name: t / max(n, 1) for name, t in totals.items()}
+
+
+def splice_kl_table(sweep_path: Path, saes: dict[tuple[str, str], SAE], models: dict[str, str],
+                    chunks_NT: torch.Tensor, rule: ContentRule) -> pd.DataFrame:
+    """Per SAE `(who, hook)`, spliced into its own model `models[who]` (a name for `load_model`) on
+    the held-out `chunks_NT`: `spliced KL` (nats/token) under `rule` and `spliced KL (rule off)`,
+    every position spliced (the sink and the special tokens too). Resumable as sweep rows in
+    `sweep_path`, keyed by the SAE's weights, the chunks and the rule."""
+    from resa_utils.core.sweep import config_key, run_sweep
+    from resa_utils.lm.models import load_model
+
+    chunks_key = config_key({"chunks": chunks_NT.tolist()})
+    configs = [{"model": who, "name": models[who], "hook": h, "sae": weights_fingerprint(sae), "chunks": chunks_key,
+                "content_rule": rule_key(rule)} for (who, h), sae in saes.items()]
+    loaded: dict[str, object] = {}
+
+    def measure(c: dict) -> dict:
+        if c["name"] not in loaded:
+            loaded.clear()  # one model in memory at a time (the configs come model by model)
+            loaded[c["name"]] = load_model(c["name"])
+        lm = loaded[c["name"]]
+        hp = parse_hook(c["hook"], lm.n_layers)
+        if resid_hook(hp.layer) != c["hook"]:
+            raise ValueError(f"hook {c['hook']!r}: the SAE splice replaces a block's output (use {resid_hook(hp.layer)!r})")
+        kl = spliced_kl(lm, chunks_NT, hp.layer, saes[(c["model"], c["hook"])], {"on": rule, "off": RULE_OFF})
+        return {"spliced KL": kl["on"], "spliced KL (rule off)": kl["off"]}
+
+    rows = run_sweep(sweep_path, configs, measure, desc="spliced KL")
+    return rows[["model", "hook", "spliced KL", "spliced KL (rule off)"]]
+
+
 def reasoning_feature_table(saes: dict[int, SAE], acts_by_layer: dict[int, torch.Tensor],
-                            is_tag_T: torch.Tensor) -> pd.DataFrame:
+                            is_tag_T: torch.Tensor, ids_T: torch.Tensor | None = None, special_ids=(),
+                            rule: ContentRule | None = None) -> pd.DataFrame:
     """Per layer, the count of reasoning features (`reasoning_features`) of that layer's SAE on the
-    prompt's activations `acts_by_layer[layer]` `[T, D]`; the first token (an attention sink) is skipped."""
-    skip_T = torch.zeros_like(is_tag_T)
-    skip_T[0] = True
+    prompt's activations `acts_by_layer[layer]` `[T, D]`; the first token (an attention sink) is
+    skipped, and with a content `rule` (and the prompt's `ids_T`) every position it leaves out at
+    that layer (special tokens, norm outliers: rows the SAE never learned)."""
+    if rule is not None and rule.enabled and ids_T is None:
+        raise ValueError("a reasoning-feature count under a content rule needs the prompt's ids (ids_T)")
     rows = []
     for layer, sae in saes.items():
-        lat_TF = sae.encode(acts_by_layer[layer].float().cpu())
+        acts_TD = acts_by_layer[layer].float().cpu()
+        skip_T = torch.zeros_like(is_tag_T)
+        if rule is not None and rule.enabled:
+            skip_T = clean_positions(acts_TD[None], ids_T.cpu()[None], special_ids, rule)[0]
+        skip_T[0] = True
+        lat_TF = sae.encode(acts_TD)
         feats = reasoning_features(lat_TF, is_tag_T, skip_T)
         rows.append({"layer": layer, "reasoning features": len(feats),
                      "latents active at tags": int((lat_TF[is_tag_T] > 0).any(0).sum()), "features": feats.tolist()[:20]})
@@ -417,6 +511,8 @@ class Tuner:
     batch_size: int
     max_length: int
     seed: int
+    rule: ContentRule | None = ContentRule()
+    """The content rule of every splice (`sae_tune`): positions it leaves out stay clean."""
     curves: dict[str, list[dict]] = field(default_factory=dict)
     adapters: dict[str, Path] = field(default_factory=dict)
     costs: list[dict] = field(default_factory=list)
@@ -433,8 +529,9 @@ class Tuner:
         from resa_utils.lm.models import load_model
 
         lm = load_model(model_name)
-        res = sae_tune(lm, self.chunks_NT, self.config(lr, steps), Path(self.work_dir) / label, sae, layer, loss)
-        held = heldout_loss(lm, self.heldout_NT, layer, sae, loss)
+        res = sae_tune(lm, self.chunks_NT, self.config(lr, steps), Path(self.work_dir) / label, sae, layer, loss,
+                       rule=self.rule)
+        held = heldout_loss(lm, self.heldout_NT, layer, sae, loss, rule=self.rule)
         merge_adapter(lm)
         self.curves[label] = res.history
         self.adapters[label] = res.adapter_dir
