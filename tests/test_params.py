@@ -115,7 +115,7 @@ def _real_tokenizers_or_skip() -> None:
     from resa_utils.lm.models import load_tokenizer
 
     if load_tokenizer("smollm2-135m-instruct") is None or load_tokenizer("gemma-3-270m") is None:
-        pytest.skip("real tokenizers not converted yet (make models)")
+        pytest.skip("real tokenizers not converted yet: run `make models` (it converts gemma-3-270m and smollm2-135m-instruct)")
 
 
 @pytest.mark.parametrize("change,name,text", [
@@ -202,3 +202,20 @@ def test_resa_refuses_a_sibling_of_another_architecture(no_compute):
     run.check_params("01_resa_sae_tuning", {**same, "sibling_model": "smollm2-135m-instruct"})
     with pytest.raises(P.ParameterError, match="parameter `sibling_model` = .*blocks where the target has"):
         run.check_params("01_resa_sae_tuning", {**same, "sibling_model": "gemma-3-270m"})
+
+
+@pytest.mark.parametrize("make,problem", [
+    (lambda d: (d / "c.txt").write_text(""), "is an empty file"),
+    (lambda d: (d / "c.txt").write_text("  \n\n\t\n"), "holds only blank space"),
+    (lambda d: (d / "c.jsonl").write_text('\n{"text": "  "}\n'), "has no record with text in 'text'"),
+    (lambda d: (d / "c.jsonl").write_text('{"body": "x"}\n'), "line 1 has no field 'text'"),
+    (lambda d: (d / "c").mkdir(), "is a folder with no .txt or .jsonl file"),
+    (lambda d: ((d / "c").mkdir(), (d / "c" / "a.txt").write_text("")), "a.txt is an empty file"),
+])
+def test_a_corpus_without_text_is_refused_naming_the_parameter(tmp_path, make, problem):
+    make(tmp_path)
+    path = next(p for p in tmp_path.iterdir())
+    with pytest.raises(P.ParameterError, match=rf"parameter `corpus` = '{path}': .*{problem}.*Fix: point `corpus` at"):
+        P.corpus()("corpus", str(path), {})
+    (path / "b.txt" if path.is_dir() else path).write_text("some text\n" if path.suffix != ".jsonl" else '{"text": "t"}\n')
+    P.corpus()("corpus", str(path), {})  # with text it passes

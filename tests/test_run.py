@@ -20,7 +20,7 @@ from wandb_log import summary as wandb_summary
 TINY = "90_tiny"
 CELLS = [
     ("code", 'profile = "cpu"\nfail = False\nx = 1\nsleep = 0', ["parameters"]),
-    ("code", "from resa_utils import params as P\nfrom resa_utils.harness.tracking import notebook_params\n"
+    ("code", "from resa_utils.harness import params as P\nfrom resa_utils.harness.tracking import notebook_params\n"
              "params = notebook_params(globals())\n"
              "P.validate('90_tiny', params, {'profile': P.profile(), 'fail': P.boolean(), "
              "'x': P.integer(min=0, max=100), 'sleep': P.integer(min=0)})", []),

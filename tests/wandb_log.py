@@ -49,3 +49,27 @@ def summary(run_dir: str | Path) -> dict:
         elif kind == "exit":
             info["exit_code"] = rec.exit.exit_code
     return info
+
+
+def history_keys(run_dir: str | Path) -> set[str]:
+    """Every key the run logged with `wandb.log` (its history rows), as W&B recorded it."""
+    log = next(Path(run_dir).glob("run-*.wandb"))
+    keys: set[str] = set()
+    for rec in records(log):
+        if rec.WhichOneof("record_type") == "history":
+            keys.update(item.key or "/".join(item.nested_key) for item in rec.history.item)
+    return keys
+
+
+def final_summary(run_dir: str | Path) -> dict:
+    """The run's summary as W&B left it: every summary update and removal applied in order
+    (`{key: value_json}`; a nested key joined by '.', as W&B shows it)."""
+    log = next(Path(run_dir).glob("run-*.wandb"))
+    out: dict[str, str] = {}
+    for rec in records(log):
+        if rec.WhichOneof("record_type") == "summary":
+            for item in rec.summary.update:
+                out[item.key or ".".join(item.nested_key)] = item.value_json
+            for item in rec.summary.remove:
+                out.pop(item.key or ".".join(item.nested_key), None)
+    return {k: v for k, v in out.items() if not k.startswith("_")}

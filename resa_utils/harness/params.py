@@ -40,7 +40,9 @@ def validate(notebook: str, params: dict, checks: dict[str, Check],
     missing = sorted(set(params) - set(checks))
     if missing:
         raise ParameterError(f"{notebook}: parameters {missing} have no check: add them to the "
-                             "notebook's validate() call")
+                             "notebook's validate() call (if they are not parameters but variables "
+                             "of an earlier run in this kernel, run the parameters cell again just "
+                             "before this one, or restart the kernel)")
     for name, check in checks.items():
         if name not in params:
             raise ParameterError(f"{notebook}: parameter `{name}` is checked but not defined in "
@@ -264,6 +266,10 @@ def corpus(known: tuple[str, ...] = ()) -> Check:
         if path.exists():
             if path.is_file() and path.suffix not in (".txt", ".jsonl"):
                 fail(name, v, "is a file but not .txt or .jsonl")
+            problem = _corpus_problem(path)
+            if problem:
+                fail(name, v, problem, f"point `{name}` at a .txt/.jsonl file or folder with text, "
+                     f"or use one of {names}")
             return
         if _looks_like_path(v):
             fail(name, v, f"is not a named corpus ({names}) nor an existing file or folder",
@@ -272,6 +278,51 @@ def corpus(known: tuple[str, ...] = ()) -> Check:
             fail(name, v, f"is not a named corpus ({names}) nor a local path, and the dataset "
                  "hub is unreachable", f"use one of {names} or a local .txt/.jsonl file")
     return check
+
+
+def _corpus_problem(path: Path, text_field: str = "text") -> str | None:
+    """Why a local corpus file or folder holds no text, None when it holds some. Reads only up
+    to the first text found: a .txt file needs a non-blank character, a .jsonl file a first
+    record that is a JSON object with a non-empty `text_field`, a folder one such file."""
+    if not path.is_dir():
+        return _file_problem(path, text_field)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".txt", ".jsonl"))
+    if not files:
+        return "is a folder with no .txt or .jsonl file in it"
+    problems = []
+    for f in files:
+        problem = _file_problem(f, text_field)
+        if problem is None:
+            return None
+        problems.append(f"{f.name} {problem}")
+    more = "; ..." if len(problems) > 3 else ""
+    return f"is a folder whose {len(files)} .txt/.jsonl file(s) hold no text ({'; '.join(problems[:3])}{more})"
+
+
+def _file_problem(path: Path, text_field: str) -> str | None:
+    import json
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            if path.suffix != ".jsonl":
+                while chunk := fh.read(1 << 16):
+                    if chunk.strip():
+                        return None
+                return "is an empty file" if path.stat().st_size == 0 else "holds only blank space"
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    return f"line {n} is not JSON"
+                if not isinstance(row, dict) or text_field not in row:
+                    return f"line {n} has no field {text_field!r}"
+                if str(row[text_field]).strip():
+                    return None
+            return "is an empty file" if path.stat().st_size == 0 else f"has no record with text in {text_field!r}"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
 
 
 def gpu_or_allowed(allow_cpu: bool) -> None:

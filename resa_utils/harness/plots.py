@@ -9,12 +9,15 @@ the matplotlib Figure; the notebook saves it with `run.save_figure`.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 from matplotlib.ticker import LogLocator, NullFormatter
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PALETTE = "colorblind"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

@@ -3,7 +3,7 @@
     python -m resa_utils.harness.run --list                         # notebooks, profiles, runtimes
     python -m resa_utils.harness.run                                # every notebook, cpu profile
     python -m resa_utils.harness.run --profile smoke 05             # a unique prefix is enough
-    python -m resa_utils.harness.run 05 -p seed=1 -p 'widths=[256]' # overrides, YAML-parsed
+    python -m resa_utils.harness.run 05 -p 'seeds=[0, 1]'          # overrides, YAML-parsed
     python -m resa_utils.harness.run --dry-run --profile paper      # check every parameter, no compute
 
 Profiles live in `notebooks/params/<profile>/<notebook>.yaml`: `smoke` (tiny models, seconds),
@@ -11,8 +11,10 @@ Profiles live in `notebooks/params/<profile>/<notebook>.yaml`: `smoke` (tiny mod
 the committed `results/<notebook>/`), `paper` (the papers' hub models, for a GPU). Other
 profiles publish to `results/<profile>/<notebook>/` (git-ignored); overrides with `-p` make a
 run `custom` (`results/custom/<notebook>/`). A notebook writes into a staging folder that
-replaces the published one only when it finishes, so a failed or interrupted run leaves the
-published results as they were and resumes from its own staged work on the next run.
+replaces the published one only when it finishes (one atomic exchange of the two folders, the
+executed notebook inside), so a failed or interrupted run leaves the published results as they
+were and resumes from its own staged work on the next run. One run per notebook and profile at
+a time (`tracking.RunLock`); Ctrl-C prints one line with the command that resumes.
 """
 
 from __future__ import annotations
@@ -30,15 +32,22 @@ from pathlib import Path
 import yaml
 
 from resa_utils.harness.params import ParameterError
-from resa_utils.harness.tracking import (PROFILE_ENV, REFERENCE_PROFILE, RESULTS_ENV, STAGING,
-                                         effective_profile, notebooks_dir, parameters_cell,
-                                         read_metrics, results_dir, results_root)
+from resa_utils.harness.tracking import (PROFILE_ENV, REFERENCE_PROFILE, RESULTS_ENV,
+                                         RUNNER_LOCK_ENV, STAGING, RunBusy, RunLock,
+                                         check_writable, effective_profile, notebooks_dir,
+                                         parameters_cell, publish_folder, read_metrics,
+                                         results_dir, results_root, staging_dir, wandb_dir)
 
 DEFAULT_PROFILE = REFERENCE_PROFILE
 KERNEL = "resa"
 """Jupyter kernel registered for the project's venv by `make setup`."""
 HEARTBEAT_S = 30.0
 """Seconds between the terminal lines that show a long cell's progress."""
+INTERRUPT_WAIT_S = 60.0
+"""After Ctrl-C: how long the interrupted kernel gets to record the interruption (the failed
+cell, `metrics.json`, the W&B run's exit code) before it is shut down."""
+KERNEL_SHUTDOWN_S = 30.0
+"""How long a kernel gets to exit by itself (atexit: W&B flushes its backlog) before SIGKILL."""
 
 
 class NotebookFailed(RuntimeError):
@@ -80,6 +89,9 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"-p {item!r} is not name=value: write e.g. -p seed=1")
         key, value = item.split("=", 1)
+        if key.strip() == "profile":
+            raise ValueError(f"-p {item!r}: the profile is chosen with --profile (it picks the "
+                             f"profile's parameter file): write --profile {value.strip()} instead")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
@@ -230,24 +242,60 @@ def _register_engine(progress: _Progress) -> str:
             try:
                 super().papermill_execute_cells()
             except KeyboardInterrupt:
-                run_sync(self.km.interrupt_kernel)()
-                time.sleep(2.0)  # let the kernel record the interruption before shutdown
+                _quiet_asyncio()  # the cell's pending tasks would log tracebacks at exit
+                try:
+                    run_sync(self.km.interrupt_kernel)()
+                    # the cell's own task runs on: the kernel's reply (after the notebook marked
+                    # its run failed and finished its W&B run) ends it
+                    run_sync(_settle)(INTERRUPT_WAIT_S)
+                except KeyboardInterrupt:  # Ctrl-C again: stop at once
+                    self.shutdown_kernel = "immediate"
                 raise
+
+        def create_kernel_manager(self):
+            km = super().create_kernel_manager()
+            km.shutdown_wait_time = KERNEL_SHUTDOWN_S
+            return km
 
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
                                      stderr_file=None, start_timeout=60, execution_timeout=None,
-                                     **kwargs):
+                                     kernel_env=None, kernel_log=None, **kwargs):
             from papermill.utils import remove_args
 
             kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
+            # the kernel's own stdout/stderr (its warnings, worker processes' tracebacks after an
+            # interrupt, shutdown errors) go to a log file, not the terminal; cell output comes
+            # through Jupyter's channels as before
+            launch = {"env": kernel_env} if kernel_env is not None else {}
+            if kernel_log is not None:
+                launch.update(stdout=kernel_log, stderr=kernel_log)
             return Client(nb_man, timeout=execution_timeout, startup_timeout=start_timeout,
                           kernel_name=kernel_name, log_output=log_output, stdout_file=stdout_file,
-                          stderr_file=stderr_file, **kwargs).execute()
+                          stderr_file=stderr_file, **kwargs).execute(**launch)
 
     papermill_engines.register("resa", Engine)
     return "resa"
+
+
+async def _settle(timeout: float) -> None:
+    """Let the event loop's other tasks (an interrupted cell's) finish, for up to `timeout` s."""
+    import asyncio
+
+    me = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    if pending:
+        done, _ = await asyncio.wait(pending, timeout=timeout)
+        for task in done:  # retrieved here, so asyncio does not log them at exit
+            if not task.cancelled():
+                task.exception()
+
+
+def _quiet_asyncio() -> None:
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def kernel_available(name: str = KERNEL) -> bool:
@@ -257,9 +305,13 @@ def kernel_available(name: str = KERNEL) -> bool:
 
 
 def run_notebook(notebook: str, profile: str = DEFAULT_PROFILE, overrides: dict | None = None,
-                 heartbeat_s: float = HEARTBEAT_S) -> Path:
+                 heartbeat_s: float = HEARTBEAT_S, lock: RunLock | None = None) -> Path:
     """Execute one notebook; return its published results folder. Raises `NotebookFailed`
-    naming the failing cell; its executed copy stays in `results/.staging/` (git-ignored)."""
+    naming the failing cell; its executed copy stays in `results/.staging/` (git-ignored).
+
+    One run per notebook and profile at a time: `RunBusy` (naming the holder) if another live
+    process runs it (`lock`: a `RunLock` the caller already holds for it). The staged folder,
+    the executed notebook inside, replaces the published one in one atomic exchange."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -268,22 +320,60 @@ def run_notebook(notebook: str, profile: str = DEFAULT_PROFILE, overrides: dict 
     if not kernel_available():
         raise ValueError(f"Jupyter kernel {KERNEL!r} is not registered: run `make setup` (it runs "
                          f"`python -m ipykernel install --sys-prefix --name {KERNEL}`)")
-    label = effective_profile(notebook, params)
+    label, note = _label(notebook, params)
+    if note:
+        print(f"      {note}", flush=True)
     stage_root = results_root() / STAGING / label
-    stage_root.mkdir(parents=True, exist_ok=True)
+    check_writable(stage_root, "the results folder", _results_fix())
+    own_lock = lock is None
+    if own_lock:
+        lock = RunLock(notebook, label).acquire()
+    try:
+        _say_stale(lock)
+        return _execute(notebook, label, params, stage_root, lock, heartbeat_s,
+                        papermill, PapermillExecutionError)
+    finally:
+        if own_lock:
+            lock.release()
+
+
+def _label(notebook: str, params: dict) -> tuple[str, str | None]:
+    """The run's profile label (`custom` for overridden parameters) and, if it is custom, the
+    line that says why (as text for the terminal, not a Python warning)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        label = effective_profile(notebook, params)
+    return label, (str(caught[-1].message) if caught else None)
+
+
+def _say_stale(lock: RunLock) -> None:
+    if lock.stale:
+        print(f"      took over the lock of PID {lock.stale.get('pid')} (started "
+              f"{lock.stale.get('started')}), which is no longer running", flush=True)
+        lock.stale = None
+
+
+def _execute(notebook, label, params, stage_root, lock, heartbeat_s, papermill,
+             PapermillExecutionError) -> Path:
     running = stage_root / f"{notebook}.running.ipynb"
-    # the kernel runs this interpreter's environment; its progress bars print as text
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ[PROFILE_ENV] = profile
-    os.environ.setdefault("RESA_PROGRESS", "text")
+    kernel_log = stage_root / f"{notebook}.kernel.log"
+    # the kernel runs this interpreter's environment; its progress bars print as text; it leaves
+    # the lock and the publishing to this process
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           PROFILE_ENV: params["profile"], RUNNER_LOCK_ENV: str(lock.path)}
+    env.setdefault("RESA_PROGRESS", "text")
     progress = _Progress(notebook, heartbeat_s)
     progress.thread.start()
     started = time.time()
+    log = open(kernel_log, "wb")
     try:
         papermill.execute_notebook(
             str(notebooks_dir() / f"{notebook}.ipynb"), str(running), parameters=params,
             kernel_name=KERNEL, engine_name=_register_engine(progress), cwd=str(notebooks_dir()),
             progress_bar=False, stderr_file=progress, request_save_on_cell_execute=True,
+            kernel_env=env, kernel_log=log,
         )
     except KeyboardInterrupt:
         if running.exists():
@@ -310,26 +400,44 @@ def run_notebook(notebook: str, profile: str = DEFAULT_PROFILE, overrides: dict 
         if running.exists():
             os.replace(running, stage_root / f"{notebook}.failed.ipynb")
         raise NotebookFailed(f"{notebook} (profile {label}) stopped: {type(err).__name__}: {err}; "
-                             f"the published results in {results_dir(notebook, label)} are "
-                             "unchanged") from None
+                             f"the kernel's own output is in {kernel_log}; the published results "
+                             f"in {results_dir(notebook, label)} are unchanged") from None
     finally:
         progress.stop.set()
-    final = results_dir(notebook, label)
-    metrics = read_metrics(final)
-    fresh = metrics is not None and datetime.fromisoformat(metrics["updated"]).timestamp() >= started - 1
-    if not fresh or metrics.get("status") != "finished":
+        log.close()
+    final, stage = results_dir(notebook, label), staging_dir(notebook, label)
+    staged = read_metrics(stage) if stage.is_dir() else None
+    if _fresh_finished(staged, started):  # the notebook finished: publish with its executed copy
+        from resa_utils.core.atomic import atomic_path
+
+        with atomic_path(stage / f"{notebook}.ipynb") as tmp:
+            shutil.copyfile(running, tmp)
+        publish_folder(stage, final)
+    elif _fresh_finished(read_metrics(final), started):  # published by the kernel itself
+        from resa_utils.core.atomic import atomic_path
+
+        with atomic_path(final / f"{notebook}.ipynb") as tmp:
+            shutil.copyfile(running, tmp)
+    else:
         raise NotebookFailed(f"{notebook} ran to its end but never called run.finish(): "
                              f"nothing was published to {final}")
-    from resa_utils.core.atomic import atomic_path
-
-    with atomic_path(final / f"{notebook}.ipynb") as tmp:
-        shutil.copyfile(running, tmp)
     running.unlink()
+    kernel_log.unlink(missing_ok=True)
     if label == REFERENCE_PROFILE:
         from resa_utils.harness.report import write_results_readme
 
         write_results_readme()
     return final
+
+
+def _fresh_finished(metrics: dict | None, started: float) -> bool:
+    return (metrics is not None and metrics.get("status") == "finished"
+            and datetime.fromisoformat(metrics["updated"]).timestamp() >= started - 1)
+
+
+def _results_fix() -> str:
+    return (f"make it writable (chmod -R u+w), or choose another results root with --results-dir "
+            f"DIR or {RESULTS_ENV}=DIR")
 
 
 # --------------------------------------------------------------------------- listing
@@ -364,6 +472,37 @@ def _waits_for_builder(name: str, names: list[str], err: Exception) -> bool:
             and "is not registered: notebook 00 has not built it" in str(err))
 
 
+def resume_command(profile: str, notebooks: list[str], params: list[str],
+                   results_dir: str | None = None, allow_cpu: bool = False) -> str:
+    """The runner command that runs `notebooks` again with this profile and these `-p` items."""
+    import shlex
+
+    python = sys.executable
+    try:
+        rel = os.path.relpath(python)
+        python = rel if not rel.startswith("..") else python
+    except ValueError:
+        pass
+    parts = [python, "-m", "resa_utils.harness.run", "--profile", profile, *notebooks]
+    for item in params:
+        parts += ["-p", item]
+    if allow_cpu:
+        parts.append("--allow-cpu")
+    if results_dir:
+        parts += ["--results-dir", results_dir]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def check_output_folders() -> None:
+    """Refuse at once, in one line, a results root or W&B folder this run cannot write to (W&B
+    would silently move its runs to a temporary folder that `wandb sync` never looks in)."""
+    check_writable(results_root() / STAGING, "the results folder", _results_fix())
+    if os.environ.get("WANDB_MODE", "offline") != "disabled":
+        check_writable(wandb_dir() / "wandb", "the W&B folder (WANDB_DIR)",
+                       "make it writable, or set WANDB_DIR to a writable folder (runs land in "
+                       "$WANDB_DIR/wandb/offline-run-*), or WANDB_MODE=disabled")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -384,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(listing())
         return 0
+    names: list[str] = []
     current = None
+    locks: dict[str, RunLock] = {}
     try:
         overrides = parse_overrides(args.param)
         if args.allow_cpu:
@@ -405,29 +546,49 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} (profile {args.profile}): every parameter checks out", flush=True)
         if args.dry_run:
             return 0
+        check_output_folders()
+        for name in names:  # no other run of these notebooks and profile may be running
+            params = load_params(args.profile, name, overrides)
+            locks[name] = RunLock(name, _label(name, params)[0]).acquire()
         for i, name in enumerate(names, 1):
             current = name
             if name in deferred:
                 check_params(name, load_params(args.profile, name, overrides))
             print(f"[{i}/{len(names)}] {name} (profile {args.profile})", flush=True)
             t0 = time.monotonic()
-            path = run_notebook(name, args.profile, overrides)
+            path = run_notebook(name, args.profile, overrides, lock=locks[name])
+            locks.pop(name).release()
             print(f"      done in {_fmt(time.monotonic() - t0)}: {path}", flush=True)
     except KeyboardInterrupt:
-        import logging
-
-        # the interrupted cell's pending task would be logged at exit with a long traceback
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        hint = f" {current}" if current else ""
+        _quiet_asyncio()
+        left = names[names.index(current):] if current else names
+        hint = resume_command(args.profile, left if args.notebooks or current else [],
+                              args.param, args.results_dir, args.allow_cpu)
         print(f"\ninterrupted{(' in ' + current) if current else ''}: finished work is kept "
-              f"(sweep rows, checkpoints, staged results); resume with `python -m resa_utils.harness.run "
-              f"--profile {args.profile}{hint}`", file=sys.stderr)
+              f"(sweep rows, checkpoints, staged results); resume with `{hint}`",
+              file=sys.stderr, flush=True)
         return 130
-    except (NotebookFailed, ValueError, FileNotFoundError) as err:
+    except (NotebookFailed, RunBusy, PermissionError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        for lock in locks.values():
+            lock.release()
     return 0
 
 
+def _cli() -> int:
+    """`python -m resa_utils.harness.run`: after Ctrl-C's one line, nothing more reaches the
+    terminal (late messages of threads and clean-up at exit)."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    return code
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli())

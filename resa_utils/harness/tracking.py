@@ -244,9 +244,12 @@ def git_state(root: Path | None = None) -> dict:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                cwd=root, capture_output=True, text=True, timeout=10).stdout
-        return {"sha": sha, "dirty": bool(status.strip())}
+        # content, not stat: a notebook JupyterLab re-saved (outputs, kernel metadata) compares
+        # equal through the notebooks' clean filter (harness/nbclean.py), where `git status` can
+        # still list it until the index is refreshed
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root,
+                              capture_output=True, timeout=30)
+        return {"sha": sha, "dirty": diff.returncode != 0}
     except (OSError, subprocess.SubprocessError):
         return {"sha": "unknown", "dirty": None}
 
@@ -336,6 +339,35 @@ def slug(name: str) -> str:
     return out
 
 
+_GREEK = {"λ": "lambda", "α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "eps",
+          "η": "eta", "θ": "theta", "μ": "mu", "ρ": "rho", "σ": "sigma", "τ": "tau"}
+
+
+def wandb_key(name: Any) -> str:
+    """A W&B-safe key part: W&B reads `.` as nesting, so a decimal point becomes `p` and every
+    other run of characters outside letters, digits, `_` and `-` one `_` (Greek letters are
+    spelt out): `jumprelu_0.1` -> `jumprelu_0p1`, `λ=0.01` -> `lambda_0p01`."""
+    import re
+
+    text = str(name)
+    for letter, latin in _GREEK.items():
+        text = text.replace(letter, latin)
+    text = re.sub(r"\.(?=\d)", "p", text)
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "_"
+
+
+def wandb_keys(names: list) -> dict:
+    """`{name: wandb_key(name)}`, made unique by a numeric suffix where two names collide."""
+    out, used = {}, set()
+    for name in names:
+        key, n = wandb_key(name), 2
+        while key in used:
+            key, n = f"{wandb_key(name)}_{n}", n + 1
+        out[name] = key
+        used.add(key)
+    return out
+
+
 def _norm(value: Any) -> Any:
     """Tuples and lists compare equal (YAML gives lists, a notebook may write tuples)."""
     return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
@@ -354,6 +386,7 @@ class Run:
         self.final_dir = results_dir(notebook, profile)
         self.out_dir = staging_dir(notebook, profile)
         self.wandb = wandb_run
+        self.lock: RunLock | None = None
         self.metrics: dict[str, Any] = {}
         self.status = "running"
         self.error: str | None = None
@@ -393,7 +426,9 @@ class Run:
 
     def log_curves(self, group: str, curves: dict[str, list[dict]]) -> Path | None:
         """Training curves `{training name: [{step, loss, ...}, ...]}`: each as W&B line series
-        against its own step (`curves/<group>/<name>/<metric>`), all in `curves/<group>.csv`."""
+        against its own step (`curves/<group>/<name>/<metric>`, every part made a safe W&B key by
+        `wandb_key`: `lr0.001` -> `lr0p001`), kept out of the W&B summary, and all in
+        `curves/<group>.csv` under their unchanged training names."""
         import pandas as pd
 
         frames = [pd.DataFrame(rows).assign(training=name) for name, rows in curves.items() if rows]
@@ -405,11 +440,14 @@ class Run:
         with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
         if self.wandb is not None:
-            for name, rows in curves.items():
-                prefix = f"curves/{group}/{name}"
-                self.wandb.define_metric(f"{prefix}/*", step_metric=f"{prefix}/step")
-                for row in rows:
-                    self.wandb.log({f"{prefix}/{k}": v for k, v in _scalars(row).items()})
+            base = "/".join(wandb_key(part) for part in ["curves", *str(group).split("/")])
+            for name, key in wandb_keys(list(curves)).items():
+                prefix = f"{base}/{key}"
+                # summary="none": a curve's last point is not a result, so it stays out of the summary
+                self.wandb.define_metric(f"{prefix}/step", summary="none")
+                self.wandb.define_metric(f"{prefix}/*", step_metric=f"{prefix}/step", summary="none")
+                for row in curves[name]:
+                    self.wandb.log({f"{prefix}/{wandb_key(k)}": v for k, v in _scalars(row).items()})
         return path
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
@@ -490,24 +528,39 @@ class Run:
             "updated": now.isoformat(timespec="seconds"),
             "runtime_s": round((now - self.started).total_seconds(), 1),
             "provenance": self.provenance,
-            "wandb": None if self.wandb is None else {
-                "mode": os.environ.get("WANDB_MODE", "offline"), "id": self.wandb.id,
-                "name": self.wandb.name, "dir": str(self.wandb.dir), "project": self.wandb.project},
+            "wandb": self._wandb_info(),
         }
         return write_json(self.out_dir / "metrics.json", payload)
 
-    def mark_failed(self, error: str) -> None:
-        """Note an error (a failed cell): `metrics.json` says so, and unless the notebook still
-        reaches `finish()`, the W&B run ends with a non-zero exit code."""
+    def _wandb_info(self) -> dict | None:
+        """The W&B run's mode, id, name, folder and project (kept once the run has finished)."""
+        if self.wandb is not None:
+            self._wandb = {"mode": os.environ.get("WANDB_MODE", "offline"), "id": self.wandb.id,
+                           "name": self.wandb.name, "dir": str(self.wandb.dir),
+                           "project": self.wandb.project}
+        return getattr(self, "_wandb", None)
+
+    def mark_failed(self, error: str, end: bool | None = None) -> None:
+        """Note an error (a failed or interrupted cell): `metrics.json` says so. With `end`
+        (default: when the runner started this kernel, where papermill stops at the failed cell)
+        the W&B run ends at once with exit code 1, flushed; interactively it stays open in case
+        the notebook still reaches `finish()`, and ends as failed at kernel exit otherwise."""
         if self.status == "finished":
             return
         self.status, self.error = "failed", error
+        if end is None:
+            end = self._under_runner()
+        if end:
+            self._close_unfinished()
+            return
         if self.wandb is not None:
             self.wandb.summary["status"] = "failed"
         self._write_metrics()
 
     def _close_unfinished(self) -> None:
-        """At interpreter exit (kernel shutdown): an unfinished run ends as failed."""
+        """A run that ends unfinished (failed cell under the runner, a re-run of `start_run`,
+        interpreter exit): `metrics.json` says failed or interrupted, the W&B run finishes with
+        exit code 1, written to disk before this returns, and the lock is released."""
         if self.status == "finished":
             return
         if self.status == "running":
@@ -517,21 +570,43 @@ class Run:
         except OSError:
             pass
         if self.wandb is not None:
-            self.wandb.summary["status"] = self.status
-            self.wandb.finish(exit_code=1)
-            self.wandb = None
+            wandb_run, self.wandb = self.wandb, None
+            try:
+                import wandb
+
+                wandb_run.summary["status"] = self.status
+                wandb_run.finish(exit_code=1)
+                # finish() can return before W&B's service has written the exit record; a
+                # kernel killed right after would lose it. teardown() waits for the service.
+                wandb.teardown()
+            except Exception as err:  # at exit: say it, never raise
+                warnings.warn(f"W&B run {wandb_run.name} could not be finished as failed: {err}")
+        self._release()
 
     def finish(self) -> Path:
-        """Write the final `metrics.json`, publish the staged folder (replacing the previous
-        results of this notebook and profile) and close the W&B run. Returns the published folder."""
+        """Write the final `metrics.json`, close the W&B run and publish the staged folder
+        (replacing the previous results of this notebook and profile in one atomic exchange).
+        Under the runner the runner publishes it, with the executed notebook inside. Returns the
+        published folder."""
         self.status, self.error = "finished", None
         self._write_metrics()
-        publish(self.out_dir, self.final_dir)
+        if not self._under_runner():
+            publish_folder(self.out_dir, self.final_dir)
         if self.wandb is not None:
-            self.wandb.summary["status"] = "finished"
-            self.wandb.finish(exit_code=0)
-            self.wandb = None
+            wandb_run, self.wandb = self.wandb, None
+            wandb_run.summary["status"] = "finished"
+            wandb_run.finish(exit_code=0)
+        self._release()
         return self.final_dir
+
+    def _under_runner(self) -> bool:
+        """Whether the runner started this kernel for this very run (it holds the lock)."""
+        return os.environ.get(RUNNER_LOCK_ENV) == str(lock_path(self.notebook, self.profile))
+
+    def _release(self) -> None:
+        lock, self.lock = getattr(self, "lock", None), None
+        if lock is not None:
+            lock.release()
 
 
 def comparison_frame(rows: list[dict]):
@@ -598,12 +673,67 @@ _PARAM_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
 _ACTIVE: list[Run] = []
 
 
+_PARAM_NAMES: list[str] = []
+"""The parameter names `notebook_params` found last in this kernel (see there)."""
+
+
 def notebook_params(namespace: dict) -> dict:
-    """The parameters a notebook ran with: the plain-valued globals defined so far (call it
-    right after the parameters cell), leaving out IPython's own (`In`, `Out`, `_...`)."""
-    return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and k not in ("In", "Out", "get_ipython", "exit", "quit")
-            and isinstance(v, _PARAM_TYPES)}
+    """The parameters a notebook ran with (call it in the cell after the parameters cell).
+
+    In IPython (a notebook, papermill) they are the names assigned in the parameters cell: the
+    cells run last before this one that hold nothing but `name = literal` lines, `profile` among
+    them (the parameters cell, and papermill's injected cell after it), read from the kernel's
+    input history. So re-running the first cells of a kernel that has run the whole notebook
+    gives the parameters, not every variable the notebook made since. A re-run of this cell alone reuses the names
+    found last. Elsewhere (a plain dict): every plain-valued global, IPython's own left out."""
+    names = _parameter_names(namespace)
+    if names is None:
+        return {k: v for k, v in namespace.items()
+                if not k.startswith("_") and k not in ("In", "Out", "get_ipython", "exit", "quit")
+                and isinstance(v, _PARAM_TYPES)}
+    return {k: namespace[k] for k in names if k in namespace}
+
+
+def _parameter_names(namespace: dict) -> list[str] | None:
+    """Names assigned by the parameters cell(s) run just before the current cell, from IPython's
+    input history `In`; the names found last when the cell before is no parameters cell; None
+    outside IPython."""
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return None
+    cells = [c for c in history if isinstance(c, str)]
+    if cells and "notebook_params" in cells[-1]:
+        cells = cells[:-1]  # the cell running now
+    found: list[str] = []
+    for source in reversed(cells):
+        assigned = _literal_assignments(source)
+        if not assigned:
+            break
+        found = assigned + [n for n in found if n not in assigned]
+    if "profile" in found:  # every notebook's parameters cell sets it; `x = 3` alone is no such cell
+        _PARAM_NAMES[:] = found
+    return list(_PARAM_NAMES) if _PARAM_NAMES else None
+
+
+def _literal_assignments(source: str) -> list[str]:
+    """The names a cell assigns when it holds only `name = literal` statements (a parameters
+    cell); [] for any other cell."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return []
+    names = []
+    for node in body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
+        if not isinstance(target, ast.Name):
+            return []
+        try:
+            ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return []
+        names.append(target.id)
+    return names
 
 
 def _run_name(notebook: str, profile: str, sha: str) -> str:
@@ -621,6 +751,23 @@ def start_run(notebook: str, params: dict, project: str = "resa-replications") -
         old._close_unfinished()
     _ACTIVE.clear()
     profile = effective_profile(notebook, params)
+    lock = None
+    if os.environ.get(RUNNER_LOCK_ENV) != str(lock_path(notebook, profile)):
+        lock = RunLock(notebook, profile).acquire()  # the runner holds it for its own kernels
+    try:
+        run = _open_run(notebook, params, profile, project)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
+    _ACTIVE.append(run)
+    atexit.register(run._close_unfinished)  # after wandb's own hook, so it runs first
+    _watch_cells(run)
+    return run
+
+
+def _open_run(notebook: str, params: dict, profile: str, project: str) -> Run:
     stage = staging_dir(notebook, profile)
     if not stage.exists():
         stage.mkdir(parents=True)
@@ -635,22 +782,23 @@ def start_run(notebook: str, params: dict, project: str = "resa-replications") -
             import wandb
 
             # W&B writes under <dir>/wandb/: by default <repo>/wandb/offline-run-*
-            wandb_dir = Path(os.environ.get("WANDB_DIR", repo_root()))
-            wandb_dir.mkdir(parents=True, exist_ok=True)
+            folder = wandb_dir()
+            try:  # W&B itself would move an unwritable folder's runs to a temp folder, silently
+                check_writable(folder / "wandb", "the W&B folder (WANDB_DIR)",
+                               "make it writable or point WANDB_DIR at a writable folder")
+            except PermissionError as err:
+                warnings.warn(f"{err}; W&B will write this run to a temporary folder", stacklevel=3)
             models = sorted({v for k, v in params.items() if "model" in k and isinstance(v, str)})
             seeds = {k: v for k, v in params.items() if "seed" in k}
             config = {**_flatten(params), **_flatten({"meta": {**run.provenance, "seeds": seeds}})}
             run.wandb = wandb.init(
                 project=project, name=_run_name(notebook, profile, run.provenance["git"]["sha"]),
                 group=notebook, job_type=profile, tags=[profile, *models][:20], config=config,
-                dir=str(wandb_dir), reinit="finish_previous")
+                dir=str(folder), reinit="finish_previous")
         except Exception as err:  # tracking must never stop the science
             warnings.warn(f"W&B unavailable ({type(err).__name__}: {err}); logging to "
-                          f"{stage} only", stacklevel=2)
+                          f"{stage} only", stacklevel=3)
     run._write_metrics()
-    _ACTIVE.append(run)
-    atexit.register(run._close_unfinished)  # after wandb's own hook, so it runs first
-    _watch_cells(run)
     return run
 
 

@@ -136,7 +136,10 @@ def load_tokenizer(name: str, local_only: bool = True):
     try:
         if spec is not None:
             folder = cache_dir() / "models" / spec.name
-            return AutoTokenizer.from_pretrained(str(folder)) if (folder / MANIFEST).exists() else None
+            if not (folder / MANIFEST).exists():
+                return None
+            read_manifest(folder)  # unreadable: the next load rebuilds the folder
+            return AutoTokenizer.from_pretrained(str(folder))
         return AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     except Exception:  # not cached: the check happens again once the model loads
         return None
@@ -211,7 +214,16 @@ def cached_model_dir(spec: ModelSpec, verify: bool = False,
     """
     out = cache_dir() / "models" / spec.name
     marker = out / MANIFEST
-    if marker.exists() and read_json(marker).get("sha256") == spec.sha256:
+    manifest = None
+    if marker.exists():
+        try:
+            manifest = read_manifest(out)
+        except ValueError as err:
+            import warnings
+
+            warnings.warn(f"cached model {spec.name!r}: {err}; rebuilding {out} from its source",
+                          stacklevel=2)
+    if manifest is not None and manifest.get("sha256") == spec.sha256:
         full = verify or os.environ.get(VERIFY_ENV, "") in ("1", "true")
         problems = verify_model_dir(out, full=full)
         if not problems:
@@ -238,11 +250,27 @@ def cached_model_dir(spec: ModelSpec, verify: bool = False,
     return out
 
 
+def read_manifest(folder: Path) -> dict:
+    """A converted model folder's manifest; ValueError naming the file when it is truncated or
+    not a JSON object (a conversion or a check killed mid-write by an older resa_utils)."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = read_json(path)
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"its manifest {path} is unreadable (truncated or damaged: {err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"its manifest {path} is not a JSON object")
+    return manifest
+
+
 def verify_model_dir(folder: Path, full: bool = False) -> list[str]:
     """Problems with a converted model folder, `[]` if none. Sizes always; SHA256 when `full`,
     on the first check after conversion, or for a file whose mtime changed since its last check
     (which is then recorded, so the next load is cheap)."""
-    manifest = read_json(folder / MANIFEST)
+    try:
+        manifest = read_manifest(folder)
+    except ValueError as err:
+        return [str(err).removeprefix("its ")]
     files = manifest.get("files")
     if not files:
         return ["no file checksums recorded (converted by an older resa_utils)"]
@@ -323,3 +351,37 @@ def load_adapter_model(name: str, device=None, dtype=None, verify: bool = False)
     """`load_model` for a registered adapter model: its base, with the adapter merged."""
     lm = load_model(adapters.base_of(name), device=device, dtype=dtype, verify=verify)
     return adapters.attach_adapter(lm, adapters.adapter_path(name))
+
+
+CONVERT_DEFAULT = ("gemma-3-270m", "smollm2-135m-instruct")
+"""The models `python -m resa_utils.lm.models` converts by default: the cpu profile's two small
+bases, whose tokenizers the parameter checks and tests read without loading a model."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m resa_utils.lm.models [NAME ...]` (`make models`): dequantise registry models into
+    the cache now rather than on their first load (default: `CONVERT_DEFAULT`)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("names", nargs="*", default=list(CONVERT_DEFAULT),
+                        help=f"registry models (default: {' '.join(CONVERT_DEFAULT)})")
+    args = parser.parse_args(argv)
+    for name in args.names:
+        spec = REGISTRY.get(name)
+        if spec is None or spec.build_tiny is not None:
+            real = sorted(n for n, s in REGISTRY.items() if s.build_tiny is None)
+            print(f"error: {name!r} is not a registry GGUF model: use one of {real}", file=sys.stderr)
+            return 1
+        try:
+            folder = cached_model_dir(spec)
+        except (OSError, ValueError, ImportError) as err:
+            print(f"error: {name}: {err}", file=sys.stderr)
+            return 1
+        print(f"{name}: converted, in {folder}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
