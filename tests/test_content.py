@@ -14,6 +14,7 @@ from resa_utils.lm.content import (ContentRule, clean_positions, content_positio
                                    select_rows)
 from resa_utils.lm.models import load_model
 from resa_utils.sae import SAE, SAEConfig, evaluate_sae
+from memcache import MemCache
 
 
 def _planted(n=2000, d=16, n_sink=6, scale=60.0, seed=0):
@@ -72,30 +73,10 @@ def test_content_positions_drop_special_tokens_and_every_window_start():
     assert keep.tolist() == [[False, True, False, True], [False, True, True, False]]
 
 
-class _MemCache:
-    """A cache in memory with the reading interface `content_rows` and `KeptRows` use."""
-
-    def __init__(self, x, pos, shard_rows=500):
-        self.x, self.pos = x, pos
-        self.manifest = {"shards": [{"a": a, "b": min(a + shard_rows, len(x)), "n_tokens": min(shard_rows, len(x) - a)}
-                                    for a in range(0, len(x), shard_rows)]}
-        self.n_tokens = len(x)
-        self.hooks = ["h"]
-
-    def check_hook(self, hook):
-        assert hook == "h"
-
-    def read_shard(self, s, hook, verify=True):
-        return self.x[s["a"]:s["b"]]
-
-    def read_positions(self, s):
-        return self.pos[s["a"]:s["b"]]
-
-
 def test_cache_content_rows_stream_the_same_rows_and_report_as_in_memory():
     x, _ = _planted(n=1700, seed=2)
     pos = torch.rand(len(x), generator=torch.Generator().manual_seed(3)) > 0.05
-    kept, left = content_rows(_MemCache(x, pos), "h", ContentRule())
+    kept, left = content_rows(MemCache(x, pos), "h", ContentRule())
     keep, want = select_rows(x, pos, ContentRule(), hook="h")
     assert torch.equal(kept.load("h"), x[keep])
     assert left.as_row() == pytest.approx(want.as_row())
@@ -105,7 +86,7 @@ def test_fvu_on_content_rows_equals_the_hand_computation():
     x, _ = _planted(n=1200, d=8, seed=4)
     pos = torch.ones(len(x), dtype=torch.bool)
     pos[::50] = False
-    kept, _ = content_rows(_MemCache(x, pos), "h", ContentRule())
+    kept, _ = content_rows(MemCache(x, pos), "h", ContentRule())
     sae = SAE(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2)).init_weights()
     torch.nn.init.normal_(sae.W_enc, generator=torch.Generator().manual_seed(0))
     rows = kept.load("h")

@@ -16,6 +16,7 @@ from resa_utils.core.sweep import config_key
 from resa_utils.lm.content import ContentRule
 from resa_utils.methods import recovery as R
 from resa_utils.sae import SAE, SAEConfig
+from memcache import MemCache
 
 matplotlib.use("Agg")
 
@@ -256,7 +257,7 @@ def test_real_row_trains_on_the_content_rows_it_is_given_without_a_planted_massi
     x[100] *= 1000.0  # a massive activation
     pos = torch.ones(len(x), dtype=torch.bool)
     pos[::64] = False  # window starts
-    kept, left = content_rows(_RowCache(x, pos), "h", SPEC.rule)
+    kept, left = content_rows(MemCache(x, pos, shard_rows=256), "h", SPEC.rule)
     rows = kept.load("h")
     assert left.by_norm == 1 and left.by_position == 16 and len(rows) == 1024 - 17
     assert rows.norm(dim=1).max() < 100 and left.variance_share > 0.9  # the planted row carried most of the variance
@@ -264,23 +265,6 @@ def test_real_row_trains_on_the_content_rows_it_is_given_without_a_planted_massi
     row = R.real_row(c, (kept, "h"), rows[:256], tmp_path, {})  # streamed, as the notebook does past its RAM limit
     assert R.has_sae(c, tmp_path) and 0 < row["fvu"] < 1.5
 
-
-class _RowCache:
-    """A cache in memory with the reading interface `content_rows` and `KeptRows` use."""
-
-    def __init__(self, x, pos, shard_rows=256):
-        self.x, self.pos, self.n_tokens, self.hooks = x, pos, len(x), ["h"]
-        self.manifest = {"shards": [{"a": a, "b": min(a + shard_rows, len(x)), "n_tokens": min(shard_rows, len(x) - a)}
-                                    for a in range(0, len(x), shard_rows)]}
-
-    def check_hook(self, hook):
-        assert hook == "h"
-
-    def read_shard(self, s, hook, verify=True):
-        return self.x[s["a"]:s["b"]]
-
-    def read_positions(self, s):
-        return self.pos[s["a"]:s["b"]]
 
 def _real_rows() -> pd.DataFrame:
     rows = [("topk", 4, 0, "", 0.1, 4), ("topk", 8, 0, "", 0.05, 8), ("gba", 0.1, 0, "tied/relu", 0.2, 4),

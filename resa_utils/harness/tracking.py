@@ -609,16 +609,22 @@ class Run:
             lock.release()
 
 
-def comparison_frame(rows: list[dict]):
-    """Rows of the common paper-comparison schema as a DataFrame, checked."""
+def _schema_frame(rows: list[dict], columns: list[str], what: str):
+    """`rows` as a DataFrame, refused unless it has exactly `columns` and at least one row."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    missing = [c for c in COMPARISON_COLUMNS if c not in df.columns]
-    extra = [c for c in df.columns if c not in COMPARISON_COLUMNS]
+    missing = [c for c in columns if c not in df.columns]
+    extra = [c for c in df.columns if c not in columns]
     if missing or extra or df.empty:
-        raise ValueError(f"paper comparison needs exactly the columns {COMPARISON_COLUMNS} and at "
-                         f"least one row; missing {missing}, extra {extra}")
+        raise ValueError(f"{what} exactly the columns {columns} and at least one row; "
+                         f"missing {missing}, extra {extra}")
+    return df
+
+
+def comparison_frame(rows: list[dict]):
+    """Rows of the common paper-comparison schema as a DataFrame, checked."""
+    df = _schema_frame(rows, COMPARISON_COLUMNS, "paper comparison needs")
     bad = sorted(set(df.held) - set(HELD_VALUES))
     if bad:
         raise ValueError(f"paper comparison: held must be one of {HELD_VALUES}, got {bad}")
@@ -628,14 +634,7 @@ def comparison_frame(rows: list[dict]):
 def preconditions_frame(rows: list[dict]):
     """Rows of the preconditions table as a DataFrame, checked: the columns, `met` yes / no, and
     `gates` as space-separated 1-based claim numbers (may be empty)."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    missing = [c for c in PRECONDITION_COLUMNS if c not in df.columns]
-    extra = [c for c in df.columns if c not in PRECONDITION_COLUMNS]
-    if missing or extra or df.empty:
-        raise ValueError(f"preconditions need exactly the columns {PRECONDITION_COLUMNS} and at "
-                         f"least one row; missing {missing}, extra {extra}")
+    df = _schema_frame(rows, PRECONDITION_COLUMNS, "preconditions need")
     bad = sorted(set(df.met.astype(str)) - {"yes", "no"})
     if bad:
         raise ValueError(f"preconditions: met must be yes or no, got {bad}")
