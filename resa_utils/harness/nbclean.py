@@ -9,6 +9,7 @@ running a notebook in JupyterLab (which rewrites the kernelspec's display name a
 
 from __future__ import annotations
 
+import json
 import sys
 
 KERNELSPEC = {"display_name": "Python (resa)", "language": "python", "name": "resa"}
@@ -20,18 +21,19 @@ execution timings) is session state."""
 
 
 def clean(text: str) -> str:
-    """The stored form of a notebook's JSON text (idempotent)."""
-    import nbformat
-
-    nb = nbformat.reads(text, as_version=4)
-    nb.metadata = nbformat.from_dict({**{k: v for k, v in nb.metadata.items()
-                                         if k not in ("kernelspec", "language_info", "widgets", "papermill")},
-                                      "kernelspec": KERNELSPEC, "language_info": LANGUAGE_INFO})
-    for cell in nb.cells:
-        cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k in CELL_METADATA_KEPT})
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    return nbformat.writes(nb) + "\n"
+    """The stored form of a notebook's JSON text (idempotent). Plain `json`, not nbformat: git
+    runs this once per notebook it re-reads, and nbformat's schema validation takes seconds."""
+    nb = json.loads(text)
+    meta = {k: v for k, v in nb.get("metadata", {}).items()
+            if k not in ("kernelspec", "language_info", "widgets", "papermill")}
+    nb["metadata"] = {**meta, "kernelspec": KERNELSPEC, "language_info": LANGUAGE_INFO}
+    for cell in nb.get("cells", []):
+        cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k in CELL_METADATA_KEPT}
+        if isinstance(cell.get("source"), str):
+            cell["source"] = cell["source"].splitlines(keepends=True)
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False, separators=(",", ": ")) + "\n"
 
 
 def main() -> None:

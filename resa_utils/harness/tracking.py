@@ -247,8 +247,11 @@ def git_state(root: Path | None = None) -> dict:
         # content, not stat: a notebook JupyterLab re-saved (outputs, kernel metadata) compares
         # equal through the notebooks' clean filter (harness/nbclean.py), where `git status` can
         # still list it until the index is refreshed
+        # (refreshing the index first: else a fresh checkout's notebooks go through the filter
+        # on every call)
+        subprocess.run(["git", "update-index", "-q", "--refresh"], cwd=root, capture_output=True, timeout=60)
         diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root,
-                              capture_output=True, timeout=30)
+                              capture_output=True, timeout=60)
         return {"sha": sha, "dirty": diff.returncode != 0}
     except (OSError, subprocess.SubprocessError):
         return {"sha": "unknown", "dirty": None}
