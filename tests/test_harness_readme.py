@@ -66,5 +66,5 @@ def test_a_readme_runner_command_checks_out(argv, capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv", [c for c in readme_commands() if c[0] == "make"], ids=shlex.join)
 def test_a_readme_make_command_names_a_target(argv):
-    out = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["make", "-n", "--no-print-directory", *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"README command `{shlex.join(argv)}`: {out.stderr}"

@@ -81,7 +81,8 @@ def test_a_broken_notebook_cell_fails_nbval_naming_notebook_and_cell(tmp_path):
 
 
 def _make_n(*args: str) -> str:
-    out = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # --no-print-directory: under `make test` (MAKELEVEL set) make would add "Entering directory" lines
+    out = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
