@@ -122,22 +122,20 @@ def test_kept_rows_leave_out_exactly_the_masked_rows(tmp_path, tiny_lm, tiny_win
         KeptRows(paired, keep[:-1])
 
 
-def test_typical_rows_drop_rows_far_above_the_median_norm_in_either_block():
-    from resa_utils.lm.activations import typical_rows
+def test_content_rows_drop_rows_far_above_the_median_norm_in_either_block():
+    from memcache import MemCache
 
-    class Mem:  # one-shard stand-in for a cache
-        def __init__(self, x):
-            self.x, self.manifest = x, {"shards": [{"n_tokens": len(x)}]}
-
-        def read_shard(self, shard, hook):
-            return self.x
+    from resa_utils.lm.activations import content_rows
+    from resa_utils.lm.content import ContentRule
 
     x = torch.randn(100, 2, 4, generator=torch.Generator().manual_seed(0))
     x = (x / x.norm(dim=-1, keepdim=True)).reshape(100, 8)         # every block at norm 1
     x[3, :4] *= 50                                                   # a sink in the first model only
     x[7, 4:] *= 50                                                   # and one in the second
     x[9] *= 5                                                        # big but under the ratio
-    keep = typical_rows(Mem(x), "h", max_ratio=10, n_blocks=2)
+    kept, _ = content_rows(MemCache(x, torch.ones(100, dtype=torch.bool)), "h", ContentRule(max_norm_ratio=10),
+                           n_blocks=2)
+    keep = torch.cat([s["keep"] for s in kept.manifest["shards"]])
     assert keep.sum() == 98 and not keep[3] and not keep[7] and keep[9]
 
 

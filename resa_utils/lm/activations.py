@@ -588,19 +588,6 @@ def left_out_table(caches: dict, hooks: list[str], rule: ContentRule = ContentRu
     return pd.DataFrame(rows)
 
 
-def typical_rows(cache, hook: str, max_ratio: float, n_blocks: int = 1) -> torch.Tensor:
-    """`[N]` bool per row, in corpus order: False where the row's norm in any of its `n_blocks`
-    equal-width blocks (one per model of a `PairedCache`) exceeds `max_ratio` times that block's
-    median norm. Catches attention sinks that are not special tokens (in SmolLM2 the first
-    content tokens after BOS: norms up to ~150x the median)."""
-    norms = []
-    for shard in cache.manifest["shards"]:
-        x = cache.read_shard(shard, hook)
-        norms.append(x.view(x.shape[0], n_blocks, -1).norm(dim=-1))
-    norms_NB = torch.cat(norms)
-    return (norms_NB <= max_ratio * norms_NB.median(0).values).all(1)
-
-
 def _damaged_shards(folder: Path, shards: list[dict]) -> list[dict]:
     """Manifest entries to re-harvest: the file is missing, or of another size than recorded
     (truncated), or a read found its SHA256 wrong (`damaged`); shards recorded without a size
