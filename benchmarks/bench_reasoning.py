@@ -84,7 +84,10 @@ def matmul_peak() -> float:
     return 2 * 2048 ** 3 / best
 
 
-def bench_lora(names: list[str], steps: int) -> list[str]:
+def bench_lora(names: list[str], steps: int, full: list[str]) -> list[str]:
+    """Training tokens/s through the real path (`train_lora`), LoRA (r 32, every projection) for
+    each of `names`, and full fine-tuning (every weight, 6 N T FLOPs) for those in `full`: notebook
+    00 picks its `finetune` by this ratio, measured in the same run."""
     from resa_utils.data import tasks as T
     from resa_utils.methods.distill import trace_examples
     from resa_utils.lm.generation import chat_prompt
@@ -92,21 +95,25 @@ def bench_lora(names: list[str], steps: int) -> list[str]:
     from resa_utils.lm.models import load_model
 
     peak = matmul_peak()
-    print(f"\n== 2. LoRA training (r 32, all projections, batch 8, notebook 00's traces); "
+    print(f"\n== 2. Training: LoRA (r 32, all projections) and full fine-tuning, batch 8, notebook 00's traces; "
           f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s ==")
     goals = []
     for name in names:
-        lm = load_model(name)
-        n_params = sum(p.numel() for p in lm.model.parameters())
-        probs = T.make_problems("chain_sum", 8 * (steps + 1), seed=7)
-        ex = trace_examples(probs, T.TraceStyle(), lambda p: chat_prompt(lm.tokenizer, T.prompt(p)))
-        out = lora_tokens_per_s(lm, ex, LoraTrainConfig(batch_size=8, max_length=256), steps)
-        share = 4 * n_params * out["tokens/s"] / peak
-        print(f"{name:<32} {n_params / 1e6:>7.1f}M params {out['tokens/s']:>7.1f} tok/s "
-              f"{out['seconds_per_step']:>6.1f} s/step   {share:.2f} of the matmul peak")
-        goals.append(f"LoRA training, {name}: {out['tokens/s']:.1f} tok/s, "
-                     f"{share:.2f} of the matmul peak")
-        del lm
+        speed = {}
+        for finetune in ("lora", "full") if name in full else ("lora",):
+            lm = load_model(name)
+            n_params = sum(p.numel() for p in lm.model.parameters())
+            probs = T.make_problems("chain_sum", 8 * (steps + 1), seed=7)
+            ex = trace_examples(probs, T.TraceStyle(), lambda p: chat_prompt(lm.tokenizer, T.prompt(p)))
+            out = lora_tokens_per_s(lm, ex, LoraTrainConfig(finetune=finetune, batch_size=8, max_length=256), steps)
+            share = (6 if finetune == "full" else 4) * n_params * out["tokens/s"] / peak
+            speed[finetune] = out["tokens/s"]
+            print(f"{name:<32} {finetune:<5} {n_params / 1e6:>7.1f}M params {out['tokens/s']:>7.1f} tok/s "
+                  f"{out['seconds_per_step']:>6.1f} s/step   {share:.2f} of the matmul peak")
+            goals.append(f"{finetune} training, {name}: {out['tokens/s']:.1f} tok/s, {share:.2f} of the matmul peak")
+            del lm
+        if "full" in speed:
+            goals.append(f"full / LoRA tokens/s, {name}: {speed['full'] / speed['lora']:.2f}x")
     return goals
 
 
@@ -128,7 +135,8 @@ def main() -> None:
           f"{torch.__version__}, {torch.get_num_threads()} threads")
     goals = bench_generation(TINY if args.tiny else FULL_GEN, 32, 4 if args.tiny else 6,
                              8 if args.tiny else 48)
-    goals += bench_lora(TINY if args.tiny else FULL_LORA, 1 if args.tiny else 3)
+    goals += bench_lora(TINY if args.tiny else FULL_LORA, 1 if args.tiny else 3,
+                        TINY[:1] if args.tiny else FULL_LORA[:1])
     print(f"\n== Summary ({time.perf_counter() - t0:.0f} s) ==")
     for g in goals:
         print(g)

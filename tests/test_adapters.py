@@ -55,7 +55,7 @@ def test_adapter_on_the_wrong_base_names_both(cache):
 
 def test_unmade_reasoner_names_say_how_to_make_them(cache):
     with pytest.raises(ValueError, match="made by notebook 00.*base_model=smollm2-135m-instruct"):
-        resolve_model_name("smollm2-135m-instruct-reasoner-rft")
+        resolve_model_name("smollm2-135m-instruct-reasoner-early")
     with pytest.raises(ValueError, match="registry model"):
         lm, res = _trained(cache)
         adapters.register_adapter("tiny-llama", lm, res.adapter_dir)
@@ -86,3 +86,33 @@ def test_scaled_adapters_scale_the_weight_change(cache):
             adapters.register_scaled("tiny-llama-reasoner-bad", "tiny-llama-reasoner", bad)
     with pytest.raises(ValueError, match="not a registered adapter"):
         adapters.register_scaled("x", "tiny-llama-nothing", 2.0)
+
+
+def test_full_models_register_load_and_scale(cache):
+    """A fully fine-tuned model registers as "full" and loads with its own weights; a scaled
+    model of it is base + s * (full - base), computed on load, and stores no weights."""
+    lm = load_model("tiny-llama")
+    cfg = LoraTrainConfig(finetune="full", lr=1e-2, max_steps=3, batch_size=4, warmup_ratio=0.0)
+    res = train_lora(lm, EXAMPLES, cfg, cache / "full", progress=False)
+    adapters.register_adapter("tiny-llama-reasoner", load_model("tiny-llama"), res.adapter_dir, {"stage": "test"})
+    assert adapters.kind_of("tiny-llama-reasoner") == "full"
+    got = load_model("tiny-llama-reasoner")
+    assert got.name == "tiny-llama-reasoner" and got.base_name == "tiny-llama"
+    want = dict(lm.model.named_parameters())
+    assert all(torch.equal(p, want[n]) for n, p in got.model.named_parameters())
+    base = dict(load_model("tiny-llama").model.named_parameters())
+    adapters.register_scaled("tiny-llama-reasoner-x0.5", "tiny-llama-reasoner", 0.5)
+    assert adapters.kind_of("tiny-llama-reasoner-x0.5") == "scaled"
+    assert not list(adapters.adapter_path("tiny-llama-reasoner-x0.5").glob("*.safetensors"))
+    half = dict(load_model("tiny-llama-reasoner-x0.5").model.named_parameters())
+    assert all(torch.allclose(half[n] - base[n], 0.5 * (want[n] - base[n]), atol=1e-6) for n in base)
+    with pytest.raises(ValueError, match="scaled model"):
+        adapters.attach_adapter(load_model("tiny-llama"), adapters.adapter_path("tiny-llama-reasoner-x0.5"))
+    with pytest.raises(ValueError, match="neither a peft adapter"):
+        adapters.register_adapter("tiny-llama-x", lm, cache)
+
+
+def test_every_name_notebook_00_makes_says_how_to_make_it(cache):
+    for suffix in ("-reasoner", "-reasoner-early", "-reasoner-seed1", "-reasoner-x0.5", "-reasoner-x4"):
+        with pytest.raises(ValueError, match="made by notebook 00.*base_model=smollm2-135m-instruct`"):
+            resolve_model_name("smollm2-135m-instruct" + suffix)

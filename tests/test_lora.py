@@ -142,3 +142,44 @@ def test_lr_schedule_warms_up_from_a_positive_lr_then_decays_or_stays():
         LoraTrainConfig(lr_schedule="cosine")
     with pytest.raises(ValueError, match="warmup_ratio"):
         LoraTrainConfig(warmup_ratio=1.5)
+
+
+def test_full_finetuning_trains_every_weight_resumes_and_reloads(tmp_path):
+    """finetune="full" goes through the same Trainer path: every weight moves, the loss falls, a
+    killed run resumes to the same weights, a finished one is reloaded, and FLOPs count 6 N T."""
+    from resa_utils.lm.lora import load_weights
+
+    lm = load_model("tiny-llama")
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    cfg = _cfg(finetune="full", lr=1e-3, keep_steps=(2,))
+    res = train_lora(lm, EXAMPLES, cfg, tmp_path / "a", progress=False)
+    assert res.history[0]["loss"] > res.history[-1]["loss"] and (res.adapter_dir / "model.safetensors").exists()
+    moved = [n for n, p in lm.model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(moved) == len(before)
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    assert res.flops == pytest.approx(6 * n_params * res.tokens)
+    assert (tmp_path / "a" / "step-2" / "model.safetensors").exists()
+    part = tmp_path / "b"
+    train_lora(load_model("tiny-llama"), EXAMPLES, cfg, part, progress=False)
+    (part / "result.json").unlink()
+    shutil.rmtree(part / "model")
+    shutil.rmtree(part / "checkpoints" / "checkpoint-8")
+    resumed_lm = load_model("tiny-llama")
+    train_lora(resumed_lm, EXAMPLES, cfg, part, progress=False)
+    got = dict(resumed_lm.model.named_parameters())
+    assert all(torch.allclose(p, got[n], atol=1e-5) for n, p in lm.model.named_parameters())
+    fresh = load_model("tiny-llama")
+    load_weights(fresh.model, tmp_path / "a" / "model", "full")
+    assert all(torch.equal(p, dict(fresh.model.named_parameters())[n]) for n, p in lm.model.named_parameters())
+    early = load_model("tiny-llama")
+    load_weights(early.model, tmp_path / "a" / "step-2", "full")
+    assert not torch.equal(dict(early.model.named_parameters())[moved[-1]], dict(lm.model.named_parameters())[moved[-1]])
+    with pytest.raises(ValueError, match="do not fit"):
+        load_weights(load_model("tiny-qwen2").model, tmp_path / "a" / "model", "full")
+
+
+def test_config_refuses_an_unknown_finetune_and_bad_keep_steps():
+    with pytest.raises(ValueError, match="finetune"):
+        LoraTrainConfig(finetune="qlora")
+    with pytest.raises(ValueError, match="keep_steps"):
+        LoraTrainConfig(keep_steps=(0,))

@@ -127,38 +127,74 @@ def reference_line(ax, value: float, text: str, axis: str = "y", **kw) -> None:
 
 # =========================================================================== 00_reasoning_models
 
-def reasoning_models(acc: "pd.DataFrame", curves: "pd.DataFrame", task: str) -> plt.Figure:
-    """Notebook 00's headline: each model's held-out pass@1 (strict and lenient, Wilson 95%), its
-    reflection phrases per generation, and the LoRA training curves. `acc`: one
-    `distill.accuracy_row` per model; `curves`: `distill.training_curves` (training, step, loss)."""
-    fig, axes = figure(3, width=4.4, height=3.6)
-    ax, xs = axes[0], np.arange(len(acc))
+def reasoning_models(acc: "pd.DataFrame", behaviour: "pd.DataFrame", curves: "pd.DataFrame", task: str) -> plt.Figure:
+    """Notebook 00's headline: each model's held-out pass@1 (strict and lenient, Wilson 95%), each
+    reflection phrase per sampled answer against the teacher's rate, and the training curves.
+    `acc`: one `distill.accuracy_row` per model; `behaviour`: `distill.behaviour_rows`;
+    `curves`: `distill.training_curves` (training, step, loss)."""
+    fig, axes = figure(3, width=4.6, height=3.8)
+    ax, ys = axes[0], np.arange(len(acc))
     grading = colors(["strict", "lenient"])
     for j, (key, name) in enumerate((("", "strict"), ("lenient ", "lenient"))):
-        y = acc[f"{key}pass@1"].to_numpy(float)
-        err = [y - acc[f"{key}ci_low"].to_numpy(float), acc[f"{key}ci_high"].to_numpy(float) - y]
-        ax.errorbar(xs + 0.15 * (2 * j - 1), y, yerr=err, fmt="o", capsize=4, color=grading[name], label=name)
-    ax.set_xticks(xs, acc.model)
-    ax.set_ylim(0, 1)
-    label(ax, "model", "held-out pass@1 (fraction correct)", "accuracy (Wilson 95% intervals)")
+        x = acc[f"{key}pass@1"].to_numpy(float)
+        err = [x - acc[f"{key}ci_low"].to_numpy(float), acc[f"{key}ci_high"].to_numpy(float) - x]
+        ax.errorbar(x, ys + 0.15 * (2 * j - 1), xerr=err, fmt="o", capsize=3, color=grading[name], label=name)
+    ax.set_yticks(ys, acc.model)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    label(ax, "held-out pass@1 (fraction correct)", "model", "accuracy (Wilson 95% intervals)")
     legend_outside(ax, "grading")
-    phrases = [c for c in acc if c.endswith(" / problem")]
-    tidy = acc.melt(id_vars="model", value_vars=phrases, var_name="phrase", value_name="count")
-    tidy["phrase"] = tidy.phrase.str.replace(" / problem", "", regex=False)
-    sns.barplot(tidy, x="model", y="count", hue="phrase", errorbar=None, ax=axes[1], palette=PALETTE)
+    sampled = behaviour[behaviour.decoding == "sampled"] if len(behaviour) else behaviour
+    if len(sampled):
+        sns.barplot(sampled, x="phrase", y="per answer", hue="model", errorbar=None, ax=axes[1], palette=PALETTE)
+        teacher = sampled.drop_duplicates("phrase")
+        axes[1].scatter(teacher.phrase, teacher["teacher per trace"], marker="_", s=900, color="black", zorder=3,
+                        label="teacher (per trace)")
     axes[1].set_ylim(bottom=0)
-    label(axes[1], "model", "phrases per generation (mean count)", "reflection phrases")
-    legend_outside(axes[1], "phrase")
+    rotate_ticks(axes[1])
+    label(axes[1], "reflection phrase", "count per answer (sampled, T=1)", "phrases vs the teacher's")
+    legend_outside(axes[1], "model")
     for name, rows in curves.groupby("training", sort=False):
         axes[2].plot(rows.step, rows.loss, label=name)
     if curves.empty:
         axes[2].text(0.5, 0.5, "no loss logged\n(fewer steps than\nlogging_steps)", ha="center",
                      va="center", transform=axes[2].transAxes, color="0.4", fontsize=9)
-    label(axes[2], "optimizer step", "train loss (nats/token, response only)", "LoRA training curves")
+    label(axes[2], "optimizer step", "train loss (nats/token, response only)", "distillation curves")
     legend_outside(axes[2], "training")
-    title(fig, f"{' vs '.join(acc.model)} on {task}", n=int(acc["n"].max()) if len(acc) else None)
+    title(fig, f"base vs distilled reasoners on {task}", n=int(acc["n"].max()) if len(acc) else None)
     return fig
 
+
+def reasoning_representation(reps: "pd.DataFrame", dose: "pd.DataFrame", block: int) -> plt.Figure:
+    """How far each model's residual stream moved from the base's (median same-token cosine per
+    block; solid: reasoning text, dashed: English), and the dose-response of the scaled models
+    against the scale: pass@1, the cosine at `block`, and the phrases per sampled answer.
+    `reps`: `distill.representation_table`; `dose`: `distill.dose_table`."""
+    fig, axes = figure(4, width=4.2, height=3.8)
+    col = colors(dict.fromkeys(reps.model))
+    for (m, text), rows in reps.groupby(["model", "text"], sort=False):
+        axes[0].plot(rows.block, rows["median cos"], ls="-" if text == "reasoning" else "--", color=col[m],
+                     label=m if text == "reasoning" else None)
+    axes[0].axvline(block, color="0.6", lw=0.8)
+    label(axes[0], "block", "median same-token cosine with the base", "residual stream vs the base")
+    axes[0].text(0.02, 0.02, "solid: reasoning text\ndashed: English", transform=axes[0].transAxes, fontsize=8, color="0.3")
+    legend_outside(axes[0], "model")
+    x = dose.scale.to_numpy(float)
+    y = dose["pass@1"].to_numpy(float)
+    axes[1].errorbar(x, y, yerr=[y - dose.ci_low.to_numpy(float), dose.ci_high.to_numpy(float) - y], fmt="o-", capsize=3)
+    axes[1].set_ylim(0, 1)
+    label(axes[1], "scale s: base + s (reasoner - base)", "test pass@1 (greedy)", "dose: accuracy")
+    for c in [c for c in dose if c.startswith("median cos")]:
+        axes[2].plot(x, dose[c], "o-", label=c.replace("median cos ", "").strip("()"))
+    label(axes[2], "scale s", f"median same-token cosine, block {block}", "dose: representation")
+    legend_outside(axes[2], "text")
+    for c in [c for c in dose if c.endswith(" / answer")]:
+        axes[3].plot(x, dose[c], "s-", label=c.replace(" / answer", ""))
+    axes[3].set_ylim(bottom=0)
+    label(axes[3], "scale s", "count per sampled answer (T=1)", "dose: reflection phrases")
+    legend_outside(axes[3], "phrase")
+    title(fig, "how far the distillation moved the model", n=int(dose["n"].max()) if len(dose) else None)
+    return fig
 
 
 # =========================================================================== 01_resa_sae_tuning

@@ -1,10 +1,14 @@
-"""Models registered by name as a registry base plus a LoRA adapter (notebook 00's
-`<base>-reasoner` and `<base>-reasoner-rft`): kept in the cache, loaded by `load_model` as the
-base with the adapter merged in, and checked against their base before loading.
+"""Models registered by name on top of a registry base (notebook 00's `<base>-reasoner`, its
+early checkpoint, second seed and scaled variants): kept in the cache, loaded by `load_model`,
+and checked against their base before loading. Three kinds:
 
-Layout: `$RESA_CACHE_DIR/adapters/<name>/` holds peft's `adapter_config.json` and
-`adapter_model.safetensors`, plus `resa_adapter.json` (base name, the base's config facts,
-provenance and headline metrics).
+- "lora": a peft adapter (`adapter_config.json`, `adapter_model.safetensors`), merged on load;
+- "full": every weight (`model.safetensors`, from `save_pretrained` after full fine-tuning);
+- "scaled": no weights, only a registered source and a scale: loaded as
+  base + scale * (source - base), a dose-response of the change a fine-tune made.
+
+Each folder `$RESA_CACHE_DIR/adapters/<name>/` also holds `resa_adapter.json` (kind, base name,
+the base's config facts, provenance and headline metrics).
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from resa_utils.core.atomic import publish, read_json, write_json
 
 META = "resa_adapter.json"
-SUFFIXES = ("-reasoner", "-reasoner-rft")
-"""Names notebook 00 registers (`<base><suffix>`)."""
+_MADE_BY_00 = r"-reasoner(?:-early|-seed\d+|-x\d+(?:\.\d+)?)?$"
+"""Names notebook 00 registers: `<base>-reasoner`, `-reasoner-early`, `-reasoner-seed<k>`,
+`-reasoner-x<scale>`."""
+KINDS = ("lora", "full", "scaled")
 
 
 def adapters_root() -> Path:
@@ -50,36 +58,45 @@ def _base_facts(model) -> dict:
             "d_model": int(c.hidden_size), "vocab": int(c.vocab_size)}
 
 
+def kind_of(name: str) -> str:
+    """"lora", "full" or "scaled" (folders registered before kinds existed are LoRA)."""
+    return read_json(adapter_path(name) / META).get("kind", "lora")
+
+
 def register_adapter(name: str, lm, adapter_src: str | Path, info: dict | None = None) -> Path:
-    """Copy the peft adapter in `adapter_src` (trained on `lm`, the base) into the cache as
-    `name`, recording the base's name and shape facts; replaces an earlier `name` atomically."""
+    """Copy the trained weights in `adapter_src` (on `lm`, the base) into the cache as `name`: a
+    peft adapter folder ("lora") or a `save_pretrained` model folder ("full", full fine-tuning),
+    recording the kind and the base's name and shape facts; replaces an earlier `name` atomically."""
     from resa_utils.lm.registry import REGISTRY
 
     if name in REGISTRY:
         raise ValueError(f"{name!r} is a registry model: pick another name for the adapter")
     adapter_src = Path(adapter_src)
-    if not (adapter_src / "adapter_config.json").exists():
-        raise ValueError(f"{adapter_src} holds no peft adapter (adapter_config.json)")
+    if (adapter_src / "adapter_config.json").exists():
+        kind, files = "lora", ("adapter_config.json", "adapter_model.safetensors")
+    elif (adapter_src / "model.safetensors").exists():
+        kind, files = "full", ("model.safetensors",)
+    else:
+        raise ValueError(f"{adapter_src} holds neither a peft adapter (adapter_config.json) nor a "
+                         "saved model (model.safetensors)")
     base = getattr(lm, "base_name", None) or lm.name
     final = adapter_path(name)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for f in ("adapter_config.json", "adapter_model.safetensors"):
+    for f in files:
         shutil.copy2(adapter_src / f, tmp / f)
-    write_json(tmp / META, {"name": name, "base": base, "base_facts": _base_facts(lm.model),
+    write_json(tmp / META, {"name": name, "kind": kind, "base": base, "base_facts": _base_facts(lm.model),
                             **(info or {})})
     publish(tmp, final)
     return final
 
 
 def register_scaled(name: str, source: str, scale: float, info: dict | None = None) -> Path:
-    """Register `name` as the registered adapter `source` with its weight change scaled by `scale`
-    (every LoRA B multiplied by `scale`, so the merged model is base + scale * (B A) * alpha / r):
-    a dose-response of the change a distillation made. Refuses a non-finite or negative scale."""
+    """Register `name` as base + `scale` * (`source` - base), with `source` a registered model of
+    any kind: a dose-response of the change a distillation made (nothing but the recipe is stored;
+    `load_model` computes the weights). Refuses a non-finite or negative scale."""
     import math
-
-    from safetensors.torch import load_file, save_file
 
     if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ValueError(f"scale={scale!r} must be a finite number >= 0")
@@ -91,16 +108,18 @@ def register_scaled(name: str, source: str, scale: float, info: dict | None = No
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copy2(src / "adapter_config.json", tmp / "adapter_config.json")
-    weights = load_file(str(src / "adapter_model.safetensors"))
-    scaled = {k: (v * scale if "lora_B" in k else v).contiguous() for k, v in weights.items()}
-    if not any("lora_B" in k for k in weights):
-        raise ValueError(f"{source!r} has no lora_B weights to scale")
-    save_file(scaled, str(tmp / "adapter_model.safetensors"))
-    write_json(tmp / META, {**meta, "name": name, "scaled_from": source, "scale": float(scale),
-                            **(info or {})})
+    write_json(tmp / META, {**meta, "name": name, "kind": "scaled", "scaled_from": source,
+                            "scale": float(scale), **(info or {})})
     publish(tmp, final)
     return final
+
+
+@torch.no_grad()
+def scale_change(model: torch.nn.Module, source: torch.nn.Module, scale: float) -> None:
+    """In place: every weight of `model` (the base) becomes base + scale * (source - base)."""
+    src = dict(source.named_parameters(remove_duplicate=False))
+    for n, p in model.named_parameters():  # a tied weight is visited once: its twin follows
+        p.add_(src[n].to(p.dtype) - p, alpha=scale)
 
 
 def check_adapter(folder: Path, lm) -> dict:
@@ -118,14 +137,24 @@ def check_adapter(folder: Path, lm) -> dict:
 
 
 def attach_adapter(lm, folder: str | Path, merge: bool = True):
-    """Load the adapter in `folder` onto `lm` (checked against its base): merged into the
-    weights by default (plain model, inference speed), else as a trainable peft model."""
+    """Load the registered weights in `folder` onto `lm` (checked against its base): a LoRA
+    adapter merged into the weights by default (plain model, inference speed), else as a
+    trainable peft model; a full model's weights replace the base's. ("scaled" models need their
+    source: `models.load_model` builds them.)"""
     from peft import PeftModel
 
     folder = Path(folder)
     meta = check_adapter(folder, lm)
-    model = PeftModel.from_pretrained(lm.model, str(folder), is_trainable=not merge)
-    lm.model = model.merge_and_unload() if merge else model
+    kind = meta.get("kind", "lora")
+    if kind == "scaled":
+        raise ValueError(f"{meta['name']!r} is a scaled model: load it with load_model({meta['name']!r})")
+    if kind == "full":
+        from resa_utils.lm.weights import load_full_weights
+
+        load_full_weights(lm.model, folder)
+    else:
+        model = PeftModel.from_pretrained(lm.model, str(folder), is_trainable=not merge)
+        lm.model = model.merge_and_unload() if merge else model
     lm.model.eval()
     lm.base_name = meta["base"]
     lm.name = meta["name"]
@@ -135,11 +164,13 @@ def attach_adapter(lm, folder: str | Path, merge: bool = True):
 def missing_hint(name: str) -> str | None:
     """For a name notebook 00 would register but has not yet: how to make it (hub ids, with a
     '/', pass through to the hub instead)."""
+    import re
+
     if "/" in name:
         return None
-    for suffix in sorted(SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return (f"{name!r} is made by notebook 00 and is not in the cache yet: run "
-                    f"`python -m resa_utils.harness.run 00 -p base_model={name[:-len(suffix)]}` (or "
-                    "`make reproduce`, which runs notebook 00 first)")
-    return None
+    m = re.search(_MADE_BY_00, name)
+    if m is None:
+        return None
+    return (f"{name!r} is made by notebook 00 and is not in the cache yet: run "
+            f"`python -m resa_utils.harness.run 00 -p base_model={name[:m.start()]}` (or "
+            "`make reproduce`, which runs notebook 00 first)")

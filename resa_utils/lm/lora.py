@@ -19,10 +19,14 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 LR_SCHEDULES = ("linear", "constant")
+FINETUNES = ("lora", "full")
 
 
 @dataclass
 class LoraTrainConfig:
+    finetune: str = "lora"
+    """"lora": peft adapters on `targets` (r, alpha, dropout apply); "full": every weight trains,
+    through the same Trainer path (checkpoints then hold the whole model and its optimizer)."""
     r: int = 32
     """LoRA rank (Resa: 32)."""
     alpha: int = 128
@@ -55,6 +59,9 @@ class LoraTrainConfig:
     save_steps: int = 50
     """Optimizer steps between checkpoints (resume picks up the last one)."""
     logging_steps: int = 5
+    keep_steps: tuple[int, ...] = ()
+    """Optimizer steps whose weights are also saved for good as `out_dir/step-<n>` (an early
+    checkpoint kept as a model of its own; the rolling checkpoints are pruned)."""
 
     def __post_init__(self) -> None:
         checks = [(self.r >= 1, f"r={self.r} must be >= 1"), (self.alpha > 0, "alpha must be > 0"),
@@ -64,7 +71,9 @@ class LoraTrainConfig:
                   (self.max_length >= 2, f"max_length={self.max_length} must be >= 2"),
                   (self.max_steps > 0 or self.epochs > 0, "set epochs > 0 or max_steps > 0"),
                   (0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio} must be in [0, 1)"),
-                  (self.lr_schedule in LR_SCHEDULES, f"lr_schedule={self.lr_schedule!r} is not one of {LR_SCHEDULES}")]
+                  (self.lr_schedule in LR_SCHEDULES, f"lr_schedule={self.lr_schedule!r} is not one of {LR_SCHEDULES}"),
+                  (self.finetune in FINETUNES, f"finetune={self.finetune!r} is not one of {FINETUNES}"),
+                  (all(isinstance(k, int) and k >= 1 for k in self.keep_steps), "keep_steps must be steps >= 1")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"LoraTrainConfig: {msg}")
@@ -73,14 +82,15 @@ class LoraTrainConfig:
 @dataclass
 class LoraResult:
     adapter_dir: Path
+    """The trained weights: a peft adapter folder (LoRA), or a `save_pretrained` model folder (full)."""
     history: list[dict] = field(default_factory=list)
     """Trainer log rows: step, loss, learning_rate, grad_norm."""
     seconds: float = 0.0
     tokens: int = 0
     """Tokens processed (all positions, the forward's cost)."""
     flops: float = 0.0
-    """Training FLOPs, 4 · model params · tokens: the forward (2NT) plus the backward's
-    activation gradients (2NT); the frozen weights get no weight gradients."""
+    """Training FLOPs: LoRA 4 · params · tokens, the forward (2NT) plus the backward's activation
+    gradients (2NT), as frozen weights get no weight gradients; full fine-tuning 6 · params · tokens."""
 
 
 def tokenize_examples(tokenizer, examples: list[tuple[str, str]], max_length: int) -> list[dict]:
@@ -154,7 +164,8 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
                loss_fn: Callable | None = None, progress: bool = True,
                init_adapter: str | Path | None = None, callbacks: list | None = None,
                rows: list[dict] | None = None, extra_key: dict | None = None) -> LoraResult:
-    """Train LoRA adapters on `lm.model` and save them to `out_dir/adapter`; checkpoints in
+    """Train LoRA adapters on `lm.model` and save them to `out_dir/adapter` (or, with
+    `cfg.finetune == "full"`, every weight, saved to `out_dir/model`); checkpoints in
     `out_dir/checkpoints` make a rerun resume (a run finished on the same examples and config
     returns at once; other examples or config start afresh).
 
@@ -176,29 +187,32 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers' own
 
     out_dir = Path(out_dir)
-    adapter = out_dir / "adapter"
+    full = cfg.finetune == "full"
+    adapter = out_dir / ("model" if full else "adapter")
     done = out_dir / "result.json"
     rows = rows if rows is not None else tokenize_examples(lm.tokenizer, examples, cfg.max_length)
     if not rows:
         raise ValueError("train_lora got no training rows: the training set is empty")
     torch.manual_seed(cfg.seed)  # the adapters' initialisation depends on cfg alone
-    model = add_lora(lm.model, cfg)
+    model = lm.model.requires_grad_(True) if full else add_lora(lm.model, cfg)
+    init_file = Path(init_adapter) / ("model.safetensors" if full else "adapter_model.safetensors") if init_adapter else None
     key = {"cfg": _cfg_json(cfg), "data": config_key(rows),
-           "init": (sha256_file(Path(init_adapter) / "adapter_model.safetensors")[:16]
-                    if init_adapter else None), **({"extra": extra_key} if extra_key else {})}
+           "init": sha256_file(init_file)[:16] if init_file else None, **({"extra": extra_key} if extra_key else {})}
     if done.exists() and {k: read_json(done).get(k) for k in key} == key:
-        _load_adapter_weights(model, adapter)
+        load_weights(model, adapter, cfg.finetune)
         lm.model = model.eval()
         info = read_json(done)
         return LoraResult(adapter, info["history"], info["seconds"], info["tokens"], info["flops"])
     marker = out_dir / "run_key.json"
     if marker.exists() and read_json(marker) != key:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # another run's checkpoints
+        for kept in out_dir.glob("step-*"):
+            shutil.rmtree(kept, ignore_errors=True)
     done.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(marker, key)
     if init_adapter:
-        _load_adapter_weights(model, Path(init_adapter))
+        load_weights(model, Path(init_adapter), cfg.finetune)
 
     class _Trainer(Trainer):
         def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -227,7 +241,8 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     ckpts = sorted((out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     prior = read_json(ckpts[-1] / ELAPSED)["seconds"] if ckpts and (ckpts[-1] / ELAPSED).exists() else 0.0
     trainer = _Trainer(model=model, args=args, train_dataset=rows,
-                       callbacks=[_elapsed_callback(prior), *([_progress_callback(f"LoRA {out_dir.name}")] if progress else []),
+                       callbacks=[_elapsed_callback(prior), _keep_callback(out_dir, cfg.keep_steps),
+                                  *([_progress_callback(f"{cfg.finetune} {out_dir.name}")] if progress else []),
                                   *(callbacks or [])],
                        data_collator=_collate(lm.tokenizer.pad_token_id))
     from transformers.trainer_callback import PrinterCallback
@@ -243,7 +258,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     n_params = sum(p.numel() for p in model.parameters())
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))}
                for row in trainer.state.log_history if "loss" in row]
-    result = LoraResult(adapter, history, seconds, tokens, 4.0 * n_params * tokens)
+    result = LoraResult(adapter, history, seconds, tokens, (6.0 if full else 4.0) * n_params * tokens)
     write_json(done, {**key, "history": history, "seconds": seconds,
                       "tokens": tokens, "flops": result.flops})
     lm.model = model.eval()  # Trainer leaves it in train mode (LoRA dropout on)
@@ -270,6 +285,25 @@ def _elapsed_callback(prior: float):
                 write_json(folder / ELAPSED, {"seconds": prior + time.perf_counter() - self.t0})
 
     return Elapsed()
+
+
+def _keep_callback(out_dir: Path, steps: tuple[int, ...]):
+    """Saves the weights at each of `steps` (the adapter, or the whole model) to
+    `out_dir/step-<n>`, written to a temporary folder first; a resumed run keeps what is there."""
+    from transformers import TrainerCallback
+
+    class Keep(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            final = out_dir / f"step-{step}"
+            if step not in steps or final.exists() or not state.is_world_process_zero:
+                return
+            tmp = out_dir / f".step-{step}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            getattr(model, "module", model).save_pretrained(str(tmp))
+            tmp.rename(final)
+
+    return Keep()
 
 
 def _progress_callback(desc: str):
@@ -327,6 +361,17 @@ def lora_tokens_per_s(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig,
             "tokens_per_example": per_example, "seconds_per_step": seconds / steps}
 
 
+def load_weights(model, folder: str | Path, finetune: str = "lora") -> None:
+    """Copy saved weights into `model`: a peft adapter into its fresh adapters ("lora"), or a
+    `save_pretrained` model folder into the whole model ("full"; tied weights may be absent)."""
+    if finetune == "lora":
+        _load_adapter_weights(model, Path(folder))
+    else:
+        from resa_utils.lm.weights import load_full_weights
+
+        load_full_weights(model, folder)
+
+
 def _load_adapter_weights(model, folder: Path) -> None:
     """Copy a saved adapter's weights into `model`'s fresh adapters (same targets and rank)."""
     from peft import set_peft_model_state_dict
@@ -344,7 +389,7 @@ def _load_adapter_weights(model, folder: Path) -> None:
 
 def _cfg_json(cfg: LoraTrainConfig) -> dict:
     d = asdict(cfg)
-    d["targets"] = list(d["targets"])
+    d["targets"], d["keep_steps"] = list(d["targets"]), list(d["keep_steps"])
     return d
 
 
@@ -388,6 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg_path = Path(args.config) if args.config else examples_path.with_suffix(".config.json")
     fields = json.loads(cfg_path.read_text())
     fields["targets"] = tuple(fields.get("targets", LORA_TARGETS))
+    fields["keep_steps"] = tuple(fields.get("keep_steps", ()))
     cfg = LoraTrainConfig(**fields)
     lm = load_model(args.model, device="cpu" if not torch.cuda.is_available() else None)
     res = train_lora(lm, [(r["prompt"], r["response"]) for r in rows], cfg, args.out,

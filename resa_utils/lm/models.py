@@ -348,9 +348,17 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
 
 
 def load_adapter_model(name: str, device=None, dtype=None, verify: bool = False):
-    """`load_model` for a registered adapter model: its base, with the adapter merged."""
+    """`load_model` for a registered model: its base with the adapter merged ("lora"), its own
+    weights ("full"), or base + scale * (source - base) ("scaled")."""
     lm = load_model(adapters.base_of(name), device=device, dtype=dtype, verify=verify)
-    return adapters.attach_adapter(lm, adapters.adapter_path(name))
+    if adapters.kind_of(name) != "scaled":
+        return adapters.attach_adapter(lm, adapters.adapter_path(name))
+    meta = adapters.check_adapter(adapters.adapter_path(name), lm)
+    source = load_model(meta["scaled_from"], device=lm.device, dtype=lm.dtype, verify=verify)
+    adapters.scale_change(lm.model, source.model, meta["scale"])
+    lm.model.eval()
+    lm.base_name, lm.name = meta["base"], name
+    return lm
 
 
 CONVERT_DEFAULT = ("gemma-3-270m", "smollm2-135m-instruct")

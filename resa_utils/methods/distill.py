@@ -1,25 +1,25 @@
-"""Notebook 00's method: a base model distilled into a reasoner on templated worked traces, and
-a stronger reasoner by rejection-sampling fine-tuning (RFT) on its own correct samples; the
-accuracy table with Wilson intervals, and each stage's cost.
+"""Notebook 00's method: a base model distilled into a reasoner on templated worked traces (full
+fine-tuning or LoRA, over training seeds), an early checkpoint of that distillation as the weaker
+target and the finished model as the stronger source, scaled variants as a dose-response; the
+accuracy, behaviour and representation measures, with Wilson intervals, and each stage's cost.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
-from resa_utils.data.tasks import REFLECTION_PHRASES, Problem, TraceStyle, prompt, wilson, worked_trace
+from resa_utils.data.tasks import REFLECTION_PHRASES, Problem, TraceStyle, extract_answer, prompt, wilson, worked_trace
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from resa_utils.lm.content import ContentRule
-    from resa_utils.lm.lora import LoraResult, LoraTrainConfig
+    from resa_utils.lm.lora import LoraTrainConfig
 
 
 @dataclass(eq=False)
@@ -40,23 +40,6 @@ def trace_examples(problems: list[Problem], style: TraceStyle, make_prompt: Call
     """`(prompt, worked trace)` pairs for distillation (templated traces, seeded)."""
     rng = random.Random(seed)
     return [(make_prompt(p), worked_trace(p, style, rng)) for p in problems]
-
-
-def correct_samples(samples, problems: list[Problem], make_prompt: Callable,
-                    per_problem: int | None = None) -> list[tuple[str, str]]:
-    """RFT's training set: the correct (strictly graded) samples in `samples` (a frame from
-    `generation.evaluate`), distinct texts only, at most `per_problem` per problem."""
-    by_uid = {p.uid: p for p in problems}
-    out, seen, count = [], set(), {}
-    for row in samples.itertuples():
-        if not row.correct or (row.uid, row.text) in seen:
-            continue
-        if per_problem is not None and count.get(row.uid, 0) >= per_problem:
-            continue
-        seen.add((row.uid, row.text))
-        count[row.uid] = count.get(row.uid, 0) + 1
-        out.append((make_prompt(by_uid[row.uid]), row.text))
-    return out
 
 
 def accuracy_row(model: str, df) -> dict:
@@ -125,106 +108,6 @@ def evaluate_model(lm, label: str, problems: list[Problem], make_prompt: Callabl
     return ModelEval(label, df, accuracy_row(label, df), cost)
 
 
-# --------------------------------------------------------------------------- choosing the base
-
-SPEED_COLUMNS = ["model", "n_params", "tokens/s", "tokens_per_example", "est. distill min"]
-
-
-def candidate_speed(models: list[str], problems: list[Problem], style: TraceStyle, cfg: "LoraTrainConfig",
-                    steps: int, path: str | Path, setup: dict, n_train: int, epochs: float,
-                    seed: int = 0) -> "pd.DataFrame":
-    """LoRA training tokens/s of each candidate base on its own trace examples (`steps` timed
-    optimizer steps after one warm-up), and the distillation minutes that implies for `n_train`
-    traces over `epochs`: the base is chosen by what fits the budget. One resumable sweep row per
-    model in `path`; an empty frame when `steps` is 0."""
-    import pandas as pd
-
-    from resa_utils.core.sweep import run_sweep
-
-    if not steps:
-        return pd.DataFrame(columns=SPEED_COLUMNS)
-    fn = partial(_speed_row, problems=problems[: cfg.batch_size * (steps + 1)], style=style, cfg=cfg,
-                 steps=steps, seed=seed)
-    speed = run_sweep(path, [{"model": m, "setup": setup} for m in models], fn, desc="candidates")
-    speed["est. distill min"] = speed.tokens_per_example * n_train * epochs / speed["tokens/s"] / 60
-    return speed[SPEED_COLUMNS]
-
-
-def _speed_row(config: dict, problems: list[Problem], style: TraceStyle, cfg: "LoraTrainConfig",
-               steps: int, seed: int) -> dict:
-    """One candidate's measured speed; `n_params` counts the model as trained (adapters included)."""
-    from resa_utils.lm.lora import lora_tokens_per_s
-    from resa_utils.lm.models import load_model
-
-    lm = load_model(config["model"])
-    examples = trace_examples(problems, style, TaskPrompt(lm.tokenizer), seed)
-    out = lora_tokens_per_s(lm, examples, cfg, steps)
-    return {**out, "n_params": sum(p.numel() for p in lm.model.parameters())}
-
-
-# --------------------------------------------------------------------------- rejection sampling
-
-@dataclass
-class RftRound:
-    """One round of rejection-sampling fine-tuning: what was sampled and kept, its cost, and the
-    model trained on the kept samples (`train` and `model` are None when nothing was correct)."""
-
-    stats: dict
-    """The round's row: round, samples, correct, kept (distinct), problems solved, problems."""
-    samples: "pd.DataFrame"
-    """Every graded sample (`generation.evaluate`'s frame, `k` rows per problem)."""
-    kept: list[tuple[str, str]]
-    """The distinct correct samples as `(prompt, response)` training pairs."""
-    costs: list[dict]
-    """`{"stage", "wall s", "tokens", "FLOPs"}` of the sampling, then of the LoRA training (if any)."""
-    train: "LoraResult | None" = None
-    model: object | None = None
-    """The registered model (base + continued adapter, merged), loaded from the cache."""
-
-    @property
-    def trained(self) -> bool:
-        return self.train is not None
-
-
-def rft_round(current, problems: list[Problem], make_prompt: Callable, round_: int, *, k: int,
-              temperature: float, seed: int, sample_path: str | Path, setup: dict, max_new_tokens: int,
-              batch_size: int, base_model: str, cfg: "LoraTrainConfig", out_dir: str | Path,
-              init_adapter: str | Path | None, register_as: str, info: dict) -> RftRound:
-    """Sample `k` answers per problem from `current` at `temperature` (seed `seed + 1000 * round_`),
-    keep the distinct correct ones, and continue training `init_adapter` on them from `base_model`
-    (`cfg` with seed `seed + round_ + 1`), registered as `register_as`: RFT stands in for RL, the
-    model is rewarded only through which of its own samples it trains on. Sampling resumes from
-    `sample_path`, training from `out_dir`."""
-    from resa_utils.lm import adapters
-    from resa_utils.lm.generation import evaluate
-    from resa_utils.lm.lora import train_lora
-    from resa_utils.lm.models import load_model
-
-    label = "reasoner" if round_ == 0 else f"rft{round_}"
-    samples = evaluate(current, [p for p in problems for _ in range(k)], make_prompt, sample_path,
-                       {**setup, "round": round_, "k": k, "temperature": temperature, "model": label},
-                       max_new_tokens, batch_size, temperature=temperature, seed=seed + 1000 * round_,
-                       desc=f"rft {round_} sample")
-    kept = correct_samples(samples, problems, make_prompt)
-    n_params = sum(p.numel() for p in current.model.parameters())
-    prompt_tokens = k * sum(len(current.tokenizer(make_prompt(p))["input_ids"]) for p in problems)
-    generated = int(samples.n_tokens.sum())
-    stats = {"round": round_, "samples": len(samples), "correct": int(samples.correct.sum()),
-             "kept (distinct)": len(kept), "problems solved": int(samples[samples.correct].uid.nunique()),
-             "problems": len(problems)}
-    costs = [{"stage": f"RFT round {round_} sample", "wall s": samples.attrs["seconds"],
-              "tokens": prompt_tokens + generated, "FLOPs": generation_flops(n_params, prompt_tokens, generated)}]
-    if not kept:
-        return RftRound(stats, samples, kept, costs)
-    lm = load_model(base_model)
-    res = train_lora(lm, kept, replace(cfg, seed=seed + round_ + 1), out_dir, init_adapter=init_adapter)
-    costs.append({"stage": f"RFT round {round_} LoRA", "wall s": res.seconds, "tokens": res.tokens,
-                  "FLOPs": res.flops})
-    adapters.register_adapter(register_as, lm, res.adapter_dir, {"stage": f"rft round {round_}", **info})
-    del lm
-    return RftRound(stats, samples, kept, costs, res, load_model(register_as))
-
-
 # --------------------------------------------------------------------------- results
 
 def training_curves(curves: dict[str, list[dict]]) -> "pd.DataFrame":
@@ -245,54 +128,6 @@ def example_outputs(evals: Iterable[ModelEval], n: int) -> "pd.DataFrame":
     rows = [{"model": ev.label, "uid": r.uid, "answer": r.answer, "correct": r.correct, "output": r.text}
             for ev in evals for r in ev.answers.head(n).itertuples()]
     return pd.DataFrame(rows, columns=["model", "uid", "answer", "correct", "output"])
-
-
-@dataclass
-class Verdict:
-    """Notebook 00's claims, judged by rules fixed before the run: the paper-comparison rows and
-    whether the reasoner clears the bar that notebooks 01 and 04 build on."""
-
-    rows: list[dict]
-    lift_points: float
-    """Strict pass@1 points, reasoner minus base."""
-    lift_disjoint: bool
-    reasoner_ok: bool
-    """At least 20 points, disjoint 95% intervals, and at least 300 held-out problems."""
-
-
-def judge_reasoners(acc: "pd.DataFrame", *, n_test: int, task: str, difficulty: int, wait_rate: float,
-                    rft_rounds: int, rft_k: int, rft_temperature: float) -> Verdict:
-    """The paper-comparison rows from the accuracy table (one `accuracy_row` per model: base,
-    reasoner, optionally rft): the distillation lift (strict and lenient), the reflection
-    phrases, and RFT over the reasoner ('partly' = higher but intervals overlap)."""
-    rows_by = {r["model"]: r for r in acc.to_dict("records")}
-    b, rs = rows_by["base"], rows_by["reasoner"]
-    gain, gain_len = lift(rs, b), lift(rs, b, "lenient ")
-    ok = gain["points"] >= 20 and gain["disjoint"] and n_test >= 300
-    rows = [{"claim": "distillation lifts held-out pass@1 by >= 20 points, 95% intervals disjoint, n >= 300",
-             "metric": "pass@1 points (reasoner - base)", "paper": 20.0, "ours": round(gain["points"], 1),
-             "held": "yes" if ok else ("partly" if gain["disjoint"] else "no"),
-             "note": f"{task} d{difficulty}, n={n_test}; base {b['pass@1']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}], "
-                     f"reasoner {rs['pass@1']:.3f} [{rs['ci_low']:.3f}, {rs['ci_high']:.3f}]; "
-                     "the paper column is our bar, not a published number"},
-            {"claim": "the lift is not only format: lenient grading (last number anywhere) also improves",
-             "metric": "lenient pass@1 points", "paper": float("nan"), "ours": round(gain_len["points"], 1),
-             "held": "yes" if gain_len["disjoint"] else "no",
-             "note": f"base {b['lenient pass@1']:.3f}, reasoner {rs['lenient pass@1']:.3f}"},
-            {"claim": "the reasoner uses the reflection phrases of its traces (paper 4: R1-distilled models' "
-                      "'wait', 'however' latents)",
-             "metric": "'Wait' per generation (reasoner vs base)", "paper": float("nan"),
-             "ours": round(rs["Wait / problem"], 2), "held": "yes" if rs["Wait / problem"] > b["Wait / problem"] else "no",
-             "note": f"base {b['Wait / problem']:.2f}; trace rate wait_rate={wait_rate} per step"}]
-    if "rft" in rows_by:
-        f = rows_by["rft"]
-        g = lift(f, rs)
-        rows.append({"claim": "RFT makes a stronger reasoner (as Tina's RL over R1-Distill in paper 1)",
-                     "metric": "pass@1 points (rft - reasoner)", "paper": float("nan"), "ours": round(g["points"], 1),
-                     "held": "yes" if g["disjoint"] else ("partly" if g["points"] > 0 else "no"),
-                     "note": f"rft {f['pass@1']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]; {rft_rounds} round(s), "
-                             f"k={rft_k} at T={rft_temperature}; 'partly' = higher but intervals overlap"})
-    return Verdict(rows, gain["points"], gain["disjoint"], ok)
 
 
 @torch.no_grad()
@@ -329,3 +164,265 @@ def representation_change(base, other, windows_NT: torch.Tensor, layers: list[in
         rows.append({"block": layer, "median cos": q[1], "cos q25": q[0], "cos q75": q[2],
                      "median relative change": float(r.median()), "n": int(c.numel())})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- splits and steps
+
+def held_out_splits(held_out: list[Problem], sizes: dict[str, int]) -> dict[str, list[Problem]]:
+    """Cut the held-out problems into named, disjoint splits in the order of `sizes` (e.g. test,
+    dev, select): the test split is never used to choose anything."""
+    need = sum(sizes.values())
+    if len(held_out) < need:
+        raise ValueError(f"{len(held_out)} held-out problems, but the splits {sizes} need {need}")
+    out, a = {}, 0
+    for name, n in sizes.items():
+        out[name], a = held_out[a:a + n], a + n
+    return out
+
+
+def total_steps(n_rows: int, cfg: "LoraTrainConfig") -> int:
+    """Optimizer steps `train_lora` takes on `n_rows` examples (Trainer's count: ceil per epoch)."""
+    import math
+
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_rows / cfg.batch_size) // cfg.grad_accum
+    return max(1, math.ceil(cfg.epochs * max(1, per_epoch)))
+
+
+def recipe(cfg: "LoraTrainConfig", n_examples: int) -> dict:
+    """What a registered model's training was, for its metadata: the config, the examples and steps."""
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d["targets"], d["keep_steps"] = list(d["targets"]), list(d["keep_steps"])
+    return {**d, "n_examples": n_examples, "total_steps": total_steps(n_examples, cfg)}
+
+
+def load_checkpoint(lm, folder: str | Path, finetune: str):
+    """Put the weights a kept checkpoint holds (`out_dir/step-<n>` of `train_lora`) into `lm`, the
+    base: a full model's weights, or a LoRA adapter merged in. Returns `lm`."""
+    if finetune == "full":
+        from resa_utils.lm.weights import load_full_weights
+
+        load_full_weights(lm.model, folder)
+    else:
+        from peft import PeftModel
+
+        lm.model = PeftModel.from_pretrained(lm.model, str(folder)).merge_and_unload()
+    lm.model.eval()
+    return lm
+
+
+def early_steps(total: int, fractions: list[float]) -> tuple[int, ...]:
+    """The optimizer steps at `fractions` of `total` (rounded, at least 1, below `total`, distinct):
+    the early checkpoints kept as candidate targets."""
+    return tuple(sorted({min(total - 1, max(1, round(f * total))) for f in fractions} - {0}))
+
+
+# --------------------------------------------------------------------------- behaviour
+
+def teacher_rates(problems: list[Problem], style: TraceStyle, seed: int) -> dict[str, float]:
+    """Mean count per trace of each reflection phrase in teacher traces written for `problems`
+    (the same counting as the models' answers: whole words)."""
+    from resa_utils.data.tasks import reflection_counts
+
+    rng = random.Random(seed)
+    counts = [reflection_counts(worked_trace(p, style, rng)) for p in problems]
+    return {w: sum(c[w] for c in counts) / max(1, len(counts)) for w in REFLECTION_PHRASES}
+
+
+def behaviour_rows(label: str, answers: "pd.DataFrame", teacher: dict[str, float], decoding: str,
+                   factor: float = 2.0) -> list[dict]:
+    """Per reflection phrase: its count per answer in `answers` against the teacher's per trace,
+    their ratio, and whether it lies within `factor` (either way)."""
+    rows = []
+    for w in REFLECTION_PHRASES:
+        rate, ref = float(answers[w].mean()), teacher[w]
+        ratio = rate / ref if ref > 0 else float("nan")
+        rows.append({"model": label, "decoding": decoding, "phrase": w, "per answer": rate,
+                     "teacher per trace": ref, "ratio": ratio,
+                     "within": bool(ref > 0 and 1 / factor <= ratio <= factor)})
+    return rows
+
+
+def format_share(answers: "pd.DataFrame") -> float:
+    """Share of answers whose final number can be read in the asked format (strict grading)."""
+    return float(answers.text.map(lambda t: extract_answer(t) is not None).mean())
+
+
+# --------------------------------------------------------------------------- target and source
+
+def choose_target(candidates: dict[int, ModelEval], source: ModelEval, margin: float,
+                  min_format: float) -> tuple[int | None, "pd.DataFrame"]:
+    """The rule, fixed before any run, that picks notebook 01's target among the early checkpoints
+    (evaluated on the selection split, never the dev or test split): the latest step whose answers
+    keep the format (share >= `min_format`) and score at least `margin` points below the finished
+    model (the source). Returns the step (None if no checkpoint qualifies) and the table."""
+    import pandas as pd
+
+    rows = []
+    for step, ev in sorted(candidates.items()):
+        gap = 100 * (source.row["pass@1"] - ev.row["pass@1"])
+        fmt = format_share(ev.answers)
+        rows.append({"step": step, "pass@1": ev.row["pass@1"], "format share": fmt, "points below source": gap,
+                     "qualifies": bool(fmt >= min_format and gap >= margin)})
+    table = pd.DataFrame(rows, columns=["step", "pass@1", "format share", "points below source", "qualifies"])
+    ok = table[table.qualifies]
+    return (int(ok.step.iloc[-1]) if len(ok) else None), table.assign(chosen=table.step.isin(ok.step.tail(1)))
+
+
+# --------------------------------------------------------------------------- representations
+
+def reasoning_windows(problems: list[Problem], style: TraceStyle, make_prompt: Callable, tokenizer,
+                      n_windows: int, seq_len: int, seed: int) -> torch.Tensor:
+    """`[N, seq_len]` token windows of reasoning text: each problem's chat prompt followed by a
+    teacher trace (seeded), concatenated; the text both models are compared on."""
+    from resa_utils.data.windows import token_windows
+
+    rng = random.Random(seed)
+    texts = [make_prompt(p) + worked_trace(p, style, rng) for p in problems]
+    return token_windows(texts, tokenizer, seq_len, n_windows, add_bos=tokenizer.bos_token_id is not None)
+
+
+def representation_table(base, models: list[str], load: Callable, windows: dict[str, torch.Tensor],
+                         layers: list[int], rule: "ContentRule | None" = None) -> "pd.DataFrame":
+    """`representation_change` of each named model against `base` on each text kind: one row per
+    (model, text, block). `load(name)` builds a model, so one of them is in memory at a time."""
+    import pandas as pd
+
+    frames = []
+    for label in models:
+        lm = load(label)
+        for text, ids in windows.items():
+            frames.append(representation_change(base, lm, ids, layers, rule).assign(model=label, text=text))
+        del lm
+    df = pd.concat(frames, ignore_index=True)
+    return df[["model", "text", *[c for c in df.columns if c not in ("model", "text")]]]
+
+
+# --------------------------------------------------------------------------- dose-response
+
+def dose_table(scales: dict[str, float], acc: dict[str, dict], behaviour: "pd.DataFrame",
+               reps: "pd.DataFrame", block: int) -> "pd.DataFrame":
+    """One row per scaled model (label -> scale): greedy pass@1 with its interval, each phrase per
+    sampled answer, and the median same-token cosine at `block` on each text kind."""
+    import pandas as pd
+
+    rows = []
+    for label, scale in sorted(scales.items(), key=lambda kv: kv[1]):
+        r = acc[label]
+        row = {"model": label, "scale": scale, "n": r["n"], "pass@1": r["pass@1"], "ci_low": r["ci_low"],
+               "ci_high": r["ci_high"]}
+        b = behaviour[(behaviour.model == label) & (behaviour.decoding == "sampled")]
+        row.update({f"{w} / answer": float(b[b.phrase == w]["per answer"].iloc[0]) if len(b) else float("nan")
+                    for w in REFLECTION_PHRASES})
+        for text in reps.text.unique():
+            grp = reps[(reps.model == label) & (reps.block == block) & (reps.text == text)]
+            same = 1.0 if scale == 0 else float("nan")  # scale 0 is the base itself
+            row[f"median cos ({text})"] = float(grp["median cos"].iloc[0]) if len(grp) else same
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+@dataclass
+class Thresholds:
+    """The bars fixed before any run (notebook parameters)."""
+
+    lift: float = 20.0
+    """Points of strict pass@1 each seed's reasoner must gain over the base (disjoint intervals too)."""
+    rate_factor: float = 2.0
+    """Each reflection phrase per sampled answer within this factor of the teacher's rate."""
+    max_cos: float = 0.95
+    """The reasoner's median same-token cosine with the base at the studied block, on reasoning
+    text, at most this (the models really differ where notebook 04 reads them)."""
+    gap: float = 10.0
+    """Points of dev pass@1 the source must gain over the target (disjoint intervals too)."""
+    base_max: float = 0.2
+    """The base's pass@1 at most this, so a lift of `lift` points can be measured."""
+
+
+def judge(acc: dict[str, dict], seeds: list[str], behaviour: "pd.DataFrame", reps: "pd.DataFrame",
+          dev: dict[str, dict] | None, block: int, th: Thresholds, task: str, difficulty: int) -> tuple[list[dict], list[dict]]:
+    """Notebook 00's preconditions and claims from its tables, by the fixed `th`. `acc`: accuracy
+    rows by label ("base", each of `seeds`); `behaviour`: `behaviour_rows` frames; `reps`:
+    `representation_table`; `dev`: {"target", "source"} rows on the dev split, None when no
+    checkpoint qualified as target. Returns (precondition rows, claim rows); claim numbers are
+    1 lift, 2 lenient lift, 3 phrases, 4 representation, 5 source over target."""
+    b = acc["base"]
+    pre = [_pre("the base is weak at the task (a lift can be measured)", "base pass@1", f"<= {th.base_max}",
+                b["pass@1"], b["pass@1"] <= th.base_max, "1 2")]
+    lifts = {s: lift(acc[s], b) for s in seeds}
+    for s in seeds:
+        pre.append(_pre(f"reasoner {s} lifts pass@1", "points over base (disjoint 95% CI)", f">= {th.lift}",
+                        lifts[s]["points"], lifts[s]["points"] >= th.lift and lifts[s]["disjoint"], ""))
+    sampled = behaviour[(behaviour.decoding == "sampled") & behaviour.model.isin(seeds)]
+    for w in REFLECTION_PHRASES:
+        grp = sampled[sampled.phrase == w]
+        worst = grp.ratio.map(lambda r: max(r, 1 / r) if r > 0 else float("inf")).max()
+        pre.append(_pre(f"'{w}' per sampled answer near the teacher's rate", "worst ratio over seeds (either way)",
+                        f"<= {th.rate_factor}", worst, bool(grp.within.all()), ""))
+    first = seeds[0]
+    cos = reps[(reps.model == first) & (reps.block == block)].set_index("text")["median cos"]
+    pre.append(_pre(f"the reasoner's residual stream moved (block {block}, reasoning text)",
+                    "median same-token cosine with the base", f"<= {th.max_cos}", cos.get("reasoning", float("nan")),
+                    cos.get("reasoning", 1.0) <= th.max_cos, ""))
+    if dev is not None:
+        g = lift(dev["source"], dev["target"])
+        pre.append(_pre("the source beats the target on the dev split", "points (disjoint 95% CI)", f">= {th.gap}",
+                        g["points"], g["points"] >= th.gap and g["disjoint"], ""))
+    pre.append(_pre("an early checkpoint keeps the format and lies below the source (selection split)",
+                    "qualifying checkpoint", "exists", "yes" if dev is not None else "none", dev is not None, "5"))
+    ok = all(lifts[s]["points"] >= th.lift and lifts[s]["disjoint"] for s in seeds)
+    worst_lift = min(lifts[s]["points"] for s in seeds)
+    len_lift = min(lift(acc[s], b, "lenient ")["points"] for s in seeds)
+    claims = [
+        {"claim": f"distillation lifts held-out pass@1 by >= {th.lift:g} points with disjoint 95% intervals, on every seed",
+         "metric": "pass@1 points (reasoner - base), worst seed", "paper": th.lift, "ours": round(worst_lift, 1),
+         "held": "yes" if ok else ("partly" if worst_lift > 0 else "no"),
+         "note": f"{task} d{difficulty}, n={b['n']}; base {b['pass@1']:.3f}; "
+                 + "; ".join(f"{s} {acc[s]['pass@1']:.3f} [{acc[s]['ci_low']:.3f}, {acc[s]['ci_high']:.3f}]" for s in seeds)
+                 + "; the paper column is our bar (R1-Distill's own lift is far larger)"},
+        {"claim": "the lift is not only format: lenient grading (last number anywhere) also improves",
+         "metric": "lenient pass@1 points, worst seed", "paper": float("nan"), "ours": round(len_lift, 1),
+         "held": "yes" if all(lift(acc[s], b, "lenient ")["disjoint"] for s in seeds) else "no",
+         "note": f"base lenient {b['lenient pass@1']:.3f}"},
+        {"claim": "the reasoner imitates its teacher's reflection phrases (paper 4: R1-distilled models' "
+                  "'wait' / 'therefore' behaviours)",
+         "metric": f"phrases within {th.rate_factor:g}x of the teacher's rate (sampled, T=1)", "paper": float("nan"),
+         "ours": f"{int(sampled.within.sum())}/{len(sampled)}", "held": _share_held(sampled.within),
+         "note": "; ".join(f"{r.model} {r.phrase} {r['per answer']:.2f} vs {r['teacher per trace']:.2f}"
+                           for _, r in sampled.iterrows())},
+        {"claim": "distillation moves the residual stream (what notebook 04's crosscoder needs)",
+         "metric": f"median same-token cosine, block {block}, reasoning text", "paper": float("nan"),
+         "ours": round(float(cos.get("reasoning", float("nan"))), 3),
+         "held": "yes" if cos.get("reasoning", 1.0) <= th.max_cos else "no",
+         "note": f"English text: {float(cos.get('english', float('nan'))):.3f}; threshold {th.max_cos}; "
+                 "the committed LoRA reasoner of the previous design had 0.98"},
+    ]
+    if dev is not None:
+        g = lift(dev["source"], dev["target"])
+        s_, t_ = dev["source"], dev["target"]
+        claims.append({"claim": "a stronger source over its target (Tina's RL over R1-Distill in paper 1): "
+                                f">= {th.gap:g} points, disjoint intervals, dev split",
+                       "metric": "dev pass@1 points (source - target)", "paper": th.gap, "ours": round(g["points"], 1),
+                       "held": "yes" if g["points"] >= th.gap and g["disjoint"] else ("partly" if g["points"] > 0 else "no"),
+                       "note": f"source {s_['pass@1']:.3f} [{s_['ci_low']:.3f}, {s_['ci_high']:.3f}], target "
+                               f"{t_['pass@1']:.3f} [{t_['ci_low']:.3f}, {t_['ci_high']:.3f}], n={s_['n']}"})
+    else:
+        claims.append({"claim": "a stronger source over its target (Tina's RL over R1-Distill in paper 1)",
+                       "metric": "dev pass@1 points (source - target)", "paper": th.gap, "ours": float("nan"),
+                       "held": "not tested", "note": "no early checkpoint qualified as target"})
+    return pre, claims
+
+
+def _pre(what: str, measure: str, threshold: str, value, met: bool, gates: str) -> dict:
+    v = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return {"precondition": what, "measure": measure, "threshold": threshold, "value": v,
+            "met": "yes" if met else "no", "gates": gates}
+
+
+def _share_held(flags: "pd.Series") -> str:
+    return "yes" if len(flags) and flags.all() else ("partly" if flags.any() else "no")

@@ -48,8 +48,8 @@ def cross(p: dict) -> None:
     from resa_utils.lm.models import load_tokenizer, model_n_layers
 
     P.gpu_or_allowed(p["allow_cpu"])
-    names = {"target_model": p["target_model"] or f"{p['base_model']}-reasoner",
-             "source_model": p["source_model"] or f"{p['base_model']}-reasoner-rft",
+    names = {"target_model": p["target_model"] or f"{p['base_model']}-reasoner-early",
+             "source_model": p["source_model"] or f"{p['base_model']}-reasoner",
              "sibling_model": p["sibling_model"] or p["base_model"]}
     P.require(names["target_model"] != names["source_model"] or p["profile"] == "smoke", "source_model", names["source_model"],
               "is the target itself: SAE-Tuning's second SAE already covers that case", "leave it empty for notebook 00's stronger reasoner")
