@@ -127,12 +127,27 @@ def reference_line(ax, value: float, text: str, axis: str = "y", **kw) -> None:
 
 # =========================================================================== 00_reasoning_models
 
+def short_names(names) -> list[str]:
+    """Model names without the base's name they all start with (`smollm2-135m-instruct-reasoner-x2`
+    -> `reasoner-x2`), so labels fit; the base keeps its name."""
+    names = [str(n) for n in names]
+    pool = [n for n in names if "-reasoner" in n]
+    if not pool:
+        return names
+    prefix = pool[0][:pool[0].index("-reasoner") + 1]
+    return [n[len(prefix):] if n.startswith(prefix) else n for n in names]
+
+
 def reasoning_models(acc: "pd.DataFrame", behaviour: "pd.DataFrame", curves: "pd.DataFrame", task: str) -> plt.Figure:
     """Notebook 00's headline: each model's held-out pass@1 (strict and lenient, Wilson 95%), each
     reflection phrase per sampled answer against the teacher's rate, and the training curves.
     `acc`: one `distill.accuracy_row` per model; `behaviour`: `distill.behaviour_rows`;
     `curves`: `distill.training_curves` (training, step, loss)."""
     fig, axes = figure(3, width=4.6, height=3.8)
+    acc, behaviour = acc.assign(model=short_names(acc.model)), behaviour.copy()
+    if len(behaviour):
+        behaviour["model"] = short_names(behaviour.model)
+    curves = curves.assign(training=short_names(curves.training)) if len(curves) else curves
     ax, ys = axes[0], np.arange(len(acc))
     grading = colors(["strict", "lenient"])
     for j, (key, name) in enumerate((("", "strict"), ("lenient ", "lenient"))):
@@ -145,6 +160,8 @@ def reasoning_models(acc: "pd.DataFrame", behaviour: "pd.DataFrame", curves: "pd
     label(ax, "held-out pass@1 (fraction correct)", "model", "accuracy (Wilson 95% intervals)")
     legend_outside(ax, "grading")
     sampled = behaviour[behaviour.decoding == "sampled"] if len(behaviour) else behaviour
+    if len(sampled):  # the trained reasoners only: the scaled models have a panel of their own
+        sampled = sampled[~sampled.model.str.contains(r"x\d", regex=True)]
     if len(sampled):
         sns.barplot(sampled, x="phrase", y="per answer", hue="model", errorbar=None, ax=axes[1], palette=PALETTE)
         teacher = sampled.drop_duplicates("phrase")
@@ -171,6 +188,7 @@ def reasoning_representation(reps: "pd.DataFrame", dose: "pd.DataFrame", block: 
     against the scale: pass@1, the cosine at `block`, and the phrases per sampled answer.
     `reps`: `distill.representation_table`; `dose`: `distill.dose_table`."""
     fig, axes = figure(4, width=4.2, height=3.8)
+    reps = reps.assign(model=short_names(reps.model))
     col = colors(dict.fromkeys(reps.model))
     for (m, text), rows in reps.groupby(["model", "text"], sort=False):
         axes[0].plot(rows.block, rows["median cos"], ls="-" if text == "reasoning" else "--", color=col[m],
