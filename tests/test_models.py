@@ -79,15 +79,21 @@ def _tiny_builder(folder):
     lm.tokenizer.save_pretrained(folder)
 
 
-def test_converted_cache_is_integrity_checked_and_rebuilt(tmp_path, monkeypatch):
-    monkeypatch.setenv("RESA_CACHE_DIR", str(tmp_path))
-    spec = models.ModelSpec("cache-test", "tiny model behind the conversion cache", sha256="t" * 64)
+def _counting_builder():
+    """`_tiny_builder` that records each folder it builds: (calls, build)."""
     calls = []
 
     def build(folder):
         calls.append(folder)
         _tiny_builder(folder)
 
+    return calls, build
+
+
+def test_converted_cache_is_integrity_checked_and_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESA_CACHE_DIR", str(tmp_path))
+    spec = models.ModelSpec("cache-test", "tiny model behind the conversion cache", sha256="t" * 64)
+    calls, build = _counting_builder()
     out = models.cached_model_dir(spec, build=build)
     manifest = models.read_json(out / models.MANIFEST)
     assert "model.safetensors" in manifest["files"] and not manifest["verified"]
@@ -163,12 +169,7 @@ def test_split_gguf_is_assembled_in_order(tmp_path, monkeypatch):
 def test_a_truncated_manifest_is_named_and_the_folder_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("RESA_CACHE_DIR", str(tmp_path))
     spec = models.ModelSpec("manifest-test", "tiny model behind the conversion cache", sha256="m" * 64)
-    calls = []
-
-    def build(folder):
-        calls.append(folder)
-        _tiny_builder(folder)
-
+    calls, build = _counting_builder()
     out = models.cached_model_dir(spec, build=build)
     manifest = out / models.MANIFEST
     manifest.write_text(manifest.read_text()[:40])  # killed mid-write

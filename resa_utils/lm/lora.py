@@ -196,7 +196,7 @@ def train_lora(lm, examples: list[tuple[str, str]], cfg: LoraTrainConfig, out_di
     torch.manual_seed(cfg.seed)  # the adapters' initialisation depends on cfg alone
     model = lm.model.requires_grad_(True) if full else add_lora(lm.model, cfg)
     init_file = Path(init_adapter) / ("model.safetensors" if full else "adapter_model.safetensors") if init_adapter else None
-    key = {"cfg": _cfg_json(cfg), "data": config_key(rows),
+    key = {"cfg": config_json(cfg), "data": config_key(rows),
            "init": sha256_file(init_file)[:16] if init_file else None, **({"extra": extra_key} if extra_key else {})}
     if done.exists() and {k: read_json(done).get(k) for k in key} == key:
         load_weights(model, adapter, cfg.finetune)
@@ -387,7 +387,8 @@ def _load_adapter_weights(model, folder: Path) -> None:
                          f"weights missing, e.g. {missing[0]}): check its base model and rank")
 
 
-def _cfg_json(cfg: LoraTrainConfig) -> dict:
+def config_json(cfg: LoraTrainConfig) -> dict:
+    """`cfg` as JSON values (tuples as lists): the resume key, the saved config, model metadata."""
     d = asdict(cfg)
     d["targets"], d["keep_steps"] = list(d["targets"]), list(d["keep_steps"])
     return d
@@ -408,7 +409,7 @@ def save_examples(path: str | Path, examples: list[tuple[str, str]], cfg: LoraTr
         with open(tmp, "w") as f:
             for prompt, response in examples:
                 f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
-    write_json(path.with_suffix(".config.json"), _cfg_json(cfg))
+    write_json(path.with_suffix(".config.json"), config_json(cfg))
     return path
 
 

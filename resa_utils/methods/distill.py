@@ -192,11 +192,9 @@ def total_steps(n_rows: int, cfg: "LoraTrainConfig") -> int:
 
 def recipe(cfg: "LoraTrainConfig", n_examples: int) -> dict:
     """What a registered model's training was, for its metadata: the config, the examples and steps."""
-    from dataclasses import asdict
+    from resa_utils.lm.lora import config_json
 
-    d = asdict(cfg)
-    d["targets"], d["keep_steps"] = list(d["targets"]), list(d["keep_steps"])
-    return {**d, "n_examples": n_examples, "total_steps": total_steps(n_examples, cfg)}
+    return {**config_json(cfg), "n_examples": n_examples, "total_steps": total_steps(n_examples, cfg)}
 
 
 def load_checkpoint(lm, folder: str | Path, finetune: str):
@@ -369,15 +367,16 @@ def judge(acc: dict[str, dict], seeds: list[str], behaviour: "pd.DataFrame", rep
     pre.append(_pre(f"the reasoner's residual stream moved (block {block}, reasoning text)",
                     "median same-token cosine with the base", f"<= {th.max_cos}", cos.get("reasoning", float("nan")),
                     cos.get("reasoning", 1.0) <= th.max_cos, ""))
-    if dev is not None:
-        g = lift(dev["source"], dev["target"])
+    g = lift(dev["source"], dev["target"]) if dev is not None else None
+    if g is not None:
         pre.append(_pre("the source beats the target on the dev split", "points (disjoint 95% CI)", f">= {th.gap}",
                         g["points"], g["points"] >= th.gap and g["disjoint"], ""))
     pre.append(_pre("an early checkpoint keeps the format and lies below the source (selection split)",
                     "qualifying checkpoint", "exists", "yes" if dev is not None else "none", dev is not None, "5"))
     ok = all(lifts[s]["points"] >= th.lift and lifts[s]["disjoint"] for s in seeds)
     worst_lift = min(lifts[s]["points"] for s in seeds)
-    len_lift = min(lift(acc[s], b, "lenient ")["points"] for s in seeds)
+    lenient = {s: lift(acc[s], b, "lenient ") for s in seeds}
+    len_lift = min(lenient[s]["points"] for s in seeds)
     claims = [
         {"claim": f"distillation lifts held-out pass@1 by >= {th.lift:g} points with disjoint 95% intervals, on every seed",
          "metric": "pass@1 points (reasoner - base), worst seed", "paper": th.lift, "ours": round(worst_lift, 1),
@@ -387,7 +386,7 @@ def judge(acc: dict[str, dict], seeds: list[str], behaviour: "pd.DataFrame", rep
                  + "; the paper column is our bar (R1-Distill's own lift is far larger)"},
         {"claim": "the lift is not only format: lenient grading (last number anywhere) also improves",
          "metric": "lenient pass@1 points, worst seed", "paper": float("nan"), "ours": round(len_lift, 1),
-         "held": "yes" if all(lift(acc[s], b, "lenient ")["disjoint"] for s in seeds) else "no",
+         "held": "yes" if all(lenient[s]["disjoint"] for s in seeds) else "no",
          "note": f"base lenient {b['lenient pass@1']:.3f}"},
         {"claim": "the reasoner imitates its teacher's reflection phrases (paper 4: R1-distilled models' "
                   "'wait' / 'therefore' behaviours)",
@@ -402,8 +401,7 @@ def judge(acc: dict[str, dict], seeds: list[str], behaviour: "pd.DataFrame", rep
          "note": f"English text: {float(cos.get('english', float('nan'))):.3f}; threshold {th.max_cos}; "
                  "the committed LoRA reasoner of the previous design had 0.98"},
     ]
-    if dev is not None:
-        g = lift(dev["source"], dev["target"])
+    if g is not None:
         s_, t_ = dev["source"], dev["target"]
         claims.append({"claim": "a stronger source over its target (Tina's RL over R1-Distill in paper 1): "
                                 f">= {th.gap:g} points, disjoint intervals, dev split",
