@@ -370,8 +370,11 @@ def test_ctrl_c_while_a_worker_pool_runs_prints_one_line_and_no_traceback(tiny_r
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     staged = tracking.staging_dir(TINY, "custom") / "metrics.json"
     deadline = time.monotonic() + 180
-    while not staged.exists() and time.monotonic() < deadline:
+    while not staged.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
+    if not staged.exists():  # the run never reached the kernel: say why instead of timing the signal
+        proc.kill()
+        pytest.fail("the run did not start its notebook: " + proc.communicate()[1][-2000:])
     time.sleep(8)  # the workers have started (spawned interpreters)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=180)

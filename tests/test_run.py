@@ -157,8 +157,11 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_failed(tiny_repo):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     staged = results_root() / ".staging" / "smoke" / TINY / "metrics.json"
     deadline = time.monotonic() + 120
-    while not staged.exists() and time.monotonic() < deadline:  # wait for the sleeping cell
+    while not staged.exists() and proc.poll() is None and time.monotonic() < deadline:  # wait for the sleeping cell
         time.sleep(0.5)
+    if not staged.exists():  # the run never reached the kernel: say why instead of timing the signal
+        proc.kill()
+        pytest.fail("the run did not start its notebook: " + proc.communicate()[1][-2000:])
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
