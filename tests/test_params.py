@@ -183,6 +183,8 @@ def test_distill_crosscoders_refuse_two_tokenizers(no_compute):
     ({"n_layer_test": 100}, "n_layer_test", "exceeds n_test"),
     ({"n_tune_problems": 1}, "n_tune_problems", "training set would be empty"),
     ({"n_heldout_problems": 1}, "n_heldout_problems", "less than one held-out chunk"),
+    ({"sweep_layers": [1, 3]}, "sweep_layers", "holds the last block"),
+    ({"eval_steps": [4]}, "eval_steps", "below tune_steps"),
 ])
 def test_resa_cross_checks(change, name, text, no_compute):
     _assert_refused("01_resa_sae_tuning", change, name, text)
@@ -195,13 +197,13 @@ def test_resa_names_notebook_00_when_its_models_are_missing(no_compute, monkeypa
     _assert_refused("01_resa_sae_tuning", {"target_model": ""}, "target_model", "not registered: notebook 00")
 
 
-def test_resa_refuses_a_sibling_of_another_architecture(no_compute):
+def test_resa_refuses_a_source_of_another_architecture(no_compute):
     _real_tokenizers_or_skip()
     good = run.load_params("smoke", "01_resa_sae_tuning")
-    same = {**good, "target_model": "smollm2-135m-instruct", "source_model": "smollm2-135m-instruct"}
-    run.check_params("01_resa_sae_tuning", {**same, "sibling_model": "smollm2-135m-instruct"})
-    with pytest.raises(P.ParameterError, match="parameter `sibling_model` = .*blocks where the target has"):
-        run.check_params("01_resa_sae_tuning", {**same, "sibling_model": "gemma-3-270m"})
+    same = {**good, "profile": "smoke", "target_model": "smollm2-135m-instruct", "sweep_layers": [1, 2]}
+    run.check_params("01_resa_sae_tuning", {**same, "source_model": "smollm2-135m-instruct"})
+    with pytest.raises(P.ParameterError, match="parameter `source_model` = .*blocks where the target has"):
+        run.check_params("01_resa_sae_tuning", {**same, "source_model": "gemma-3-270m"})
 
 
 @pytest.mark.parametrize("make,problem", [

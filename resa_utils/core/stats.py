@@ -25,3 +25,19 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return pearson(_ranks(a), _ranks(b))
+
+
+def mcnemar(a_correct, b_correct) -> dict:
+    """Exact (binomial) two-sided McNemar test of two graders' paired outcomes on the same items:
+    `a_only` items only `a` got right, `b_only` only `b`, and `p`, the chance of a split at least
+    this uneven among the discordant items if each were a fair coin (1.0 with none)."""
+    import math
+
+    a, b = [bool(x) for x in a_correct], [bool(x) for x in b_correct]
+    if len(a) != len(b):
+        raise ValueError(f"McNemar needs paired outcomes: {len(a)} against {len(b)}")
+    a_only = sum(x and not y for x, y in zip(a, b))
+    b_only = sum(y and not x for x, y in zip(a, b))
+    n, k = a_only + b_only, min(a_only, b_only)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"a_only": a_only, "b_only": b_only, "p": p}

@@ -217,49 +217,46 @@ def reasoning_representation(reps: "pd.DataFrame", dose: "pd.DataFrame", block: 
 
 # =========================================================================== 01_resa_sae_tuning
 
-RESA_MODELS = ("base", "target", "source", "target + SAE-Tuning (source SAE)", "target + SAE-Tuning (target SAE)",
-               "target + SFT (CE, no SAE)", "target + adapter tuned on the sibling")
-"""Notebook 01's models in the order the accuracy panel shows them (top to bottom)."""
+def sae_tuning(grid: "pd.DataFrame", acc: "pd.DataFrame", chosen: dict, task: str, difficulty: int) -> plt.Figure:
+    """Notebook 01's headline. Dev pass@1 against tuning steps, per arm and lr (`grid`:
+    `sae_tuning.checkpoint_row`s, step 0 = the target), with the chosen points circled; the
+    damage KL(target ‖ tuned) and the spliced objective along training; test pass@1 of every
+    model (`acc`: model, n, pass@1, ci_low, ci_high)."""
+    import pandas as pd
 
-
-def sae_tuning(acc, by_layer, target_sub: dict, corr: dict, curves, task: str, difficulty: int) -> plt.Figure:
-    """Notebook 01's headline: held-out pass@1 of every model (`acc`: model, n, pass@1, ci_low, ci_high),
-    the lr sweep's training curves (`curves`: series, step, loss), and per block SAE-Tuning's pass@1
-    (`by_layer`, against the target's `target_sub` on the same problems) beside its reasoning-feature count."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = figure(ncols=2, nrows=2, width=5.8, height=3.6)
-    plot = acc.set_index("model").loc[[m for m in RESA_MODELS if m in set(acc.model)]].reset_index()
-    ax = axes[0]
-    ys = np.arange(len(plot))[::-1]
-    ax.errorbar(plot["pass@1"], ys, xerr=[plot["pass@1"] - plot.ci_low, plot.ci_high - plot["pass@1"]], fmt="o",
-                capsize=4, label="pass@1 (Wilson 95%)")
-    reference_line(ax, float(plot.set_index("model").loc["target", "pass@1"]), "target", axis="x")
-    ax.set_yticks(ys, plot.model)
-    ax.set_xlim(0, 1)
-    label(ax, "held-out pass@1", "", f"every model (n = {int(plot.n.iloc[0])})")
-    legend_outside(ax)
-    ax = axes[1]
-    col = colors(curves.series)
-    for series, grp in curves.groupby("series", sort=False):
-        ax.plot(grp.step, grp.loss, marker=".", color=col[series], label=series)
-    log_axis(ax, "y")
-    label(ax, "optimizer step", "KL to the frozen target (nats/token)", "SAE-Tuning at the main layer, by lr")
-    legend_outside(ax)
+    fig, axes = figure(ncols=3, width=5.2, height=3.8)
+    arms = {"sae": ("SAE-Tuning", "-"), "sft": ("SFT control", "--")}
+    lrs = sorted(set(grid.lr.dropna()))
+    col = colors([f"lr {v:g}" for v in lrs])
+    start = grid[grid.step == 0]
+    for arm, (name, ls) in arms.items():
+        for lr in lrs:
+            rows = grid[(grid.arm == arm) & (grid.lr == lr) & (grid.step > 0)]
+            if rows.empty:
+                continue
+            rows = pd.concat([start.assign(lr=lr), rows]).sort_values("step")
+            c = col[f"lr {lr:g}"]
+            axes[0].plot(rows.step, rows["dev pass@1"], ls=ls, marker="o", color=c, label=f"{name}, lr {lr:g}")
+            axes[1].plot(rows.step, rows["damage KL"].clip(lower=1e-6), ls=ls, marker="o", color=c, label=f"{name}, lr {lr:g}")
+            if arm == "sae":
+                axes[1].plot(rows.step, rows["spliced KL"], ls=":", marker="x", color=c, label=f"{name} + SAE (objective), lr {lr:g}")
+        pick = chosen.get(arm)
+        if pick:
+            axes[0].plot([pick["step"]], [pick["dev pass@1"]], "o", ms=14, mfc="none", mec="k", label=f"chosen: {name}")
+    label(axes[0], "optimizer step", "dev pass@1 (SAE removed)", "choosing lr and step on dev")
+    legend_outside(axes[0])
+    log_axis(axes[1], "y")
+    label(axes[1], "optimizer step", "KL (nats/token)", "damage KL(target ‖ tuned), target's traces;\nthe spliced objective, held-out chunks")
+    legend_outside(axes[1])
     ax = axes[2]
-    ax.errorbar(by_layer.layer, by_layer["pass@1"], yerr=[by_layer["pass@1"] - by_layer.ci_low,
-                by_layer.ci_high - by_layer["pass@1"]], fmt="o-", capsize=3, label="SAE-Tuning (Wilson 95%)")
-    reference_line(ax, target_sub["pass@1"], "target (same problems)")
-    ax.set_ylim(0, 1)
-    ax.set_xticks(by_layer.layer)
-    label(ax, "block whose output the SAE replaces", "held-out pass@1", f"SAE-Tuning per block (n = {target_sub['n']})")
+    ys = np.arange(len(acc))[::-1]
+    ax.errorbar(acc["pass@1"], ys, xerr=[acc["pass@1"] - acc.ci_low, acc.ci_high - acc["pass@1"]], fmt="o", capsize=4,
+                label="pass@1 (Wilson 95%)")
+    reference_line(ax, float(acc.set_index("model").loc["target", "pass@1"]), "target", axis="x")
+    ax.set_yticks(ys, acc.model)
+    ax.set_xlim(0, 1)
+    label(ax, "test pass@1", "", f"every model (n = {int(acc.n.iloc[0])})")
     legend_outside(ax)
-    ax = axes[3]
-    ax.plot(by_layer.layer, by_layer["reasoning features"], "s-", color=colors(["", "count"])["count"])
-    ax.set_xticks(by_layer.layer)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    label(ax, "block", "reasoning features (latents)", "reasoning features per block\n"
-          f"Spearman ρ with pass@1: {corr['rho']:.2f} [{corr['low']:.2f}, {corr['high']:.2f}]")
     title(fig, f"SAE-Tuning against its controls, {task} difficulty {difficulty}")
     return fig
 

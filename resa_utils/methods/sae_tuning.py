@@ -17,15 +17,15 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import torch
 
-from resa_utils.data.tasks import SYSTEM_PROMPT, Problem, answer_only
-from resa_utils.lm.activations import ActivationCache, decoder_layers, parse_hook, resid_hook, splice
+from resa_utils.data.tasks import SYSTEM_PROMPT, Problem
+from resa_utils.lm.activations import ActivationCache, decoder_layers, parse_hook, resid_hook, run_with_cache, splice
 from resa_utils.lm.content import ContentRule, clean_positions, keep_clean
 from resa_utils.lm.lora import LoraResult, LoraTrainConfig, train_lora
 from resa_utils.methods.distill import ModelEval, accuracy_row, evaluate_model, lift
@@ -34,10 +34,29 @@ from resa_utils.sae import SAE, TrainConfig
 LOSSES = ("kl", "ce")
 
 
+RESA_TEXT = "User:\n {question}\n\nAssistant:\n <think> {answer} </think>\n<answer> Answer: {answer}</answer>"
+"""The authors' SAE-Tuning text after the system prompt: question and final answer, no steps."""
+
+SFT_RESPONSE = "think: \n{answer}\n answer: {answer}"
+"""The authors' SFT control's response (TRL SFT in the chat template, no packing)."""
+
+
 def tuning_texts(problems: list[Problem], system: str = SYSTEM_PROMPT) -> list[str]:
-    """Resa's training texts: the R1-style system prompt, then question and final answer in the
-    answer-only template (no reasoning steps)."""
-    return [f"{system}\n\n{answer_only(p)}" if system else answer_only(p) for p in problems]
+    """The authors' SAE-Tuning texts: the R1-style system prompt, then `RESA_TEXT`."""
+    texts = [RESA_TEXT.format(question=p.question, answer=p.answer) for p in problems]
+    return [f"{system}\n\n{t}" for t in texts] if system else texts
+
+
+def sft_examples(problems: list[Problem], make_prompt: Callable) -> list[tuple[str, str]]:
+    """The authors' SFT control: `(chat prompt, "think: \\n{A}\\n answer: {A}")` pairs, the loss
+    on the response only, one problem per row (no packing)."""
+    return [(make_prompt(p), SFT_RESPONSE.format(answer=p.answer)) for p in problems]
+
+
+def by_length(problems: list[Problem]) -> list[Problem]:
+    """`problems` ordered by question length (stable): a generation batch runs until its longest
+    answer ends, so batches of like problems finish sooner. Accuracy does not depend on the order."""
+    return sorted(problems, key=lambda p: len(p.question))
 
 
 def pack_chunks(tokenizer, texts: list[str], length: int) -> torch.Tensor:
@@ -92,9 +111,11 @@ def rule_key(rule: ContentRule | None) -> dict | None:
 
 @contextmanager
 def sae_spliced(model: torch.nn.Module, layer: int, sae: SAE | None, rule: ContentRule | None = None,
-                ids_BT: torch.Tensor | None = None, special_ids=()):
+                ids_BT: torch.Tensor | None = None, special_ids=(), through_sae: bool = True):
     """Inside the block, decoder block `layer` outputs `sae(output)` (no error term); the SAE's
-    own weights are frozen, gradients flow through it to earlier layers. `sae=None`: no splice.
+    own weights are frozen. `through_sae`: gradients flow through the SAE to earlier layers;
+    False (the authors' code, the SAE under no_grad): the block's output is cut from the graph,
+    so only what comes after the splice trains. `sae=None`: no splice.
     With a content `rule`, the positions it leaves out of the batch `ids_BT` (`special_ids`: a
     tokenizer or token ids; position 0; rows above `max_norm_ratio` times the batch's median norm)
     keep the block's own output (`content.clean_positions`): the SAE never learned them."""
@@ -117,7 +138,12 @@ def sae_spliced(model: torch.nn.Module, layer: int, sae: SAE | None, rule: Conte
         return keep_clean(recon, clean_BT)(acts_BTD)
 
     fn = recon_content if rule is not None and rule.enabled else recon
-    with splice(_base(model), resid_hook(layer), fn):
+
+    def cut(acts_BTD: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return fn(acts_BTD.detach())
+
+    with splice(_base(model), resid_hook(layer), fn if through_sae else cut):
         yield
 
 
@@ -158,16 +184,17 @@ def _adapter_off(model: torch.nn.Module):
     return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
 
 
-def kl_loss_fn(layer: int, sae: SAE | None, rule: ContentRule | None = None, special_ids=()):
+def kl_loss_fn(layer: int, sae: SAE | None, rule: ContentRule | None = None, special_ids=(),
+               through_sae: bool = True):
     """Resa's loss for `train_lora`: the teacher is the same model with its adapter disabled and no
     splice, run in the same step without grad; the student has the adapter on and the SAE spliced
-    (leaving the positions `rule` leaves out clean, see `sae_spliced`)."""
+    (leaving the positions `rule` leaves out clean, and `through_sae` as in `sae_spliced`)."""
 
     def loss_fn(model, inputs: dict) -> torch.Tensor:
         ids, am = inputs["input_ids"], inputs.get("attention_mask")
         with torch.no_grad(), _adapter_off(model):
             teacher = model(input_ids=ids, attention_mask=am).logits
-        with sae_spliced(model, layer, sae, rule, ids, special_ids):
+        with sae_spliced(model, layer, sae, rule, ids, special_ids, through_sae):
             student = model(input_ids=ids, attention_mask=am).logits
         return kl_to_teacher(student, teacher, am)
 
@@ -186,23 +213,29 @@ def ce_loss_fn(layer: int, sae: SAE | None, rule: ContentRule | None = None, spe
 
 def sae_tune(lm, chunks_NT: torch.Tensor, cfg: LoraTrainConfig, out_dir: str | Path,
              sae: SAE | None, layer: int, loss: str = "kl", progress: bool = True,
-             rule: ContentRule | None = ContentRule()) -> LoraResult:
+             rule: ContentRule | None = ContentRule(), through_sae: bool = False) -> LoraResult:
     """Train LoRA on `lm` through the spliced `sae` (None: no splice) with Resa's KL or CE; the
     adapter is saved in `out_dir/adapter` and stays attached (unmerged). Checkpointed and
     resumable as every `train_lora` run. `result.flops` adds the KL teacher's forward (2NT).
     The splice leaves the positions the content `rule` leaves out clean (None: it covers every
     position); with an SAE the rule is part of the run's key, so a run under another rule is not
-    reused."""
+    reused. `through_sae` (the KL only): False, the authors' setting, trains only the LoRA after
+    the splice; True lets the gradient through the SAE to every block."""
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}: use one of {LOSSES}")
     if sae is not None:
         check_sae_fits(sae, lm.model, layer)
+        n_layers = len(decoder_layers(_base(lm.model)))
+        if loss == "kl" and not through_sae and layer == n_layers - 1:
+            raise ValueError(f"layer={layer} is the last block: with the splice under no_grad (through_sae=False) "
+                             "no adapter comes after it, so nothing would train; pick an earlier block")
     else:
         check_layer(lm.model, layer)
-    fn = (kl_loss_fn if loss == "kl" else ce_loss_fn)(layer, sae, rule, lm.tokenizer)
+    fn = (kl_loss_fn(layer, sae, rule, lm.tokenizer, through_sae) if loss == "kl"
+          else ce_loss_fn(layer, sae, rule, lm.tokenizer))
     extra = {"model": weights_fingerprint(lm.model), "loss": loss, "layer": layer,
              "sae": None if sae is None else weights_fingerprint(sae),
-             **({} if sae is None else {"content_rule": rule_key(rule)})}
+             **({} if sae is None else {"content_rule": rule_key(rule), "through_sae": through_sae})}
     res = train_lora(lm, [], cfg, out_dir, loss_fn=fn, progress=progress, rows=chunk_rows(chunks_NT),
                      extra_key=extra)
     if loss == "kl":
@@ -435,35 +468,6 @@ def spliced_kl(lm, chunks_NT: torch.Tensor, layer: int, sae: SAE, rules: dict[st
     return {name: t / max(n, 1) for name, t in totals.items()}
 
 
-def splice_kl_table(sweep_path: Path, saes: dict[tuple[str, str], SAE], models: dict[str, str],
-                    chunks_NT: torch.Tensor, rule: ContentRule) -> pd.DataFrame:
-    """Per SAE `(who, hook)`, spliced into its own model `models[who]` (a name for `load_model`) on
-    the held-out `chunks_NT`: `spliced KL` (nats/token) under `rule` and `spliced KL (rule off)`,
-    every position spliced (the sink and the special tokens too). Resumable as sweep rows in
-    `sweep_path`, keyed by the SAE's weights, the chunks and the rule."""
-    from resa_utils.core.sweep import config_key, run_sweep
-    from resa_utils.lm.models import load_model
-
-    chunks_key = config_key({"chunks": chunks_NT.tolist()})
-    configs = [{"model": who, "name": models[who], "hook": h, "sae": weights_fingerprint(sae), "chunks": chunks_key,
-                "content_rule": rule_key(rule)} for (who, h), sae in saes.items()]
-    loaded: dict[str, object] = {}
-
-    def measure(c: dict) -> dict:
-        if c["name"] not in loaded:
-            loaded.clear()  # one model in memory at a time (the configs come model by model)
-            loaded[c["name"]] = load_model(c["name"])
-        lm = loaded[c["name"]]
-        hp = parse_hook(c["hook"], lm.n_layers)
-        if resid_hook(hp.layer) != c["hook"]:
-            raise ValueError(f"hook {c['hook']!r}: the SAE splice replaces a block's output (use {resid_hook(hp.layer)!r})")
-        kl = spliced_kl(lm, chunks_NT, hp.layer, saes[(c["model"], c["hook"])], {"on": rule, "off": RULE_OFF})
-        return {"spliced KL": kl["on"], "spliced KL (rule off)": kl["off"]}
-
-    rows = run_sweep(sweep_path, configs, measure, desc="spliced KL")
-    return rows[["model", "hook", "spliced KL", "spliced KL (rule off)"]]
-
-
 def reasoning_feature_table(saes: dict[int, SAE], acts_by_layer: dict[int, torch.Tensor],
                             is_tag_T: torch.Tensor, ids_T: torch.Tensor | None = None, special_ids=(),
                             rule: ContentRule | None = None) -> pd.DataFrame:
@@ -487,93 +491,6 @@ def reasoning_feature_table(saes: dict[int, SAE], acts_by_layer: dict[int, torch
     return pd.DataFrame(rows)
 
 
-def lora_config(r: int, alpha: float, lr: float, epochs: float, batch_size: int, max_length: int,
-                seed: int, steps: int = -1) -> LoraTrainConfig:
-    """The notebook's LoRA settings (dropout 0.05, a checkpoint every 4 steps, a loss every step);
-    `steps` > 0 caps the optimizer steps."""
-    return LoraTrainConfig(r=r, alpha=alpha, dropout=0.05, lr=lr, epochs=epochs, max_steps=steps,
-                           batch_size=batch_size, max_length=max_length, seed=seed, save_steps=4, logging_steps=1)
-
-
-@dataclass
-class Tuner:
-    """Trains (or reuses) LoRA runs on one set of chunks, SAE-Tuning (KL through a spliced SAE) or
-    SFT (CE, no SAE), keeping each run's curve, adapter folder and cost for the tables."""
-
-    chunks_NT: torch.Tensor
-    heldout_NT: torch.Tensor
-    """Held-out chunks: each run's objective on them chooses the lr."""
-    work_dir: Path
-    """A run's adapter and checkpoints go to `work_dir / label`."""
-    r: int
-    alpha: float
-    epochs: float
-    batch_size: int
-    max_length: int
-    seed: int
-    rule: ContentRule | None = ContentRule()
-    """The content rule of every splice (`sae_tune`): positions it leaves out stay clean."""
-    curves: dict[str, list[dict]] = field(default_factory=dict)
-    adapters: dict[str, Path] = field(default_factory=dict)
-    costs: list[dict] = field(default_factory=list)
-    """`{"stage": "LoRA <label>", "wall s", "tokens", "FLOPs"}` per run, in the order they ran."""
-
-    def config(self, lr: float, steps: int = -1) -> LoraTrainConfig:
-        """`lora_config` with this tuner's settings."""
-        return lora_config(self.r, self.alpha, lr, self.epochs, self.batch_size, self.max_length, self.seed, steps)
-
-    def __call__(self, label: str, model_name: str, sae: SAE | None, layer: int, loss: str, lr: float,
-                 steps: int = -1) -> tuple[object, dict]:
-        """Train (or reuse) one adapter on `model_name`; return the merged model and the run's row
-        (run, model, loss, layer, lr, `held-out <loss>`, train s, steps)."""
-        from resa_utils.lm.models import load_model
-
-        lm = load_model(model_name)
-        res = sae_tune(lm, self.chunks_NT, self.config(lr, steps), Path(self.work_dir) / label, sae, layer, loss,
-                       rule=self.rule)
-        held = heldout_loss(lm, self.heldout_NT, layer, sae, loss, rule=self.rule)
-        merge_adapter(lm)
-        self.curves[label] = res.history
-        self.adapters[label] = res.adapter_dir
-        self.costs.append({"stage": f"LoRA {label}", "wall s": res.seconds, "tokens": res.tokens, "FLOPs": res.flops})
-        return lm, {"run": label, "model": model_name, "loss": loss, "layer": layer, "lr": lr,
-                    f"held-out {loss}": held, "train s": res.seconds, "steps": len(res.history)}
-
-
-def choose_lr(lr_table: pd.DataFrame, loss: str) -> float:
-    """The lr rule: among `lr_table`'s runs with this `loss`, the lr of the lowest `held-out <loss>`."""
-    runs = lr_table[lr_table.loss == loss]
-    if runs.empty:
-        raise ValueError(f"the lr sweep has no {loss!r} run")
-    return float(runs.sort_values(f"held-out {loss}").lr.iloc[0])
-
-
-def grid_edges(chosen: dict[str, float], lrs: list[float]) -> list[str]:
-    """A note for each chosen lr at the smallest or largest lr of the grid (a wider grid may do better)."""
-    return [f"{name} lr {v:g} is at the edge of the grid" for name, v in chosen.items() if v in (min(lrs), max(lrs))]
-
-
-def lr_text(lr: float) -> str:
-    """An lr as a short power of ten: 1e-4, 3e-4, 2.5e-3."""
-    mantissa, exponent = f"{lr:.3e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
-RUN_KINDS = {"kl": "SAE-Tuning (KL, source SAE)", "ce": "SFT (CE, no SAE)"}
-"""What a run of the lr sweep is, by its loss (the sweep's KL runs read the source's SAE)."""
-
-
-def sweep_curves(curves: dict[str, list[dict]], lr_table: pd.DataFrame, loss: str = "kl") -> pd.DataFrame:
-    """The training curves of the lr sweep's `loss` runs, tidy: one row per logged step with
-    `run`, `series` (e.g. "SAE-Tuning (KL, source SAE), lr 1e-4"), `lr`, `step`, `loss`."""
-    frames = []
-    for r in lr_table[lr_table.loss == loss].itertuples():
-        hist = pd.DataFrame(curves.get(r.run, []), columns=["step", "loss"])
-        frames.append(hist[["step", "loss"]].assign(run=r.run, series=f"{RUN_KINDS[loss]}, lr {lr_text(r.lr)}", lr=r.lr))
-    cols = ["run", "series", "lr", "step", "loss"]
-    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
-
-
 @dataclass
 class NoopCheck:
     """The KL run without the SAE: its largest loss, largest |LoRA B| and largest logit change."""
@@ -595,7 +512,7 @@ def noop_check(lm, chunks_NT: torch.Tensor, probe_NT: torch.Tensor, cfg: LoraTra
     far the adapter and the logits on `probe_NT` moved: the objective's no-op, shown."""
     with torch.no_grad():
         clean_NTV = lm.model(input_ids=probe_NT).logits
-    res = sae_tune(lm, chunks_NT, cfg, out_dir, None, layer, "kl")
+    res = sae_tune(lm, chunks_NT, replace(cfg, logging_steps=1), out_dir, None, layer, "kl")  # every step's loss
     b_max = max(float(p.detach().abs().max()) for n, p in lm.model.named_parameters() if "lora_B" in n)
     merge_adapter(lm)
     with torch.no_grad():
@@ -615,14 +532,6 @@ def per_layer_table(answers: dict[int, pd.DataFrame], features: pd.DataFrame) ->
     return pd.DataFrame(rows)
 
 
-def rft_costs(path: Path | None) -> pd.DataFrame:
-    """Notebook 00's RFT stages (sampling and LoRA) from its `costs.csv` (`wall s`, `FLOPs`); empty
-    when that table is missing."""
-    found = path is not None and Path(path).exists()
-    rft = pd.read_csv(path) if found else pd.DataFrame(columns=["stage", "wall s", "FLOPs"])
-    return rft[rft.stage.str.startswith("RFT")].rename(columns={"wall s (this run)": "wall s"})
-
-
 def harvest_flops(n_params: int, deepest_layer: int, n_layers: int, n_tokens: int) -> float:
     """Forward FLOPs of a harvest that stops after block `deepest_layer`: 2·N·T times the share of blocks run."""
     return 2.0 * n_params * (deepest_layer + 1) / n_layers * n_tokens
@@ -631,46 +540,6 @@ def harvest_flops(n_params: int, deepest_layer: int, n_layers: int, n_tokens: in
 def sae_train_flops(d_model: int, d_sae: int, n_tokens: int) -> float:
     """FLOPs of training a dense-encoder SAE: 6·d·F·T (forward and backward of encoder and decoder)."""
     return 6.0 * d_model * d_sae * n_tokens
-
-
-@dataclass
-class CostSummary:
-    """The cost table (the source's extra training, SAE-Tuning's parts, the lr sweep) and the ratios
-    source's extra training / SAE-Tuning side (NaN without notebook 00's cost table)."""
-
-    table: pd.DataFrame
-    resa_s: float
-    resa_flops: float
-    ratio_s: float
-    ratio_flops: float
-    has_rft: bool
-
-
-def cost_summary(rft: pd.DataFrame, parts: dict[str, tuple[float, float]], lr_sweep_s: float) -> CostSummary:
-    """Sum the SAE-Tuning side's `parts` (`{stage: (wall s, FLOPs)}`) and set it against the RFT
-    stages `rft`; the lr sweep's wall-clock is listed apart and not in the sum."""
-    rft_s, rft_flops = (float(rft["wall s"].sum()), float(rft.FLOPs.sum())) if len(rft) else (float("nan"), float("nan"))
-    rows = [{"stage": "source's extra training (notebook 00 RFT: sampling + LoRA)", "wall s": rft_s, "FLOPs": rft_flops}]
-    rows += [{"stage": k, "wall s": s, "FLOPs": f} for k, (s, f) in parts.items()]
-    rows += [{"stage": "lr sweep (both objectives, all runs)", "wall s": lr_sweep_s, "FLOPs": float("nan")}]
-    resa_s, resa_flops = sum(s for s, _ in parts.values()), sum(f for _, f in parts.values())
-    return CostSummary(pd.DataFrame(rows), resa_s, resa_flops, rft_s / resa_s, rft_flops / resa_flops, bool(len(rft)))
-
-
-def accuracy_table(rows: list[dict], n: int) -> pd.DataFrame:
-    """The accuracy rows evaluated on all `n` problems, with each model's pass@1 as a % of the source's."""
-    acc = pd.DataFrame([r for r in rows if r["n"] == n])
-    src = float(acc.set_index("model").loc["source", "pass@1"])
-    acc["% of source"] = 100 * acc["pass@1"] / src if src > 0 else float("nan")
-    return acc
-
-
-def with_noop_row(acc: pd.DataFrame, noop: NoopCheck) -> pd.DataFrame:
-    """`acc` plus the KL-without-SAE run as a copy of the target's row, only when it is an exact no-op."""
-    if not noop.holds:
-        return acc
-    row = acc[acc.model == "target"].assign(model="target + KL, no SAE (= target: no-op)")
-    return pd.concat([acc, row], ignore_index=True)
 
 
 def examples_text(shown: pd.DataFrame, problems: list[Problem], width: int = 400) -> str:
@@ -692,66 +561,388 @@ def ci_text(row: dict) -> str:
     return f"{row['pass@1']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
 
 
-def overlap(a: dict, b: dict) -> bool:
-    """Whether two accuracy rows' 95% intervals overlap (the "as good as" rule)."""
-    return a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
 
 
-def direction(better: dict, worse: dict) -> str:
-    """The "lift" rule: "yes" for disjoint intervals in the claimed direction, "partly" for the right
-    direction with overlapping intervals, else "no"."""
-    g = lift(better, worse)
-    return "yes" if g["disjoint"] else ("partly" if g["points"] > 0 else "no")
+# --------------------------------------------------------------------------- tuning runs
 
 
-MAIN, TARGET_SAE, SFT, PORTED = ("target + SAE-Tuning (source SAE)", "target + SAE-Tuning (target SAE)",
-                                 "target + SFT (CE, no SAE)", "target + adapter tuned on the sibling")
-"""The accuracy table's names of the method, its target-SAE variant, the SFT control and the ported adapter."""
+ARMS = ("sae", "sft")
+"""Notebook 01's trained arms: "sae", SAE-Tuning (Resa's KL through the spliced SAE, on the packed
+chunks); "sft", the authors' SFT control (CE on `sft_examples`, no SAE)."""
 
 
-def lift_points(acc: pd.DataFrame) -> float:
-    """Pass@1 points SAE-Tuning (source SAE) adds to the target."""
-    by = acc.set_index("model")["pass@1"]
-    return 100 * (by[MAIN] - by["target"])
+def tune_config(r: int, alpha: float, lr: float, steps: int, batch_size: int, max_length: int, seed: int,
+                keep: tuple[int, ...] = ()) -> LoraTrainConfig:
+    """The authors' schedule: a constant `lr` from the first step (no warm-up, no decay), LoRA
+    dropout 0.05, clipping at 1.0, `steps` optimizer steps; the weights after each of `keep`
+    (below `steps`) are kept as models of their own."""
+    return LoraTrainConfig(r=r, alpha=alpha, dropout=0.05, lr=lr, max_steps=steps, batch_size=batch_size,
+                           max_length=max_length, seed=seed, warmup_ratio=0.0, lr_schedule="constant",
+                           save_steps=max(1, min(50, steps)), logging_steps=1,
+                           keep_steps=tuple(sorted(k for k in keep if 0 < k < steps)))
 
 
-def paper_comparison(acc: pd.DataFrame, *, n_test: int, lr_kl: float, lr_ce: float, noop: NoopCheck,
-                     corr: dict, by_layer: pd.DataFrame, sibling: str, target: str, cost: CostSummary) -> list[dict]:
-    """The paper's claims against ours, one row each (claim, metric, paper, ours, held, note), judged
-    by the rules fixed before the run (intervals for lifts and equalities, 95% for the share)."""
-    R = {r["model"]: r for r in acc.to_dict("records")}
-    tgt, src, st, st5, sft, port = (R[m] for m in ("target", "source", MAIN, TARGET_SAE, SFT, PORTED))
-    src_note = ("; our source is weaker than our target (notebook 00's RFT did not help), so the share is not the "
-                "paper's measure") if src["pass@1"] < tgt["pass@1"] else ""
-    counts = by_layer["reasoning features"]
-    corr_held = "not tested" if corr["n"] < 4 or counts.nunique() < 2 else ("yes" if corr["low"] <= 0 <= corr["high"] else "no")
+def run_label(arm: str, lr: float, seed: int, steps: int, layer: int) -> str:
+    """A run's folder name: arm, block (SAE-Tuning only), lr, seed and steps."""
+    where = f"_L{layer}" if arm == "sae" else ""
+    return f"{arm}{where}_lr{lr:g}_seed{seed}_steps{steps}"
+
+
+@dataclass
+class Tuning:
+    """Notebook 01's LoRA runs on the target (`ARMS`), each at a constant lr, checkpointed and
+    resumable (a finished run is reused); the kept checkpoints are models of their own."""
+
+    target: str
+    """The model every run starts from (a `load_model` name)."""
+    chunks_NT: torch.Tensor
+    """SAE-Tuning's packed chunks `[N, T]`."""
+    sft_rows: list[tuple[str, str]]
+    """The SFT control's `(prompt, response)` examples."""
+    work_dir: Path
+    """Run `label` keeps its adapter and checkpoints in `work_dir / label`."""
+    r: int
+    alpha: float
+    batch_size: int
+    """Chunks (SAE-Tuning) or examples (SFT) per optimizer step."""
+    max_length: int
+    """Tokens per SAE-Tuning row (the chunk length)."""
+    sft_max_length: int = 512
+    """Tokens per SFT example (one problem each, no packing: none is cut at this length here)."""
+    rule: ContentRule | None = ContentRule()
+    """The content rule of every splice: the positions it leaves out keep the block's output."""
+    through_sae: bool = False
+    """False (the authors' code): the SAE runs under no_grad, so only the LoRA after the splice trains."""
+    runs: dict[str, tuple[LoraResult, int]] = field(default_factory=dict)
+    """Each run's result and its number of steps, by label."""
+
+    def train(self, arm: str, lr: float, steps: int, seed: int = 0, keep: tuple[int, ...] = (),
+              sae: SAE | None = None, layer: int = -1, progress: bool = True) -> str:
+        """Train (or reuse) one run of `arm`; returns its label (`run_label`)."""
+        from resa_utils.lm.models import load_model
+
+        if arm not in ARMS:
+            raise ValueError(f"arm={arm!r}: use one of {ARMS}")
+        if arm == "sae" and sae is None:
+            raise ValueError("SAE-Tuning needs the SAE it splices in (sae=None)")
+        label = run_label(arm, lr, seed, steps, layer)
+        lm = load_model(self.target)
+        length = self.max_length if arm == "sae" else self.sft_max_length
+        cfg = tune_config(self.r, self.alpha, lr, steps, self.batch_size, length, seed, keep)
+        out = Path(self.work_dir) / label
+        if arm == "sae":
+            res = sae_tune(lm, self.chunks_NT, cfg, out, sae, layer, "kl", progress, self.rule, self.through_sae)
+        else:
+            res = train_lora(lm, self.sft_rows, cfg, out, progress=progress)
+        self.runs[label] = (res, steps)
+        return label
+
+    def weights(self, label: str, step: int) -> Path:
+        """The adapter folder of run `label` after `step` optimizer steps (a kept checkpoint, or the
+        final adapter)."""
+        res, steps = self.runs[label]
+        folder = res.adapter_dir if step == steps else Path(self.work_dir) / label / f"step-{step}"
+        if not folder.exists():
+            raise FileNotFoundError(f"run {label} kept no weights at step {step} (kept: its last step "
+                                    f"{steps} and the keep steps it was trained with)")
+        return folder
+
+    def tuned(self, label: str, step: int):
+        """The target with run `label`'s adapter at `step` merged in: the plain tuned model."""
+        from resa_utils.lm.models import load_model
+
+        return attach_merged(load_model(self.target), self.weights(label, step))
+
+
+# --------------------------------------------------------------------------- measures of a tuned model
+
+
+def trace_batch(tokenizer, prompts: list[str], outputs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(ids_BT, attention_BT, mask_BT)`: each prompt with its output, right-padded; `mask_BT` marks
+    the positions whose next token is an output token (where a model's own answer is read)."""
+    rows, marks = [], []
+    for p, o in zip(prompts, outputs, strict=True):
+        pi = tokenizer(p)["input_ids"]
+        oi = tokenizer(o, add_special_tokens=False)["input_ids"]
+        rows.append(pi + oi)
+        marks.append([0] * (len(pi) - 1) + [1] * len(oi) + [0])
+    if not rows or not any(any(m) for m in marks):
+        raise ValueError("trace_batch got no output tokens: evaluate a model first")
+    n = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    attn, mask = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+    for i, (r, m) in enumerate(zip(rows, marks)):
+        ids[i, :len(r)], attn[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1, torch.tensor(m, dtype=torch.bool)
+    return ids, attn, mask
+
+
+@torch.no_grad()
+def pair_kl(teacher: torch.nn.Module, student: torch.nn.Module, ids_BT: torch.Tensor,
+            attention_BT: torch.Tensor | None = None, mask_BT: torch.Tensor | None = None,
+            splice: tuple | None = None, batch_size: int = 8) -> float:
+    """Mean `KL(p_teacher ‖ p_student)` in nats per position of `mask_BT` (every attended position
+    for None). `splice = (layer, sae, rule, special_ids)` splices the SAE into the student (as
+    SAE-Tuning does), making this the training objective of a tuned model."""
+    attn = torch.ones_like(ids_BT) if attention_BT is None else attention_BT
+    mask = attn.bool() if mask_BT is None else mask_BT & attn.bool()
+    device = next(student.parameters()).device
+    total, n = 0.0, 0
+    for a in range(0, ids_BT.shape[0], batch_size):
+        ids, am, m = (t[a:a + batch_size].to(device) for t in (ids_BT, attn, mask))
+        log_t = teacher(input_ids=ids, attention_mask=am).logits.float().log_softmax(-1)
+        ctx = sae_spliced(student, splice[0], splice[1], splice[2], ids, splice[3]) if splice else nullcontext()
+        with ctx:
+            log_s = student(input_ids=ids, attention_mask=am).logits.float().log_softmax(-1)
+        kl_BT = (log_t.exp() * (log_t - log_s)).sum(-1)
+        total += float(kl_BT[m].sum())
+        n += int(m.sum())
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def sae_quality(lm, sae: SAE, layer: int, chunks_NT: torch.Tensor, rule: ContentRule | None,
+                batch_size: int = 8) -> dict:
+    """How well `sae` stands in for block `layer` of `lm` on `chunks_NT`: `fvu` over the content
+    rows (`rule`), `spliced KL` (nats per token, KL of the clean model to the spliced one, the
+    positions the rule leaves out kept clean) and the share of rows the rule `left out`."""
+    from resa_utils.sae.metrics import fvu
+
+    hook = resid_hook(layer)
+    xs, n_rows = [], 0
+    for a in range(0, chunks_NT.shape[0], batch_size):
+        ids = chunks_NT[a:a + batch_size].to(lm.device)
+        acts = run_with_cache(lm.model, ids, [hook])[hook].float()
+        keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+        if rule is not None and rule.enabled:
+            keep = ~clean_positions(acts, ids, lm.tokenizer, rule)
+        xs.append(acts[keep].cpu())
+        n_rows += ids.numel()
+    x_ND = torch.cat(xs)
+    kl = pair_kl(lm.model, lm.model, chunks_NT, splice=(layer, sae, rule, lm.tokenizer), batch_size=batch_size)
+    return {"fvu": fvu(x_ND, sae(x_ND)), "spliced KL": kl, "left out": 1 - len(x_ND) / max(n_rows, 1)}
+
+
+@torch.no_grad()
+def change_norms(tuned: torch.nn.Module, target: torch.nn.Module) -> dict[str, float]:
+    """The Frobenius norm of each matrix's change from `target` to `tuned` (the weights a merged
+    adapter moved; untouched ones are left out)."""
+    base = dict(target.named_parameters())
+    return {n: float((p - base[n]).norm()) for n, p in tuned.named_parameters()
+            if p.ndim == 2 and not torch.equal(p, base[n])}
+
+
+@torch.no_grad()
+def random_change(model: torch.nn.Module, norms: dict[str, float], rank: int, seed: int) -> torch.nn.Module:
+    """Adds to each matrix named in `norms` a random rank-`rank` change (a Gaussian `B A`) scaled
+    to that norm: a LoRA-shaped change as large as a trained one, module by module, in a random
+    direction. In place; returns `model`."""
+    g = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    for name in sorted(norms):
+        w = params[name]
+        d = torch.randn(w.shape[0], rank, generator=g) @ torch.randn(rank, w.shape[1], generator=g)
+        w += (d * (norms[name] / d.norm())).to(device=w.device, dtype=w.dtype)
+    return model
+
+
+def random_change_kls(teacher: torch.nn.Module, student: torch.nn.Module, norms: dict[str, float], rank: int,
+                      seeds: list[int], batch: tuple[torch.Tensor, ...]) -> list[float]:
+    """The null of a change's damage: `pair_kl(teacher, student + random_change(seed), *batch)`
+    for each seed, `student`'s weights restored after each."""
+    params = dict(student.named_parameters())
+    saved = {n: params[n].detach().clone() for n in norms}
+    out = []
+    for s in seeds:
+        random_change(student, norms, rank, s)
+        out.append(pair_kl(teacher, student, *batch))
+        with torch.no_grad():
+            for n, w in saved.items():
+                params[n].copy_(w)
+    return out
+
+
+def null_share(value: float, null: list[float]) -> float:
+    """The share of null draws at or below `value` (0: below every draw)."""
+    return sum(v <= value for v in null) / max(len(null), 1)
+
+
+def checkpoint_row(arm: str, lr: float, step: int, dev: dict, damage_kl: float, spliced: float, seed: int = 0) -> dict:
+    """One point of the lr x step grid: dev pass@1 with its interval (SAE removed, adapter merged),
+    the damage `KL(target ‖ tuned)` on the target's own dev traces, and the training objective
+    `KL(target ‖ tuned + SAE)` on held-out chunks."""
+    return {"arm": arm, "lr": lr, "seed": seed, "step": step, "dev pass@1": dev["pass@1"], "dev ci_low": dev["ci_low"],
+            "dev ci_high": dev["ci_high"], "dev lenient": dev["lenient pass@1"], "damage KL": damage_kl, "spliced KL": spliced}
+
+
+def choose_point(grid: pd.DataFrame, arm: str) -> dict:
+    """The rule fixed before the run: among `arm`'s checkpoints, the highest dev pass@1; ties go
+    to the smaller lr, then the earlier step (the smaller change)."""
+    rows = grid[(grid.arm == arm) & (grid.step > 0)]
+    if rows.empty:
+        raise ValueError(f"the grid has no checkpoint of arm {arm!r}")
+    return rows.sort_values(["dev pass@1", "lr", "step"], ascending=[False, True, True]).iloc[0].to_dict()
+
+
+def mcnemar_table(answers: dict[str, pd.DataFrame], ref: str = "target") -> pd.DataFrame:
+    """Each model's graded answers against `ref`'s on the same problems (paired by uid): pass@1 of
+    both, the points between them, the discordant counts and the exact McNemar p, strict and lenient."""
+    from resa_utils.core.stats import mcnemar
+
+    base = answers[ref].set_index("uid")
+    rows = []
+    for name, df in answers.items():
+        if name == ref:
+            continue
+        d = df.set_index("uid").loc[base.index]
+        row = {"model": name, "n": len(d)}
+        for col, tag in (("correct", ""), ("lenient", "lenient ")):
+            m = mcnemar(d[col], base[col])
+            row.update({f"{tag}pass@1": d[col].mean(), f"{tag}{ref} pass@1": base[col].mean(),
+                        f"{tag}points": 100 * (d[col].mean() - base[col].mean()),
+                        f"{tag}only model": m["a_only"], f"{tag}only {ref}": m["b_only"], f"{tag}p": m["p"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def source_extra_cost(costs00: Path | None, source_meta: dict, target_meta: dict) -> tuple[float, float]:
+    """What making the source from the target cost, `(wall s, FLOPs)`: notebook 00's distillation
+    of the source (its `costs.csv` row `distill seed <s> ...`) times the share of its steps after
+    the target's checkpoint. NaN without that table or the two models' registry facts."""
+    nan = (float("nan"), float("nan"))
+    total = source_meta.get("train", {}).get("total_steps")
+    step, seed = target_meta.get("step"), source_meta.get("seed")
+    if costs00 is None or not Path(costs00).exists() or not total or step is None or seed is None:
+        return nan
+    costs = pd.read_csv(costs00)
+    row = costs[costs.stage.str.startswith(f"distill seed {seed}")]
+    if row.empty:
+        return nan
+    share = (total - step) / total
+    return float(row["wall s"].iloc[0]) * share, float(row.FLOPs.iloc[0]) * share
+
+
+def cost_table(extra: tuple[float, float], parts: dict[str, tuple[float, float]]) -> tuple[pd.DataFrame, float, float]:
+    """The cost table (the source's extra training, then SAE-Tuning's `parts` `{stage: (wall s,
+    FLOPs)}`) and the ratios source's extra training / SAE-Tuning's sum, wall-clock and FLOPs."""
+    rows = [{"stage": "source's extra training (notebook 00: distillation after the target's checkpoint)",
+             "wall s": extra[0], "FLOPs": extra[1]}]
+    rows += [{"stage": k, "wall s": s, "FLOPs": f} for k, (s, f) in parts.items()]
+    s, f = sum(v[0] for v in parts.values()), sum(v[1] for v in parts.values())
+    return pd.DataFrame(rows), extra[0] / s, extra[1] / f
+
+
+# --------------------------------------------------------------------------- premises and claims
+
+
+@dataclass
+class Bars:
+    """The bars fixed in the parameters cell before the run."""
+
+    min_gap: float = 10.0
+    """Points of pass@1 the source must lead the target by, with disjoint 95% intervals."""
+    max_fvu: float = 0.2
+    """The SAE's fraction of variance unexplained on content rows of evaluation traces, at most."""
+    max_spliced_kl: float = 0.5
+    """Nats per token that splicing the SAE into the target costs on evaluation traces, at most."""
+    alpha: float = 0.05
+    """The level of the paired McNemar tests."""
+
+
+def gap_from_00(preconditions00: Path | None) -> dict | None:
+    """Notebook 00's measured premise "the source beats the target on the dev split" (`value`,
+    `met`), or None without its table."""
+    if preconditions00 is None or not Path(preconditions00).exists():
+        return None
+    df = pd.read_csv(preconditions00)
+    row = df[df.precondition.str.startswith("the source beats the target")]
+    return None if row.empty else {"value": float(row.value.iloc[0]), "met": row.met.iloc[0] == "yes"}
+
+
+CLAIMS = ("lift", "share of source", "target SAE", "SFT below target", "no-op", "per layer", "portability", "cost")
+"""The comparison's claims in order (their numbers, from 1, are what preconditions gate)."""
+
+
+def _gate(*names: str) -> str:
+    return " ".join(str(CLAIMS.index(n) + 1) for n in names)
+
+
+def preconditions(gap00: dict | None, test_gap: dict, quality: dict, bars: Bars) -> list[dict]:
+    """Notebook 01's premises: the source is stronger (notebook 00's dev split, and this notebook's
+    test split), and the source's SAE stands in for the target's block on evaluation traces."""
+    transfer = _gate("lift", "share of source", "per layer")
+    g = float("nan") if gap00 is None else gap00["value"]
     return [
-        {"claim": "SAE-Tuning lifts the target (Resa-STILL 47.28 vs R1-Distill 41.18)", "metric": "pass@1 points (tuned - target)",
-         "paper": 6.1, "ours": round(100 * (st["pass@1"] - tgt["pass@1"]), 1), "held": direction(st, tgt),
-         "note": f"rule: 'yes' = higher with disjoint 95% intervals, 'partly' = higher with overlapping ones, else 'no'; target {ci_text(tgt)}, tuned {ci_text(st)}; n={n_test}, one training seed, lr {lr_kl:g} chosen on held-out KL"},
+        {"precondition": "the source beats the target (notebook 00's dev split)", "measure": "points (disjoint 95% CI)",
+         "threshold": f">= {bars.min_gap:g}", "value": g, "met": "yes" if gap00 and gap00["met"] and g >= bars.min_gap else "no",
+         "gates": transfer},
+        {"precondition": "the source beats the target (this notebook's test split)", "measure": "points (disjoint 95% CI)",
+         "threshold": f">= {bars.min_gap:g}", "value": test_gap["points"],
+         "met": "yes" if test_gap["disjoint"] and test_gap["points"] >= bars.min_gap else "no", "gates": _gate("share of source")},
+        {"precondition": "the source's SAE reconstructs the target's evaluation traces", "measure": "FVU on content rows",
+         "threshold": f"<= {bars.max_fvu:g}", "value": quality["fvu"], "met": "yes" if quality["fvu"] <= bars.max_fvu else "no",
+         "gates": transfer},
+        {"precondition": "splicing the SAE into the target costs little on evaluation traces", "measure": "spliced KL (nats/token)",
+         "threshold": f"<= {bars.max_spliced_kl:g}", "value": quality["spliced KL"],
+         "met": "yes" if quality["spliced KL"] <= bars.max_spliced_kl else "no", "gates": transfer},
+    ]
+
+
+def _paired_held(points: list[float], ps: list[float], alpha: float, sign: int = 1) -> str:
+    """"yes": every seed moves in the claimed direction (`sign`) with McNemar p < alpha; "partly":
+    every seed in that direction, not all significant; else "no"."""
+    right = [sign * p > 0 for p in points]
+    if all(right) and all(p < alpha for p in ps):
+        return "yes"
+    return "partly" if all(right) else "no"
+
+
+def paper_comparison(acc: dict[str, dict], mcn: pd.DataFrame, *, headline: list[str], sft: str, chosen: dict,
+                     noop: NoopCheck, corr: dict, by_layer: pd.DataFrame, ratio: tuple[float, float],
+                     null: dict, bars: Bars, n_test: int) -> list[dict]:
+    """The paper's claims against ours (`CLAIMS` order). `acc`: accuracy rows by model name;
+    `mcn`: `mcnemar_table`; `headline`: the SAE-Tuning models (one per training seed); `chosen`:
+    the grid's choice per arm; `null`: the damage KL of the headline against its random null."""
+    m = mcn.set_index("model")
+    pts = [float(m.loc[h, "points"]) for h in headline]
+    ps = [float(m.loc[h, "p"]) for h in headline]
+    tuned = sum(acc[h]["pass@1"] for h in headline) / len(headline)
+    src = acc["source"]["pass@1"]
+    s_pts, s_p = float(m.loc[sft, "lenient points"]), float(m.loc[sft, "lenient p"])
+    c, cs = chosen["sae"], chosen["sft"]
+    seeds = ", ".join(f"{h}: {ci_text(acc[h])}, {p_:+.1f} points, McNemar p = {q:.3g}" for h, p_, q in zip(headline, pts, ps))
+    counts = by_layer["reasoning features"]
+    few = corr["n"] < 4 or counts.nunique() < 2
+    return [
+        {"claim": "SAE-Tuning lifts the target (Resa-STILL 47.28 vs R1-Distill 41.18)", "metric": "pass@1 points (tuned - target), seed 0",
+         "paper": 6.1, "ours": round(pts[0], 1), "held": _paired_held(pts, ps, bars.alpha),
+         "note": f"target {ci_text(acc['target'])}; {seeds}; n = {n_test}; lr {c['lr']:g}, step {int(c['step'])} chosen on dev accuracy "
+                 f"(the paper chose on its test benchmarks); 'yes' = every seed higher with McNemar p < {bars.alpha:g}; "
+                 f"its damage KL on the target's traces ({null['value']:.3g}) is above {100 * null['share']:.0f}% of {null['n']} random "
+                 f"LoRA-shaped changes of the same per-module norm"},
         {"claim": "SAE-Tuning reaches ~98% of the source's accuracy (Resa-STILL 47.28 / Tina 48.16)",
-         "metric": "tuned pass@1 as % of the source's", "paper": 98.2,
-         "ours": round(100 * st["pass@1"] / src["pass@1"], 1) if src["pass@1"] else float("nan"),
-         "held": "yes" if st["pass@1"] >= 0.95 * src["pass@1"] else "no", "note": f"source {ci_text(src)}; 'yes' at >= 95%{src_note}"},
+         "metric": "tuned pass@1 as % of the source's (mean over seeds)", "paper": 98.2,
+         "ours": round(100 * tuned / src, 1) if src else float("nan"), "held": "yes" if src and tuned >= 0.95 * src else "no",
+         "note": f"source {ci_text(acc['source'])}; 'yes' at >= 95%"},
         {"claim": "an SAE trained on the target itself works as well (48.06 vs 47.28)", "metric": "pass@1 points (target SAE - source SAE)",
-         "paper": 0.8, "ours": round(100 * (st5["pass@1"] - st["pass@1"]), 1), "held": "yes" if overlap(st5, st) else "no",
-         "note": f"rule: 'yes' when the two 95% intervals overlap (no detectable difference at this n, not a test of equality); target-SAE tuned {ci_text(st5)}, source-SAE tuned {ci_text(st)}"},
-        {"claim": "SFT on the same answer-only data without the SAE falls below the target (39.00 vs 41.18)",
-         "metric": "pass@1 points (SFT - target)", "paper": -2.2, "ours": round(100 * (sft["pass@1"] - tgt["pass@1"]), 1),
-         "held": direction(tgt, sft), "note": f"rule: 'yes' = lower with disjoint 95% intervals, 'partly' = lower with overlapping ones, else 'no'; SFT {ci_text(sft)} at lr {lr_ce:g} chosen on held-out CE; SAE-Tuning - SFT = "
-                                              f"{100 * (st['pass@1'] - sft['pass@1']):.1f} points"},
+         "paper": 0.8, "ours": float("nan"), "held": "not tested", "note": "not run in this profile (its budget goes to seeds, the lr grid and the controls)"},
+        {"claim": "SFT on the same answer-only data falls below the target (39.00 vs 41.18)", "metric": "lenient pass@1 points (SFT - target)",
+         "paper": -2.2, "ours": round(s_pts, 1), "held": _paired_held([s_pts], [s_p], bars.alpha, sign=-1),
+         "note": f"the authors' SFT format ('think: ... answer: ...') has no <answer> tag, so lenient grading (the last number); "
+                 f"strict {float(m.loc[sft, 'points']):+.1f} points; McNemar p = {s_p:.3g}; lr {cs['lr']:g}, step {int(cs['step'])} chosen on dev"},
         {"claim": "the KL objective without the SAE is a no-op (why SFT is the control)", "metric": "largest |logit change| after training",
          "paper": 0.0, "ours": noop.logit_change, "held": "yes" if noop.holds else "no",
          "note": f"{noop.steps} steps; largest loss {noop.max_loss:g}, largest |LoRA B| {noop.b_max:g}"},
         {"claim": "per layer, the count of reasoning features does not predict SAE-Tuning accuracy", "metric": "Spearman rho over layers",
-         "paper": float("nan"), "ours": round(corr["rho"], 2), "held": corr_held,
-         "note": f"[{corr['low']:.2f}, {corr['high']:.2f}] over blocks {by_layer.layer.tolist()} (few layers: a wide interval); "
-                 f"counts {counts.tolist()}; the paper compares mixture means of the two curves, not a correlation"},
-        {"claim": "an adapter trained through a sibling model works on the target (47.86 vs 47.28)",
-         "metric": "pass@1 points (ported - tuned directly)", "paper": 0.6, "ours": round(100 * (port["pass@1"] - st["pass@1"]), 1),
-         "held": "yes" if overlap(port, st) else "no",
-         "note": f"rule: 'yes' when the two 95% intervals overlap (no detectable difference at this n, not a test of equality); trained through {sibling}, tested on {target}: {ci_text(port)}"},
+         "paper": float("nan"), "ours": round(corr["rho"], 2), "held": "not tested" if few else ("yes" if corr["low"] <= 0 <= corr["high"] else "no"),
+         "note": f"blocks {by_layer.layer.tolist()}, counts {counts.tolist()}, pass@1 {[round(v, 3) for v in by_layer['pass@1']]}; "
+                 f"{corr['n']} layers give no interval ('not tested'); the paper compares the two curves, not a correlation"},
+        {"claim": "an adapter trained through a sibling model works on the target (47.86 vs 47.28)", "metric": "pass@1 points (ported - tuned directly)",
+         "paper": 0.6, "ours": float("nan"), "held": "not tested", "note": "not run in this profile (its budget goes to seeds, the lr grid and the controls)"},
         {"claim": "SAE-Tuning costs >2000x less than the RL that made the source", "metric": "source's extra training / SAE-Tuning side (FLOPs)",
-         "paper": 2000.0, "ours": round(cost.ratio_flops, 2), "held": "not tested",
-         "note": f"wall-clock {cost.ratio_s:.2f}x; our 'RL' is one round of rejection sampling, far cheaper than RL: not comparable"},
+         "paper": 2000.0, "ours": round(ratio[1], 2), "held": "not tested",
+         "note": f"wall-clock {ratio[0]:.2f}x; our source's extra training is more distillation steps, not RL: not comparable"},
     ]
