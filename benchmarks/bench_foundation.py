@@ -262,6 +262,8 @@ def bench_sae(quick: bool) -> list[Goal]:
         Row("resa relu_l1 (b=-0.1) sparse", ours_step("relu_l1", sample, bias=-0.1, relu_path="sparse")),
         Row("resa crosscoder (2 x d/2)", ours_step("crosscoder", sample), dense_flops,
             note="two models of width d/2: the same matmuls as relu_l1 above, plus decoder norms"),
+        Row("resa crosscoder BatchTopK", ours_step("crosscoder", sample, crosscoder_activation="batchtopk"),
+            dense_flops, note="k x B kept per batch by activation x decoder norm; compare with the row above"),
     ]
     mms = matmul_rows()
     secs = round_robin(mms + rows, batches, warmup, n)

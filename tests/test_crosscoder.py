@@ -70,6 +70,33 @@ def test_folding_the_normalisation_keeps_the_reconstruction():
             assert decoder_norms(out).shape == (32, 2)
 
 
+def test_batchtopk_keeps_k_per_token_on_average_and_exports_its_threshold(tmp_path):
+    x, dirs_a, dirs_b = planted(n=40_000)
+    cfg = TrainConfig(method="crosscoder", d_sae=64, k=4, crosscoder_activation="batchtopk", lr=3e-3,
+                      n_tokens=200_000, batch_size=256, seed=0, checkpoint_every=100)
+    tr = make_trainer(cfg, x.shape[1])
+    tr.setup(x[:4096])
+    stats = tr.train_step(x[:256])
+    assert stats["l0"] == pytest.approx(4.0)  # exactly k x B kept in the batch
+    # the threshold is checkpointed with the run
+    tr.save_checkpoint(tmp_path / "ck")
+    again = make_trainer(cfg, x.shape[1])
+    again.setup(x[:4096])
+    assert again.load_checkpoint(tmp_path / "ck") and again.kept_score_min == pytest.approx(tr.kept_score_min)
+    sae = train_sae(x, cfg, progress=False).sae
+    assert sae.cfg.architecture == "jumprelu" and (sae.threshold > 0).all()
+    with torch.no_grad():
+        f = sae.encode(x[-4096:])
+        fvu = (x[-4096:] - sae.decode(f)).pow(2).sum() / (x[-4096:] - x[-4096:].mean(0)).pow(2).sum()
+    assert 3.0 <= float((f > 0).sum(1).float().mean()) <= 5.0   # about k per token, no batch needed
+    assert float(fvu) < 0.2
+    r = relative_norms(sae)
+    truth = torch.nn.functional.normalize(torch.cat([dirs_a, 3.0 * dirs_b], 1), dim=1)
+    best_cos, best = (truth @ torch.nn.functional.normalize(sae.W_dec.detach(), dim=1).t()).max(1)
+    assert (best_cos > 0.9).float().mean() >= 0.5, best_cos
+    assert r[best][16:].mean() > r[best][8:16].mean() + 0.5, r[best]   # B-only latents lean B, A-only lean A
+
+
 def test_decoder_starts_at_the_stated_norm_and_l1_ramps_up():
     x, *_ = planted(n=2048)
     tr = make_trainer(TrainConfig(method="crosscoder", d_sae=16, n_tokens=2048 * 10, batch_size=256), 32)
@@ -627,6 +654,7 @@ def test_ablation_table_summarises_the_falls():
     assert t["logit fall (random, mean of draws)"] == 1.0 and t["random draws min..max"] == "0.500..1.500"
     assert t["log-prob fall (random, max of draws)"] == 0.5 and t["lp ± 95%"] == 0.0 and t["control pool"] == 7
     assert t["their share there"] == "0.25..0.75" and ablation_table(pd.DataFrame(), cats).empty
+    assert t["percentile in random draws"] == 100.0 and t["random draws"] == 2   # 3.0 beats both draws' means
 
 
 def test_steering_directions_prefer_a_labelled_latent_and_fall_back_to_the_largest_share():
@@ -676,7 +704,7 @@ def test_paper_claims_follow_their_stated_rules():
     assert claim_categories(cats, lean, 0.7, 0.3)["held"] == "partly"          # 1.0 vs 0.5: not more than twice
     no_lean = claim_categories(cats, torch.zeros(6, dtype=torch.bool), 0.7, 0.3)
     assert no_lean["held"] == "not tested" and no_lean["ours"] == "no reasoner-leaning latent (r > 0.7); shared 0.500"
-    base = {"category": "deduction", "latents ablated": 4, "occurrences": 9, "random draws min..max": "0.100..0.200",
+    base = {"category": "deduction", "latents ablated": 4, "occurrences": 9, "random draws min..max": "0.100..0.200", "percentile in random draws": 100.0,
             "logit fall (random, mean of draws)": 0.15, "log-prob fall (random, max of draws)": 0.1}
     abl = pd.DataFrame([{**base, "logit fall (category latents)": 5.0, "± 95%": 1.0, "log-prob fall (category latents)": 2.0, "lp ± 95%": 0.5},
                         {**base, "logit fall (category latents)": 0.5, "± 95%": 1.0, "log-prob fall (category latents)": 2.0, "lp ± 95%": 0.5},
@@ -694,7 +722,8 @@ def test_paper_claims_follow_their_stated_rules():
               {"direction": "deduction", "latent": 2, "r (L2)": 0.5, "labelled so by the rule": False}]
     rows = claim_steering(table, ["self-reflection (latent 1)", "deduction (latent 2)", "random 0"], picked, [0, 0.1], "pool", 48, 160)
     assert [r["held"] for r in rows] == ["yes", "no"]                           # 1.8x vs random 1.1x; deduction 0.96x
-    assert rows[0]["ours"].startswith("1.80 (random, the closest of 2: 1.10)") and "not labelled deduction" in rows[1]["note"]
+    assert rows[0]["ours"].startswith("1.80 (percentile 100 of 2 random directions, the closest 1.10)") and "not labelled deduction" in rows[1]["note"]
+    assert rows[1]["ours"].startswith("0.96 (percentile 50 of 2 random directions")
     assert [r["held"] for r in claim_steering(table, [], [], [0, 0.1], "pool", 48, 160)] == ["not tested"] * 2
 
 
@@ -731,3 +760,74 @@ def test_crosscoder_figures_have_their_panels_and_labelled_dashed_lines():
     labels = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
     assert labels == ["self-reflection (latent 1)", "random (2 draws)"]
     plt.close(fig)
+
+
+def test_calibration_and_dose_figures_mark_the_real_change_and_every_threshold():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from resa_utils.harness import plots
+
+    m = pd.DataFrame([[0.0, 0.5], [1.0, 1.0]], index=pd.Index([0.01, 0.1], name="freq"), columns=pd.Index([0.1, 1.0], name="amp"))
+    fig = plots.crosscoder_detection_map({"relu": m, "batchtopk": m}, {"freq": 0.1, "amp_median": 0.1}, "a vs b")
+    maps = [ax for ax in fig.axes if ax.images]
+    assert len(maps) == 2 and all(len(ax.collections) == 1 for ax in maps)
+    star = maps[0].collections[0].get_offsets()[0]
+    assert tuple(star) == pytest.approx((0.0, 1.0))          # amp 0.1 -> first column, freq 0.1 -> second row
+    plt.close(fig)
+    dist = pd.DataFrame({"n r>0.5": [1, 2], "n r>0.9": [0, 1]}, index=["x1", "x2"])
+    r = pd.DataFrame({"model": ["x1", "x1", "x2"], "r": [0.4, 0.6, 0.95]})
+    fig = plots.crosscoder_dose(r, dist, (0.5, 0.9))
+    assert len(fig.axes) == 2 and len(fig.axes[1].get_lines()) == 2
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["r > 0.5", "r > 0.9"]
+    plt.close(fig)
+
+
+def test_layer_rule_picks_the_candidate_where_the_models_differ_most():
+    import pandas as pd
+
+    from resa_utils.methods.crosscoder import choose_layer, dose_names
+
+    reps = pd.DataFrame({"block": [3, 7, 10, 14, 7], "median cos": [0.90, 0.98, 0.95, 0.97, 0.50],
+                         "text": ["reasoning"] * 4 + ["english"]})
+    block, table = choose_layer(reps, [7, 10, 14])
+    assert block == 10 and table.chosen.tolist() == [False, True, False]   # block 3 is no candidate, English is not read
+    with pytest.raises(ValueError, match="no 'reasoning' rows"):
+        choose_layer(reps, [20])
+    assert dose_names("m-reasoner", ["-x2", "other"]) == ["m-reasoner-x2", "other"]
+
+
+def test_preconditions_and_the_new_claims_follow_their_rules():
+    import pandas as pd
+
+    from resa_utils.methods.crosscoder import claim_authors_scoring, claim_dose, preconditions
+
+    layers = pd.DataFrame({"block": [10, 14], "median cos": [0.97, 0.95]})
+    change = {"freq": 0.4, "amp_median": 0.2}
+    pre = preconditions(layers, 14, 0.96, {"recovered_share": 0.75}, 0.5, change)
+    assert [p["met"] for p in pre] == ["yes", "yes"] and pre[0]["gates"] == "1 2 3" and pre[1]["gates"] == "1"
+    pre = preconditions(layers, 10, 0.96, None, 0.5, None)
+    assert [p["met"] for p in pre] == ["no", "no"]        # cos 0.97 > 0.96; nothing to place on the map
+    auth = {"n_top": 3, "top_r_min": 0.62, "n_pool": 40, "n_live": 900}
+    spear = {"rho": 0.3, "p_greater": 0.001, "null_q025": -0.05, "null_q975": 0.05}
+    assert claim_authors_scoring(auth, spear, 0.003, 0.5, 1000)["held"] == "yes"
+    assert claim_authors_scoring({**auth, "top_r_min": 0.45}, spear, 0.003, 0.5, 1000)["held"] == "partly"
+    assert claim_authors_scoring({**auth, "top_r_min": 0.45}, {**spear, "p_greater": 0.2}, 0.003, 0.5, 1000)["held"] == "no"
+    dose = pd.DataFrame({"live": [900, 900, 900], "r q95": [0.6, 0.7, 0.8], "n r>0.5": [10, 30, 90]}, index=["x1", "x2", "x4"])
+    assert claim_dose(dose)["held"] == "yes"
+    dose["n r>0.5"] = [10, 5, 90]
+    assert claim_dose(dose)["held"] == "partly"
+    dose["r q95"] = [0.8, 0.7, 0.6]
+    assert claim_dose(dose)["held"] == "no"
+
+
+def test_scoring_note_names_every_crosscoder_and_seed():
+    import pandas as pd
+
+    from resa_utils.methods.crosscoder import scoring_note
+
+    df = pd.DataFrame({"activation": ["relu", "batchtopk"], "seed": [0, 1], "reasoner-only r>0.9": [0, 3],
+                       "top r min": [0.61, 0.7], "Spearman(r, reasoning share)": [0.2, -0.1]})
+    note = scoring_note(df, 0.9)
+    assert note == ("relu seed 0: 0 over r 0.9, top r >= 0.610, Spearman 0.200; "
+                    "batchtopk seed 1: 3 over r 0.9, top r >= 0.700, Spearman -0.100")

@@ -157,7 +157,9 @@ def test_lrt_refuses_one_to_one_pairing_of_two_tokenizers(no_compute):
 
 
 @pytest.mark.parametrize("change,name,text", [
-    ({"r_lean": 0.4}, "r_lean", "needs r_low"),
+    ({"pool_r": 0.95}, "pool_r", "needs r_low"),
+    ({"dose_activation": "topk"}, "dose_activation", "must be one of activations"),
+    ({"dose_models": ["-x3"]}, "dose_models", "has not registered"),
     ({"steer_scales": [0.5, 1.0]}, "steer_scales", "must include 0"),
     ({"ablation_windows": 500}, "ablation_windows", "exceeds the"),
     ({"train_tokens": 10}, "train_tokens", "less than one batch"),

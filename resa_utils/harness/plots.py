@@ -420,6 +420,45 @@ def crosscoder_relative_norms(r: "pd.DataFrame", r_low: float, r_high: float, mo
     return fig
 
 
+def crosscoder_detection_map(maps: dict[str, "pd.DataFrame"], change: dict, models: str) -> plt.Figure:
+    """Notebook 04's calibration: per crosscoder, the share of planted reasoner-only directions
+    recovered (r > 0.9 and cos > 0.9) over frequency x size (`maps`: `crosscoder_calibration.detection_map`,
+    index freq, columns amp), with the real pair's change marked (`change`: freq, amp_median, amp_q90)."""
+    fig, axes = figure(len(maps), width=4.4, height=3.8)
+    for ax, (name, m) in zip(axes, maps.items()):
+        im = ax.imshow(m.to_numpy(float), origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(m.shape[1]), [f"{a:g}" for a in m.columns])
+        ax.set_yticks(range(m.shape[0]), [f"{f:g}" for f in m.index])
+        fx = np.interp(np.log10(change["amp_median"]), np.log10(m.columns.to_numpy(float)), np.arange(m.shape[1]))
+        fy = np.interp(np.log10(change["freq"]), np.log10(m.index.to_numpy(float)), np.arange(m.shape[0]))
+        ax.scatter([fx], [fy], marker="*", s=220, color="red", edgecolor="white", label="the real reasoner's change (median size)")
+        label(ax, "planted size (x mean activation norm)", "planted frequency (share of rows)", f"{name}: recovered")
+        legend_outside(ax)
+    fig.colorbar(im, ax=axes[-1], label="share recovered")
+    title(fig, f"Detection floor: planted reasoner-only directions recovered with r > 0.9\n{models}")
+    return fig
+
+
+def crosscoder_dose(r: "pd.DataFrame", dist: "pd.DataFrame", thresholds: Sequence[float]) -> plt.Figure:
+    """Notebook 04's dose-response: the live latents' relative norm per model (`r`: model, r) and
+    the counts over each threshold against the model (`dist`: `crosscoder_scoring.r_distribution`)."""
+    fig, axes = figure(2, width=4.8, height=3.4)
+    models = list(dist.index)
+    col = colors(models)
+    for m in models:
+        axes[0].hist(r.r[r.model == m].to_numpy(float), bins=np.linspace(0, 1, 51), histtype="step", color=col[m], label=m)
+    log_axis(axes[0], "y")
+    label(axes[0], "relative norm r (L2)", "live latents (count)", "r of every live latent")
+    legend_outside(axes[0], "reasoner")
+    for t in thresholds:
+        axes[1].plot(range(len(models)), dist[f"n r>{t}"].to_numpy(float), marker="o", label=f"r > {t}")
+    axes[1].set_xticks(range(len(models)), models)
+    label(axes[1], "reasoner (distillation scale)", "live latents over the threshold (count)", "counts against the dose")
+    legend_outside(axes[1])
+    title(fig, "Relative norms against the distillation's scale (base + s (reasoner - base))")
+    return fig
+
+
 def crosscoder_geometry(points: "pd.DataFrame", cos: "pd.DataFrame", models: str) -> plt.Figure:
     """Notebook 04's geometry: the same tokens in both models on the top two principal components
     (`points`: model, PC 1, PC 2; the reasoning words marked), and the cosine between a token's two

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from resa_utils.lm.content import ContentRule
+from resa_utils.methods.crosscoder_scoring import null_percentile
 from resa_utils.sae import SAE
 from resa_utils.sae.crosscoder import block_norms
 
@@ -282,12 +283,30 @@ def mean_ci(values) -> tuple[float, float]:
 # --------------------------------------------------------------------------- data
 
 
-def answer_documents(problems: list, texts, make_prompt) -> list:
-    """One `corpora.Document` per answer (`answer-<uid>`): its prompt followed by the answer, the
-    text the model saw and wrote."""
+def answer_documents(problems: list, texts, make_prompt, prefix: str = "answer") -> list:
+    """One `corpora.Document` per answer (`<prefix>-<uid>`): its prompt followed by the answer (a
+    model's, or a teacher trace), the text the model saw and wrote."""
     from resa_utils.data.corpora import Document
 
-    return [Document(doc_id=f"answer-{p.uid}", text=make_prompt(p) + a) for p, a in zip(problems, texts)]
+    return [Document(doc_id=f"{prefix}-{p.uid}", text=make_prompt(p) + a) for p, a in zip(problems, texts)]
+
+
+def dose_names(reasoner: str, dose_models: list[str]) -> list[str]:
+    """The dose-response models: an entry starting with "-" is a suffix of the reasoner's name
+    (notebook 00's scaled reasoners, `-x2` -> `<reasoner>-x2`), anything else a model name."""
+    return [f"{reasoner}{m}" if m.startswith("-") else m for m in dose_models]
+
+
+def choose_layer(reps: "pd.DataFrame", candidates: list[int], text: str = "reasoning") -> tuple[int, "pd.DataFrame"]:
+    """The layer rule fixed before the run: among `candidates`, the block where the two models'
+    same-token activations differ most on `text` (lowest median cosine; `distill.representation_change`
+    rows). Returns the block and the candidates' rows with a `chosen` column."""
+    rows = reps[(reps.text == text) & reps.block.isin(candidates)].copy()
+    if rows.empty:
+        raise ValueError(f"no {text!r} rows at the candidate blocks {candidates}")
+    block = int(rows.loc[rows["median cos"].idxmin(), "block"])
+    rows["chosen"] = rows.block == block
+    return block, rows.reset_index(drop=True)
 
 
 @dataclass
@@ -717,10 +736,12 @@ def ablation_table(abl: "pd.DataFrame", cats_pred: "pd.DataFrame") -> "pd.DataFr
         lp_set = torch.tensor(c.drops_lp["category latents"])
         lp_ctrl = torch.stack([torch.tensor(v) for n, v in c.drops_lp.items() if n.startswith("random")]).mean(1)
         share = cats_pred.loc[c.latents, f"share {c.category}"]
+        pct = null_percentile(float(d_set.mean()), ctrl_means.tolist())
         rows.append({"category": c.category, "latents ablated": len(c.latents), "their share there": f"{share.min():.2f}..{share.max():.2f}",
                      "occurrences": len(d_set), "logit fall (category latents)": float(d_set.mean()), "± 95%": mean_ci(d_set)[1],
                      "logit fall (random, mean of draws)": float(ctrl_means.mean()),
                      "random draws min..max": f"{float(ctrl_means.min()):.3f}..{float(ctrl_means.max()):.3f}",
+                     "percentile in random draws": pct, "random draws": len(ctrl_means),
                      "log-prob fall (category latents)": float(lp_set.mean()), "lp ± 95%": mean_ci(lp_set)[1],
                      "log-prob fall (random, max of draws)": float(lp_ctrl.max()), "control pool": c.pool})
     return pd.DataFrame(rows)
@@ -783,7 +804,7 @@ def claim_specific_latents(counts: "pd.DataFrame", r_low: float, r_high: float, 
             "metric": f"reasoner-only (r>{r_high}) / base-only (r<{r_low}) live latents, L2",
             "paper": "distill-only latents exist", "ours": f"{n_ro} / {n_bo} of {n_live}",
             "held": "yes" if n_ro >= 0.01 * n_live else "partly" if n_ro > 0 else "no",
-            "note": f"{base_name} vs its LoRA-distilled reasoner (notebook 00), {n_latents} latents, {n_tokens:,} tokens "
+            "note": f"{base_name} vs its distilled reasoner (notebook 00), {n_latents} latents, {n_tokens:,} tokens "
                     "(paper: Qwen 1.5B pair, 32k latents, 400M tokens)"}
 
 
@@ -820,8 +841,8 @@ def claim_ablation(abl_table: "pd.DataFrame", pool_note: str, n_control_draws: i
                      "ours": f"{a['logit fall (category latents)']:.3f} ± {a['± 95%']:.3f} vs {a['logit fall (random, mean of draws)']:.3f}; "
                              f"log-prob {a['log-prob fall (category latents)']:.3f} ± {a['lp ± 95%']:.3f} vs {a['log-prob fall (random, max of draws)']:.3f}",
                      "held": "yes" if margin > a["± 95%"] and a["logit fall (category latents)"] > ctrl[1] and lp_ok else "partly" if margin > 0 else "no",
-                     "note": f"{a['latents ablated']} latents from the pool of {pool_note}, {a['occurrences']} occurrences, "
-                             f"{n_control_draws} random draws ({a['random draws min..max']})"})
+                     "note": f"{a['latents ablated']} latents from the pool of {pool_note}, {a['occurrences']} occurrences; "
+                             f"percentile {a['percentile in random draws']:.0f} of {n_control_draws} random draws ({a['random draws min..max']})"})
     return rows
 
 
@@ -852,6 +873,7 @@ def claim_steering(steer_table: "pd.DataFrame", directions: list[str], picked: l
         rnds = steer_table[steer_table.direction.str.startswith("random") & (steer_table["scale (× mean norm)"] == scale)]
         rnd = rnds.loc[rnds.length.idxmax() if want == "longer" else rnds.length.idxmin()]  # the random draw that moves most the paper's way
         ratio, r_ratio = at.length / base_row.length, rnd.length / base_row.length
+        pct = null_percentile(float(at.length), rnds.length.tolist())
         apart = abs(at.length - rnd.length) > at["length ±95%"] + rnd["length ±95%"]  # the two intervals do not overlap
         if want == "longer":
             way = apart and ratio > 1 and at.length > rnd.length
@@ -863,9 +885,69 @@ def claim_steering(steer_table: "pd.DataFrame", directions: list[str], picked: l
             paper = "≈2× shorter"
         lat = lat_of[cat]
         rows.append({"claim": f"steering along a {cat} direction makes answers {want}", "metric": f"length ratio to unsteered at scale {scale}",
-                     "paper": paper, "ours": f"{ratio:.2f} (random, the closest of {len(rnds)}: {r_ratio:.2f}); Wait {at.Wait:.2f} vs {base_row.Wait:.2f}; "
+                     "paper": paper, "ours": f"{ratio:.2f} (percentile {pct:.0f} of {len(rnds)} random directions, the closest {r_ratio:.2f}); Wait {at.Wait:.2f} vs {base_row.Wait:.2f}; "
                                              f"accuracy {at.accuracy:.2f} vs {base_row.accuracy:.2f}",
                      "held": "yes" if ok else "partly" if way else "no",
                      "note": f"latent {lat['latent']} (r {lat['r (L2)']:.2f}{'' if lat['labelled so by the rule'] else ', not labelled ' + cat + ' by the rule'}) "
                              f"from {pool_note}; {n_problems} held-out problems, greedy, at most {max_new_tokens} new tokens"})
     return rows
+
+
+# --------------------------------------------------------------------------- premises and the new claims
+
+
+def preconditions(layer_rows: "pd.DataFrame", block: int, max_cos: float, near: dict | None,
+                  min_recovery: float, change: dict | None) -> list[dict]:
+    """Notebook 04's premises: the two models differ at the chosen block (median same-token
+    cosine on reasoning text at most `max_cos`), and a reasoner-only feature planted at the real
+    change's frequency and size comes back (`crosscoder_calibration.recovery_near` share at
+    least `min_recovery`). Each row names the claims it gates."""
+    at = layer_rows[layer_rows.block == block]
+    cos = float(at["median cos"].iloc[0]) if len(at) else float("nan")
+    share = float("nan") if near is None else float(near["recovered_share"])
+    where = "" if change is None else f" (frequency {change['freq']:.3f}, size {change['amp_median']:.2f} of the mean norm)"
+    return [
+        {"precondition": f"the reasoner's activations differ from the base's at block {block} (reasoning text, dev windows)",
+         "measure": "median same-token cosine", "threshold": f"<= {max_cos}", "value": cos,
+         "met": "yes" if cos <= max_cos else "no", "gates": "1 2 3"},
+        {"precondition": f"a reasoner-only feature planted at the real change's scale is recovered{where}",
+         "measure": "share of the nearest planted directions with r > 0.9 and cos > 0.9", "threshold": f">= {min_recovery}",
+         "value": share, "met": "yes" if share >= min_recovery else "no", "gates": "1"},
+    ]
+
+
+def claim_authors_scoring(auth: dict, spear: dict, top_share: float, pool_r: float, n_perm: int) -> dict:
+    """The authors' scoring: their top `top_share` latents by r are "reasoner-specific" and carry
+    reasoning. "yes" when the top set leans to the reasoner (smallest r above `pool_r`) and r
+    ranks latents by their activation share on reasoning tokens (Spearman > 0, permutation p < 0.05)."""
+    lean = auth["top_r_min"] > pool_r
+    tied = spear["rho"] > 0 and spear["p_greater"] < 0.05
+    return {"claim": "the authors' scoring: the top latents by r are reasoner-specific and track reasoning text",
+            "metric": f"top {top_share:.1%} by r: smallest r; Spearman(r, share of mass on reasoning tokens)",
+            "paper": "top 100 of 32,768 by r (r up to ~0.85); r > 0.5 pool",
+            "ours": f"{auth['n_top']} latents, r >= {auth['top_r_min']:.3f}; pool r > {pool_r}: {auth['n_pool']} of {auth['n_live']}; "
+                    f"Spearman {spear['rho']:.3f} (permutation p {spear['p_greater']:.3g}, null 95% {spear['null_q025']:.3f}..{spear['null_q975']:.3f})",
+            "held": "yes" if lean and tied else "partly" if lean or tied else "no",
+            "note": f"{n_perm} permutations of the shares over the live latents; the paper reports no such test"}
+
+
+def claim_dose(dist: "pd.DataFrame", thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)) -> dict:
+    """The dose-response (rule fixed before the run): "yes" when r's 95th percentile and the count
+    over the lowest threshold both increase with the distillation scale (rows in scale order),
+    "partly" when one does."""
+    from resa_utils.methods.crosscoder_scoring import monotone
+
+    q95, n_over = monotone(dist["r q95"].tolist()), monotone(dist[f"n r>{thresholds[0]}"].tolist())
+    up = [q95 == "increasing", n_over == "increasing"]
+    return {"claim": "a stronger distillation gives more reasoner-leaning latents", "metric": "r q95 and count over r > "
+            f"{thresholds[0]} across {', '.join(map(str, dist.index))}", "paper": "(not in the paper: our dose-response)",
+            "ours": "; ".join(f"{m}: q95 {row['r q95']:.3f}, {int(row[f'n r>{thresholds[0]}'])} / {int(row['live'])}" for m, row in dist.iterrows()),
+            "held": "yes" if all(up) else "partly" if any(up) else "no",
+            "note": f"r q95 {q95}, count {n_over}; each crosscoder on the same windows, the base's activations shared"}
+
+
+def scoring_note(scoring: "pd.DataFrame", r_high: float) -> str:
+    """Every crosscoder's and seed's reasoner-only count, top-set floor and Spearman in one line, so
+    a headline row shows whether the other seed and the other activation agree."""
+    return "; ".join(f"{r.activation} seed {r.seed}: {int(r[f'reasoner-only r>{r_high}'])} over r {r_high}, top r >= {r['top r min']:.3f}, "
+                     f"Spearman {r['Spearman(r, reasoning share)']:.3f}" for _, r in scoring.iterrows())

@@ -104,7 +104,12 @@ class TrainConfig:
     dim (equal widths, d_in = n_models · d_model)."""
     crosscoder_activation: str = "relu"
     """Crosscoder: 'relu' with the decoder-norm-weighted L1 penalty (`l1_coefficient`, the
-    authors' λ = 2) or 'topk' (`k` latents per token, no penalty)."""
+    authors' λ = 2), 'topk' (`k` latents per token, no penalty) or 'batchtopk' (`k` x batch
+    latents per batch, chosen by activation times summed decoder norm, no penalty; exported as
+    a `jumprelu` SAE whose thresholds are the running minimum kept score; Minder et al. 2025)."""
+    batchtopk_momentum: float = 0.99
+    """Crosscoder 'batchtopk': weight of the old value in the running estimate of the smallest
+    kept score (the inference threshold)."""
     l1_warmup_frac: float = 0.05
     """Crosscoder: share of the first steps over which the L1 coefficient ramps up from 0."""
     dec_init_norm: float = 0.08
@@ -165,12 +170,13 @@ class TrainConfig:
         if self.method == "crosscoder":
             checks += [
                 (self.n_models >= 1, f"n_models={self.n_models} must be >= 1"),
-                (self.crosscoder_activation in ("relu", "topk"),
-                 f"crosscoder_activation={self.crosscoder_activation!r} must be 'relu' or 'topk'"),
+                (self.crosscoder_activation in ("relu", "topk", "batchtopk"),
+                 f"crosscoder_activation={self.crosscoder_activation!r} must be 'relu', 'topk' or 'batchtopk'"),
+                (0 <= self.batchtopk_momentum < 1, f"batchtopk_momentum={self.batchtopk_momentum} must be in [0, 1)"),
                 (0 <= self.l1_warmup_frac <= 1, f"l1_warmup_frac={self.l1_warmup_frac} must be in [0, 1]"),
                 (self.dec_init_norm > 0, f"dec_init_norm={self.dec_init_norm} must be > 0"),
                 (self.l1_coefficient >= 0, f"l1_coefficient={self.l1_coefficient} must be >= 0"),
-                (self.crosscoder_activation != "topk" or 0 < self.k <= self.d_sae,
+                (self.crosscoder_activation == "relu" or 0 < self.k <= self.d_sae,
                  f"k={self.k} must be in 1..d_sae={self.d_sae}: lower k or raise d_sae"),
             ]
         for ok, msg in checks:

@@ -5,7 +5,11 @@ dictionary over several models' activations of the same tokens, concatenated alo
 `f = act((x − b_dec) W_enc + b_enc)`, `x̂ = f W_dec + b_dec`. With `crosscoder_activation="relu"`
 the loss is `Σ_m ‖x_m − x̂_m‖²` plus `λ Σ_i f_i Σ_m ‖W_dec[i, m]‖₂` (each latent's L1 weighted by
 the sum of its per-model decoder norms), λ ramped from 0 over the first `l1_warmup_frac` of
-steps; `"topk"` keeps the k largest latents instead, with no penalty. Each model's activations
+steps; `"topk"` keeps the k largest latents of each token instead, with no penalty;
+`"batchtopk"` keeps the k·B largest scores of a batch of B tokens, a latent's score being its
+activation times its summed decoder norms (free norms would otherwise buy selection), and is
+exported as a `jumprelu` SAE whose per-latent threshold is the running smallest kept score over
+that latent's norm, so inference needs no batch. Each model's activations
 are scaled so their mean norm is √d_model; decoder blocks start at norm `dec_init_norm` with the
 encoder as the decoder's transpose, biases at 0; decoder norms are free (never renormalised).
 The export folds the per-model scales in, so the saved SAE (SAELens layout) reads raw
@@ -36,7 +40,8 @@ class CrosscoderTrainer(Trainer):
         if d_in % cfg.n_models:
             raise ValueError(f"crosscoder input width {d_in} is not a multiple of n_models={cfg.n_models}: "
                              "concatenate one activation of equal width per model")
-        self.architecture = "topk" if cfg.crosscoder_activation == "topk" else "standard"
+        self.architecture = {"topk": "topk", "batchtopk": "jumprelu"}.get(cfg.crosscoder_activation, "standard")
+        self.kept_score_min = float("nan")  # batchtopk: running smallest kept score (training scale)
         meta = dict(metadata or {}, kind="crosscoder", n_models=cfg.n_models, d_model=d_in // cfg.n_models)
         super().__init__(cfg, d_in, device, meta)
 
@@ -60,6 +65,10 @@ class CrosscoderTrainer(Trainer):
         self.sae.b_enc.zero_()
         self.sae.b_dec.zero_()
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Every weight but a `jumprelu` threshold, which is set at export, never trained."""
+        return [p for n, p in self.sae.named_parameters() if n != "threshold"]
+
     def _project_decoder_grad(self) -> None:  # decoder norms are free: the penalty weighs them
         pass
 
@@ -81,6 +90,8 @@ class CrosscoderTrainer(Trainer):
         if self.architecture == "topk":
             top = pre.topk(self.cfg.k, dim=-1, sorted=False)
             f = torch.zeros_like(pre).scatter(1, top.indices, top.values.relu())
+        elif self.cfg.crosscoder_activation == "batchtopk":
+            f = self._batch_topk(pre.relu())
         else:
             f = pre.relu()
         x_hat = torch.addmm(sae.b_dec, f, sae.W_dec)
@@ -100,3 +111,34 @@ class CrosscoderTrainer(Trainer):
                        **{f"fvu_{m}": fvu_M[m] for m in range(M)},
                        **({"l1": l1.detach()} if l1 is not None else {}))
         return loss, out
+
+    def _batch_topk(self, act_BF: torch.Tensor) -> torch.Tensor:
+        """`act_BF` kept at its k·B largest scores (activation x summed decoder norm), and the
+        running smallest kept score updated (while training)."""
+        score = act_BF * self.decoder_norms().sum(1).detach()
+        n_keep = min(self.cfg.k * act_BF.shape[0], score.numel())
+        top = score.flatten().topk(n_keep, sorted=False)
+        mask = torch.zeros_like(score).flatten().scatter_(0, top.indices, 1.0).view_as(score)
+        kept = top.values[top.values > 0]
+        if torch.is_grad_enabled() and kept.numel():
+            m, low = self.cfg.batchtopk_momentum, float(kept.min().detach())
+            self.kept_score_min = low if math.isnan(self.kept_score_min) else m * self.kept_score_min + (1 - m) * low
+        return act_BF * mask * (score > 0)
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return {}, {"kept_score_min": self.kept_score_min}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        v = state.get("kept_score_min")  # JSON stores nan as null
+        self.kept_score_min = float("nan") if v is None else float(v)
+
+    def export(self):
+        """The SAE on raw activations; for 'batchtopk', per-latent thresholds equal to the running
+        smallest kept score over the latent's summed decoder norm (a score above it ⇔ kept)."""
+        norms_F = self.decoder_norms().detach().sum(1).clamp_min(1e-12)  # training scale, before folding
+        out = super().export()
+        if self.cfg.crosscoder_activation == "batchtopk":
+            theta = 0.0 if math.isnan(self.kept_score_min) else self.kept_score_min
+            with torch.no_grad():
+                out.threshold.copy_((theta / norms_F).to(out.threshold))
+        return out

@@ -8,16 +8,22 @@ from resa_utils.data import tasks as T
 from resa_utils.harness import params as P
 
 _pos_int, _unit = P.integer(min=1), P.real(gt=0, lt=1)
+_ACTS = ["relu", "batchtopk", "topk"]
 
 CHECKS: dict = {
-    "profile": P.profile(), "allow_cpu": P.boolean(), "seed": P.integer(min=0),
-    "base_model": P.model(), "reasoner_model": P.string(nonempty=False), "layer": P.layer("base_model"), "workers": P.integer(min=1, max=64),
-    "task": P.choice(sorted(T.TASKS)), "difficulty": P.integer(min=1, max=4), "n_gen_problems": _pos_int, "gen_temperature": P.real(min=0, max=2),
+    "profile": P.profile(), "allow_cpu": P.boolean(), "seed": P.integer(min=0), "seeds": P.list_of(P.integer(min=0), unique=True),
+    "base_model": P.model(), "reasoner_model": P.string(nonempty=False), "dose_models": P.list_of(P.string(), unique=True),
+    "layer_candidates": P.layers("base_model"), "layer": P.layer("base_model"), "workers": P.integer(min=1, max=64),
+    "task": P.choice(sorted(T.TASKS)), "difficulty": P.integer(min=1, max=4), "n_gen_problems": _pos_int, "n_trace_problems": P.integer(min=0),
+    "n_dev_problems": _pos_int, "gen_temperature": P.real(min=0, max=2),
     "gen_max_new_tokens": P.integer(min=8), "gen_batch_size": _pos_int, "corpus": P.choice(corpora.CORPORA),
     "seq_len": P.integer(min=8, max=4096), "eval_frac": P.real(gt=0, max=0.5), "train_tokens": _pos_int, "eval_tokens": _pos_int,
-    "cc_latents": P.integer(min=2), "cc_l1": P.real(min=0), "l1_warmup_frac": P.real(min=0, max=1), "cc_lr": P.real(gt=0, max=1),
+    "cc_latents": P.integer(min=2), "activations": P.list_of(P.choice(_ACTS), unique=True), "cc_l1": P.real(min=0),
+    "l1_warmup_frac": P.real(min=0, max=1), "cc_k": _pos_int, "cc_lr": P.real(gt=0, max=1), "dose_activation": P.choice(_ACTS),
     "cc_batch": _pos_int, "content_rows": P.boolean(), "max_norm_ratio": P.real(gt=1, lt=float("inf")),
-    "n_ablate": _pos_int, "r_low": _unit, "r_high": _unit, "r_lean": _unit, "category_share": _unit,
+    "plant_freqs": P.list_of(P.real(gt=0, max=1), unique=True), "plant_amps": P.list_of(P.real(gt=0), unique=True),
+    "min_recovery": P.real(min=0, max=1), "max_cos": P.real(gt=0, max=1), "top_share": _unit, "pool_r": _unit, "n_perm": P.integer(min=20),
+    "n_ablate": _pos_int, "r_low": _unit, "r_high": _unit, "category_share": _unit,
     "category_offset": P.choice([0, -1]), "min_firings": _pos_int, "n_contexts": P.integer(min=0, max=50),
     "n_context_latents": P.integer(min=0, max=100), "n_control_draws": _pos_int, "ablation_windows": _pos_int,
     "n_steer_problems": _pos_int, "steer_scales": P.list_of(P.real(min=0), unique=True),
@@ -48,11 +54,24 @@ def cross(p: dict) -> None:
                   "activations token by token", "pick two models with one tokenizer")
     try:
         T.check_task(p["task"], p["difficulty"])
-        T.split_problems(p["task"], p["n_gen_problems"], p["n_steer_problems"], p["seed"], p["difficulty"])
+        T.split_problems(p["task"], 2 * p["n_gen_problems"] + p["n_trace_problems"], p["n_steer_problems"] + p["n_dev_problems"],
+                         p["seed"], p["difficulty"])
     except ValueError as err:
-        P.fail("n_gen_problems", p["n_gen_problems"], str(err), "lower n_gen_problems or n_steer_problems")
-    P.require(p["r_low"] < 0.5 < p["r_lean"] < p["r_high"] or p["r_lean"] == p["r_high"], "r_lean", p["r_lean"],
-              f"needs r_low ({p['r_low']}) < 0.5 < r_lean <= r_high ({p['r_high']})")
+        P.fail("n_trace_problems", p["n_trace_problems"], str(err), "lower n_gen_problems, n_trace_problems, n_steer_problems or n_dev_problems")
+    P.require(p["r_low"] < 0.5 <= p["pool_r"] < p["r_high"], "pool_r", p["pool_r"],
+              f"needs r_low ({p['r_low']}) < 0.5 <= pool_r < r_high ({p['r_high']})")
+    P.require(p["dose_activation"] in p["activations"], "dose_activation", p["dose_activation"],
+              f"must be one of activations={p['activations']} (the dose-response's x1 is that crosscoder)")
+    P.require(p["layer"] >= 0 or len(p["layer_candidates"]) >= 1, "layer_candidates", p["layer_candidates"],
+              "needs at least one block when layer = -1 (the rule picks among them)")
+    P.require(all(("batchtopk" != a and "topk" != a) or p["cc_k"] <= p["cc_latents"] for a in p["activations"]), "cc_k", p["cc_k"],
+              f"exceeds cc_latents={p['cc_latents']}")
+    for name in p["dose_models"]:
+        full = f"{reasoner}{name}" if name.startswith("-") else name
+        if not adapters.is_registered(full):
+            P.require(not name.startswith("-"), "dose_models", p["dose_models"], f"names {full!r}, which notebook 00 has not registered here",
+                      f"run notebook 00 with base_model={p['base_model']!r} first (it registers its scaled reasoners), or drop {name!r}")
+            P.model()("dose_models", full, p)
     P.require(p["train_tokens"] >= p["cc_batch"], "train_tokens", p["train_tokens"], f"is less than one batch of cc_batch={p['cc_batch']}")
     P.require(p["eval_tokens"] >= p["seq_len"] - 1, "eval_tokens", p["eval_tokens"], f"must hold one window of seq_len - 1 = {p['seq_len'] - 1} tokens")
     n_eval_windows = -(-p["eval_tokens"] // (p["seq_len"] - 1))
