@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from sae_helpers import relu_sae
 
 from resa_utils.methods import dense
 
@@ -114,9 +115,7 @@ def test_sentence_positions_restart_at_sentences_documents_and_skip_separators()
     assert dense.sentence_positions(doc, start).tolist() == [0, 1, 0, 1, -1, 0, 1, 0]
 
 
-def test_choosing_layers_random_sparse_latents_and_seed_matches():
-    assert dense.choose_layers({3: 5, 9: 12, 16: 5, 17: 0}, 2) == [9, 16]  # ties go deeper
-    assert dense.choose_layers({3: 0, 9: 1}, 2) == [9]                    # never an empty layer
+def test_random_sparse_latents_and_seed_matches():
     rates = torch.tensor([0.0, 0.5, 0.01, 0.02, 0.3, 0.001])
     picked = dense.random_sparse(rates, 10, 0.1, seed=0)
     assert picked.tolist() == [2, 3, 5]                                   # firing, not dense
@@ -327,17 +326,27 @@ def test_sae_sweep_names_trains_and_loads_each_variant(tmp_path, tiny_lm, tiny_w
     cfg = TrainConfig(method="topk", d_sae=2 * d, k=4, batch_size=32, n_tokens=128, seed=0)
     sweep = dense.SAESweep(tmp_path / "saes", tmp_path / "acts", hooks, cfg, {"data": "x"}, {"rank_rtol": 0.05},
                            tiny_lm.name, (0.1,))
-    other_rule = dense.SAESweep(**{**sweep.__dict__, "ablation_setup": {"rank_rtol": 0.5}})
-    assert sweep.path(1) == sweep.path(1, "original", 0) == other_rule.path(1)  # originals ignore the ablation rule
+    other_rule = dense.SAESweep(**{**sweep.__dict__, "variant_setup": {"rank_rtol": 0.5}})
+    assert sweep.path(1) == sweep.path(1, "original", 0, 1) == other_rule.path(1)  # originals ignore the variants' settings
     assert sweep.path(1, "ablate-dense", 0) != other_rule.path(1, "ablate-dense", 0) != sweep.path(1, "ablate-dense", 1)
+    assert sweep.path(1, "original", 0, 2) != sweep.path(1, "original", 0, 1)  # epochs are part of the name
     basis = dense.subspace_basis(torch.eye(d)[:2])
-    grid = [{"layer": 1, "variant": "original", "seed": 0}, {"layer": 1, "variant": "ablate-dense", "seed": 0}]
-    rows = sweep.train(tmp_path / "s.jsonl", grid, bases={(1, "ablate-dense"): basis})
-    assert rows.variant.tolist() == ["original", "ablate-dense"] and "dense@0.1" in rows
-    assert all(sweep.has_sae(r) for r in grid) and not sweep.has_sae({**grid[0], "seed": 5})
-    assert sweep.basis_file(1, "ablate-dense", 0).exists()
+    grid = [{"layer": 1, "variant": "original", "seed": 0, "epochs": [1, 2]},
+            {"layer": 1, "variant": "ablate-dense", "seed": 0, "epochs": [1]},
+            {"layer": 1, "variant": "planted", "seed": 0, "epochs": [1]}]
+    rows = sweep.train(tmp_path / "s.jsonl", grid, bases={(1, "ablate-dense", 0): basis}, plant=(0.2, 7))
+    assert rows.variant.tolist() == ["original", "ablate-dense", "planted"] and "dense@0.1" in rows
+    assert [p["epochs"] for p in rows.probes[0]] == [1, 2] and rows["trained epochs"].tolist() == [2, 1, 1]
+    assert all(sweep.has_sae(r) for r in rows.to_dict("records")) and not sweep.has_sae({**grid[0], "seed": 5})
+    assert sweep.path(1, "original", 0, 1).exists() and sweep.path(1, "original", 0, 2).exists()  # both snapshots
+    assert not list((tmp_path / "saes").glob("*.ckpt"))  # checkpoints removed once saved
+    assert sweep.basis_file(1, "ablate-dense", 0, 1).exists()
     ablated = sweep.load(1, "ablate-dense", 0)
     assert ablated.cfg.metadata["variant"] == "ablate-dense" and ablated.cfg.d_sae == 2 * d
+    again = sweep.train(tmp_path / "s.jsonl", grid, bases={(1, "ablate-dense", 0): basis}, plant=(0.2, 7))
+    assert again.fvu.tolist() == rows.fvu.tolist()  # the stored rows
+    with pytest.raises(ValueError, match="plant"):
+        sweep.train(tmp_path / "s2.jsonl", [{**grid[2], "seed": 3}])
 
 
 def test_sae_sweep_keys_folders_and_rows_by_the_content_rule(tmp_path, tiny_lm, tiny_windows):
@@ -359,7 +368,7 @@ def test_sae_sweep_keys_folders_and_rows_by_the_content_rule(tmp_path, tiny_lm, 
                                 (0.1,), rule=r) for r in (strict, off)}
     assert sweeps[strict].path(1) != sweeps[off].path(1)
     assert dense.SAESweep(**{**sweeps[off].__dict__, "rule": ContentRule()}).path(1) not in {s.path(1) for s in sweeps.values()}
-    grid = [{"layer": 1, "variant": "original", "seed": 0}]
+    grid = [{"layer": 1, "variant": "original", "seed": 0, "epochs": [1]}]
     rows = {strict: sweeps[strict].train(tmp_path / "s.jsonl", grid)}
     (key_strict,) = read_rows(tmp_path / "s.jsonl")
     again = sweeps[strict].train(tmp_path / "s.jsonl", grid)  # same rule: the stored row
@@ -369,6 +378,7 @@ def test_sae_sweep_keys_folders_and_rows_by_the_content_rule(tmp_path, tiny_lm, 
     assert rows[strict].content_rule[0] == asdict(strict) and rows[off].content_rule[0] == asdict(off)
     assert rows[strict].fvu[0] != pytest.approx(rows[off].fvu[0], rel=1e-6)  # the rule reached the job
     assert sweeps[strict].has_sae(grid[0]) and sweeps[off].has_sae(grid[0])  # both SAEs kept, in their own folders
+    assert rows[strict].rows[0] < rows[off].rows[0]  # the strict rule left training rows out
 
 
 def test_spliced_ce_once_matches_spliced_ce_and_reuses_its_row(tmp_path, tiny_lm, tiny_windows):
@@ -421,12 +431,14 @@ def test_delta_ce_interval_and_the_sae_quality_table():
     assert mean == pytest.approx(0.5) and half == pytest.approx(1.96 * math.sqrt(1 / 3) / 2)
     one = dense.SplicedCE(1.0, torch.tensor([1.0]), {3: torch.tensor([2.0])}, torch.zeros(0))
     assert math.isnan(one.delta(3)[1])
-    originals = pd.DataFrame({"layer": [3, 9], "fvu": [0.1, 0.2], "l0": [4.0, 4.0], "dead_frac": [0.0, 0.5],
-                              "dense@0.1": [2, 0], "seconds": [1.0, 2.0], "tokens_per_s": [10.0, 5.0], "curve": [[], []]})
+    originals = pd.DataFrame({"layer": [3, 9], "fvu": [0.1, 0.2], "train_fvu": [0.09, 0.15], "l0": [4.0, 4.0],
+                              "dead_frac": [0.0, 0.5], "dense@0.1": [2, 0], "trained epochs": [4, 2], "seconds": [1.0, 2.0],
+                              "tokens_per_s": [10.0, 5.0], "curve": [[], []]})
     q = dense.sae_quality(originals, ce, [0.1]).set_index("layer")
     assert q.loc[3, "ΔCE nats"] == pytest.approx(0.5) and q.loc[9, "dense@0.1"] == 0 and q.loc[9, "CE clean"] == 2.0
-    assert list(q.columns) == ["fvu", "l0", "dead_frac", "ΔCE nats", "ΔCE ±95%", "CE clean", "dense@0.1",
-                               "train s", "train tok/s"]
+    assert (q.loc[9, "train fvu"], q.loc[3, "epochs"]) == (0.15, 4)
+    assert list(q.columns) == ["fvu", "train fvu", "l0", "dead_frac", "ΔCE nats", "ΔCE ±95%", "CE clean", "dense@0.1",
+                               "epochs", "train s", "train tok/s"]
 
 
 def test_rates_frame_marks_dense_latents():
@@ -436,27 +448,13 @@ def test_rates_frame_marks_dense_latents():
     assert df["firing rate"].tolist() == pytest.approx([0.0, 0.05, 0.2, 0.5])
 
 
-def _standard_sae(W_dec_FD: torch.Tensor, b_enc_F: torch.Tensor | None = None):
-    """A ReLU SAE with the given decoder rows, encoder = decoder transpose, no biases unless given."""
-    from resa_utils.sae import SAE, SAEConfig
-
-    F, D = W_dec_FD.shape
-    sae = SAE(SAEConfig(d_in=D, d_sae=F)).init_weights()
-    with torch.no_grad():
-        sae.W_dec.copy_(W_dec_FD)
-        sae.W_enc.copy_(W_dec_FD.T)
-        sae.b_dec.zero_()
-        sae.b_enc.copy_(torch.zeros(F) if b_enc_F is None else b_enc_F)
-    return sae
-
-
 def test_antipodality_by_layer_finds_a_planted_dense_pair():
     from resa_utils.sae import SAE
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 16, generator=g)
     W[7] = -W[3]
-    sae = _standard_sae(W)
+    sae = relu_sae(W)
     rates = torch.full((40,), 0.01)
     rates[[3, 7]] = 0.5
     init = SAE(sae.cfg).init_weights(torch.Generator().manual_seed(1))
@@ -484,15 +482,16 @@ def test_ablation_bases_span_the_dense_directions_and_as_many_sparse_ones():
 def test_ablation_table_reads_each_retrained_sae():
     import pandas as pd
 
-    retrained = pd.DataFrame({"layer": [3, 3, 3], "variant": ["ablate-dense", "ablate-control", "original"],
-                              "seed": [0, 0, 1], "dense@0.1": [1, 9, 7], "fvu": [0.3, 0.2, 0.25]})
-    originals = pd.DataFrame({"layer": [3, 9], "fvu": [0.1, 0.5]})
-    bases = {(3, "ablate-dense"): torch.zeros(4, 8), (3, "ablate-control"): torch.zeros(4, 8)}
-    t = dense.ablation_table(retrained, originals, {3: 10, 9: 2}, bases, 0.1, seed=0)
-    assert t.iloc[0].to_dict() == {"layer": 3, "dense (original)": 10, "dimension removed": 4,
-                                   "dense after dense-span ablation": 1, "dense after control ablation": 9,
-                                   "FVU original": 0.1, "FVU dense-ablated": 0.3, "FVU control": 0.2}
-    assert dense.ablation_table(pd.DataFrame(), originals, {}, {}, 0.1, 0).empty
+    retrained = pd.DataFrame({"layer": [3, 3, 3, 3], "variant": ["ablate-dense", "ablate-control"] * 2,
+                              "seed": [0, 0, 1, 1], "dense@0.1": [1, 9, 2, 7], "fvu": [0.3, 0.2, 0.35, 0.25]})
+    bases = {(3, v, s): torch.zeros(4 + s, 8) for v in ("ablate-dense", "ablate-control") for s in (0, 1)}
+    t = dense.ablation_table(retrained, {0: {"dense": 10, "fvu": 0.1}, 1: {"dense": 8, "fvu": 0.12}}, bases, 0.1)
+    assert t.to_dict("records") == [
+        {"layer": 3, "seed": 0, "dense (original)": 10, "dimension removed": 4, "dense after dense-span ablation": 1,
+         "dense after control ablation": 9, "FVU original": 0.1, "FVU dense-ablated": 0.3, "FVU control": 0.2},
+        {"layer": 3, "seed": 1, "dense (original)": 8, "dimension removed": 5, "dense after dense-span ablation": 2,
+         "dense after control ablation": 7, "FVU original": 0.12, "FVU dense-ablated": 0.35, "FVU control": 0.25}]
+    assert dense.ablation_table(pd.DataFrame(), {}, {}, 0.1).empty
 
 
 def test_seed_stability_counts_counterparts_in_the_other_seed():
@@ -503,7 +502,7 @@ def test_seed_stability_counts_counterparts_in_the_other_seed():
     W_other[10:] = torch.randn(6, 8, generator=g)      # latents 10-15 have no counterpart
     b_other = torch.full((16,), -10.0)
     b_other[5] = 10.0                                  # the other seed's only dense latent is 5
-    mine, other = _standard_sae(W), _standard_sae(W_other, b_other)
+    mine, other = relu_sae(W), relu_sae(W_other, b_other)
     with torch.no_grad():
         other.W_enc.zero_()  # pre-activation = bias: latent 5 always fires, the rest never
     rates = torch.full((16,), 0.01)
@@ -531,7 +530,7 @@ def test_encode_latents_and_label_latents_label_a_position_latent():
     pos = torch.arange(N) % 50
     acts = torch.randn(N, D, generator=torch.Generator().manual_seed(7)) * 0.1
     acts[:, 0] = pos.float()  # latent 0 reads dimension 0: its activation is the position
-    sae = _standard_sae(torch.eye(D))
+    sae = relu_sae(torch.eye(D))
     f = dense.encode_latents(sae, acts, torch.tensor([0, 2]), batch=7)
     assert torch.allclose(f, sae.encode(acts)[:, [0, 2]])
     groups = {4: {"dense": torch.tensor([0]), "random sparse": torch.tensor([2, 3])}, 5: {"dense": torch.tensor([], dtype=torch.long)}}
@@ -563,7 +562,7 @@ def test_label_examples_show_the_first_dense_latent_per_label(tiny_lm):
     acts = torch.zeros(8, 4)
     acts[6, 1] = 3.0   # latent 1 peaks at window 1, token 22
     acts[1, 0] = 2.0   # latent 0 peaks at window 0, token 11
-    sae = _standard_sae(torch.eye(4))
+    sae = relu_sae(torch.eye(4))
     labels = pd.DataFrame({"layer": [3, 5, 3], "group": ["dense", "dense", "random sparse"], "latent": [1, 0, 2],
                            "labels": ["position", "position, PCA", "alphabet"], "evidence": ["ρ", "ρ; cos", "a"]})
     ex = dense.label_examples(labels, {3: sae, 5: sae}, {3: acts, 5: acts}, ids, tiny_lm.tokenizer, n_contexts=2)
@@ -608,12 +607,15 @@ def test_ablation_claims_follow_their_rules():
     import pandas as pd
 
     def table(after, ctrl):
-        return pd.DataFrame({"layer": [3], "dense (original)": [20], "dense after dense-span ablation": [after],
+        return pd.DataFrame({"layer": [3], "seed": [0], "dense (original)": [20], "dense after dense-span ablation": [after],
                              "dense after control ablation": [ctrl]})
 
     removed, control = dense.ablation_claims(table(4, 18))
     assert (removed["held"], removed["ours"], control["held"]) == ("yes", "20 -> 4", "yes")
-    assert "retrain layers 3" in removed["metric"]
+    assert "L3 seed 0" in removed["metric"]
+    two = pd.concat([table(4, 18), table(12, 18).assign(seed=1)])
+    removed, _ = dense.ablation_claims(two)  # one seed keeps more than a quarter: not 'yes'
+    assert (removed["held"], removed["ours"]) == ("partly", "40 -> 16") and "L3 seed 1" in removed["metric"]
     removed, control = dense.ablation_claims(table(10, 12))
     assert (removed["held"], control["held"]) == ("partly", "partly")
     assert [r["held"] for r in dense.ablation_claims(table(20, 5))] == ["no", "no"]
@@ -660,14 +662,23 @@ def test_dense_figures_on_tiny_tables():
     fig = plots.dense_antipodality(scores, 0.9)
     legend = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
     assert len(fig.axes) == 2 and {"dense", "sparse", "random init"} <= set(legend)  # dense listed though layer 9 has none
-    abl = pd.DataFrame({"layer": [3], "dense (original)": [20], "dense after dense-span ablation": [4],
-                        "dense after control ablation": [18]})
+    abl = pd.DataFrame({"layer": [3, 3], "seed": [0, 1], "dense (original)": [20, 18], "dense after dense-span ablation": [4, 3],
+                        "dense after control ablation": [18, 17]})
     fig = plots.dense_ablate_retrain(abl, 0.1, 256)
     (ax,) = fig.axes
-    assert len(ax.patches) == 3 and len(ax.get_legend().get_texts()) == 3
+    assert len(ax.patches) == 6 and len(ax.get_legend().get_texts()) == 3
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["L3 seed 0", "L3 seed 1"]
     legend_box, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
     assert legend_box.x0 >= axes_box.x1  # the legend sits right of the bars
     labels = pd.DataFrame({"layer": [3, 3], "group": ["dense", "random sparse"], "labels": ["position", "unlabelled"]})
     fig = plots.dense_taxonomy(dense.label_shares(labels), dense.LABELS)
     assert len(fig.axes) == 2 and len(fig.axes[1].get_legend().get_texts()) == len(dense.LABELS)
+    conv = pd.DataFrame({"seed": [0, 0, 1, 1], "epochs": [1, 2, 1, 2], "fvu": [0.2, 0.1, 0.21, 0.11],
+                         "train_fvu": [0.19, 0.09, 0.2, 0.1], "dense": [5, 7, 4, 6], "antipodal share (dense)": [0.0, 0.2, 0.0, 0.5],
+                         "seed match (dense)": [0.1, 0.3, 0.1, 0.4], "ΔCE nats": [0.5, 0.4, 0.6, 0.4]})
+    fig = plots.dense_convergence(conv, 2, 3)
+    assert len(fig.axes) == 4 and "layer 3" in fig._suptitle.get_text()
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert {"seed 0", "seed 1 train", "main run: 2 epochs"} <= set(legend)
+    assert any("other seed" in t.get_text() for t in fig.axes[3].get_legend().get_texts())
     plt.close("all")

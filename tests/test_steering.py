@@ -266,3 +266,112 @@ def test_steered_generation_table_one_row_per_prompt_one_column_per_vector():
     with steering.steer(lm, 1, v, alpha=40.0):
         assert df.native.tolist() == [g["text"] for g in generate(lm, prompts["x"], 5)]
     assert steering.steered_generation_table(lm, {"x": []}, vectors, {"x": 1.0}, 1, 1.0, ["native"], 5).empty
+
+
+# --------------------------------------------------------------------------- issue 36: general prompt sets, the paper's statistic, the null
+
+
+def _behaviour_file(tmp_path, n_pos=8, n_neg=9, **change):
+    import json
+
+    data = {"name": "mine", "description": "d", "template": "Q: {text}\nA:", "pos_token": " Yes", "neg_token": " No",
+            "pos": [f"good thing {i}" for i in range(n_pos)], "neg": [f"bad thing {i}" for i in range(n_neg)], **change}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_any_json_file_of_the_same_shape_loads_and_splits(tmp_path):
+    b = steering.load_behaviour(_behaviour_file(tmp_path))
+    fp, fn, ep, en = b.split(6, seed=0)
+    assert (len(fp), len(fn), len(ep), len(en)) == (6, 6, 2, 3) and ep[0].startswith("Q: good thing")
+    with pytest.raises(ValueError, match="at least 8 a side"):
+        steering.load_behaviour(_behaviour_file(tmp_path, n_pos=7))
+    with pytest.raises(ValueError, match="must contain"):
+        steering.load_behaviour(_behaviour_file(tmp_path, template="Q: no slot"))
+    with pytest.raises(ValueError, match="lacks the fields"):
+        steering.load_behaviour(_write_raw(tmp_path, {"name": "x"}))
+    with pytest.raises(ValueError, match="unknown behaviour"):
+        steering.load_behaviour(str(tmp_path / "absent.json"))
+
+
+def _write_raw(tmp_path, data):
+    import json
+
+    path = tmp_path / "raw.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_behaviour_parameter_takes_a_path_and_names_the_parameter_when_it_is_bad(tmp_path):
+    from resa_utils.harness import params as P
+    from resa_utils.harness.checks import lrt_affine_transfer as checks
+
+    checks.CHECKS["behaviours"]("behaviours", ["sentiment", _behaviour_file(tmp_path)], {})
+    with pytest.raises(P.ParameterError, match="behaviours\\[1\\].*at least 8 a side"):
+        checks.CHECKS["behaviours"]("behaviours", ["sentiment", _behaviour_file(tmp_path, n_neg=3)], {})
+
+
+def test_label_shuffled_vectors_keep_the_side_sizes_and_lose_the_difference():
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(40, 3, generator=g) + torch.tensor([5.0, 0, 0]), torch.randn(30, 3, generator=g)
+    c = steering.CAAVector(steering.diff_of_means(pos, neg), 1.0, pos, neg)
+    shuffled = steering.label_shuffled_vectors(c, 50, seed=1)
+    assert len(shuffled) == 50 and all(s.shape == (3,) for s in shuffled)
+    assert float(torch.stack(shuffled)[:, 0].abs().mean()) < 0.3 * float(c.v_D[0])  # the planted difference is gone
+    assert torch.equal(shuffled[0], steering.label_shuffled_vectors(c, 1, seed=1)[0])
+    with pytest.raises(ValueError, match="states"):
+        steering.label_shuffled_vectors(steering.CAAVector(c.v_D, 1.0), 1, 0)
+
+
+def _dose(rows):
+    import pandas as pd
+
+    return pd.DataFrame([{"behaviour": b, "vector": v, "alpha": a, "diffs": d,
+                          "mean": sum(d) / len(d)} for b, v, a, d in rows])
+
+
+def test_paper_statistic_is_r_across_prompts_at_each_alpha_with_the_mse():
+    base = [0.0, 1.0, 3.0, 6.0]
+    rows = []
+    for a in (-1.0, 0.0, 1.0, 2.0):
+        nat = [x + a for x in base]
+        rows += [("s", "native", a, nat), ("s", "shifted", a, [x + 2 for x in nat]), ("s", "reversed", a, nat[::-1])]
+    stats = steering.paper_statistics(_dose(rows), ["s"], ["native", "shifted", "reversed"])
+    assert sorted(set(stats.alpha)) == [-1.0, 1.0, 2.0]  # α = 0 is the same prompts unsteered: left out
+    by = stats.set_index(["vector", "alpha"])
+    assert by.loc[("shifted", 1.0), "pearson r (prompts)"] == pytest.approx(1.0) and by.loc[("shifted", 1.0), "mse"] == pytest.approx(4.0)
+    assert by.loc[("reversed", 2.0), "pearson r (prompts)"] < -0.8 and by.loc[("shifted", 2.0), "n prompts"] == 4
+    summ = steering.paper_summary(stats).set_index("vector")
+    assert summ.loc["shifted", "r mean"] == pytest.approx(1.0) and summ.loc["shifted", "n alphas"] == 3
+    assert summ.loc["reversed", "mse min"] <= summ.loc["reversed", "mse mean"] <= summ.loc["reversed", "mse max"]
+
+
+def test_null_percentiles_place_each_slope_among_the_null():
+    rows = [("s", "native", 0.0, [1.0]), ("s", "native", 0.5, [3.0]), ("s", "weak", 0.5, [1.5])]
+    rows += [("s", f"null random {k}", 0.5, [1.0 + 0.1 * (k - 5)]) for k in range(10)]
+    rows += [("s", "null cross t", 0.5, [2.0]), ("s", "ignored", 0.25, [9.0])]
+    dose = _dose(rows)
+    dose = steering.dose_response(dose.drop(columns="mean").assign(vector=dose.vector.where(dose.alpha != 0, "none")),
+                                  ["native", "weak", "ignored"] + [f"null random {k}" for k in range(10)] + ["null cross t"])
+    sl = steering.one_sided_slopes(dose, 0.5).set_index("vector").slope
+    assert sl["native"] == pytest.approx(4.0) and sl["weak"] == pytest.approx(1.0) and "ignored" not in sl
+    pct = steering.null_percentiles(steering.one_sided_slopes(dose, 0.5), ["native", "weak"]).set_index("vector")
+    assert pct.loc["native", "percentile"] == 100.0 and pct.loc["native", "null n"] == 11
+    assert pct.loc["weak", "percentile"] == pytest.approx(100 * 10 / 11)  # above the 10 random slopes, below the cross one
+    assert pct.loc["weak", "percentile (cross, n=1)"] == 0.0 and pct.loc["weak", "slope ratio"] == pytest.approx(0.25)
+    assert steering.slopes(dose).set_index("vector").slope["native"] == pytest.approx(4.0)
+
+
+def test_steering_sweep_runs_short_vectors_at_their_alphas_only(tmp_path, monkeypatch):
+    B = {"x": steering.Behaviour("x", "", "{text}", "a", "b", ["p"] * 3, ["n"] * 3)}
+    splits = {"x": (["p"], ["n"], ["p", "p"], ["n"])}
+    monkeypatch.setattr(steering, "run_prefix", lambda lm, prompts, layer, bs: prompts)
+    monkeypatch.setattr(steering, "logit_diff_from", lambda lm, pre, a, b, d: torch.zeros(len(pre)) + (0 if d is None else float(d.sum())))
+    vectors = {"x": {"main": torch.ones(2), "null random 0": -torch.ones(2)}}
+    df = steering.steering_sweep(None, B, splits, vectors, {"x": 1.0}, [-1.0, 0.0, 1.0], 1, tmp_path / "s.jsonl", {},
+                                 short={"x": ["null random 0"]}, short_alphas=[1.0])
+    assert sorted(zip(df.vector, df.alpha)) == [("main", -1.0), ("main", 1.0), ("none", 0.0), ("null random 0", 1.0)]
+    with pytest.raises(ValueError, match="short_alphas"):
+        steering.steering_sweep(None, B, splits, vectors, {"x": 1.0}, [-1.0, 0.0, 1.0], 1, tmp_path / "t.jsonl", {},
+                                short={"x": ["null random 0"]}, short_alphas=[0.5])

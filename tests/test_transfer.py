@@ -278,16 +278,65 @@ def test_paper_comparison_rules_on_constructed_results():
     assert transfer.affine_claim(matched, "c", "a -> b", "p")["held"] == "no"  # block 2 beats shuffled by < 0.1
     row = transfer.affine_claim(matched.assign(shuffled_r2=0.0), "c", "a -> b", "p")  # block 0 is left out of the mean
     assert row["held"] == "yes" and row["ours"] == "0.55 (shuffled 0.00; +0.15 over block 0)"
+    assert transfer.matched_r2_mean(matched) == pytest.approx(0.55)  # the one mean the record and the claim share
+    assert "token identity 0.40" in transfer.affine_claim(matched.assign(shuffled_r2=0.0, token_r2=0.4), "c", "a", "p")["ours"]
     assert transfer.affine_claim(matched.assign(shuffled_r2=0.0, r2=0.3), "c", "a -> b", "p")["held"] == "partly"
-    assert [transfer.depth_claim(g)["held"] for g in (0.1, 0.2, 0.4)] == ["yes", "partly", "no"]
-    corr = pd.DataFrame({"behaviour": ["s", "t"] * 2, "vector": ["A v"] * 2 + ["random"] * 2,
-                         "pearson r": [0.9, 0.8, 0.1, -0.1], "r low": 0.0, "r high": 1.0,
-                         "slope (native)": [2.0, 4.0, 2.0, 4.0], "slope": [1.0, 3.0, 0.2, -2.0]})
-    row = transfer.transfer_claim(corr, "A v", "c", "p")
-    assert row["held"] == "yes" and row["ours"] == "0.85" and "slope ratio 0.75" in row["note"]
-    assert transfer.transfer_claim(corr.assign(slope=0.5), "A v", "c", "p")["held"] == "partly"  # slopes too small
-    rnd = transfer.random_control_claim(corr)
-    assert rnd["ours"] == "0.30" and rnd["held"] == "partly"  # mean of 0.1 and 0.5
+    gaps = [{"gap": g, "low": g - 0.05, "high": g + h, "best is matched": 0.5, "test windows": 9}
+            for g, h in ((0.1, 0.02), (0.1, 0.1), (0.2, 0.0), (0.4, 0.0))]
+    assert [transfer.depth_claim(g)["held"] for g in gaps] == ["yes", "partly", "partly", "no"]  # the interval counts
+    assert transfer.depth_claim(gaps[0])["ours"] == "0.10 [0.05, 0.12]"
+    assert "0.80 -> 0.49" in transfer.paper_layers_text(20, 26, 20, 42)
+
+
+def _claim_inputs(r_mean=0.9, pct=99.0, ratio=0.8):
+    import pandas as pd
+
+    summary = pd.DataFrame([{"behaviour": "s", "vector": v, "r mean": r, "r min": r - 0.1, "r max": r + 0.05, "mse mean": m,
+                             "mse min": m, "mse max": m, "n alphas": 4}
+                            for v, r, m in (("A v + p", r_mean, 2.0), ("A v", 0.5, 1.0), ("random", 0.85, 9.0))])
+    null = pd.DataFrame([{"behaviour": "s", "vector": v, "slope": q * 4.0, "slope ratio": q, "percentile": p, "null n": 26,
+                          "null p5": -1.0, "null p95": 0.5}
+                         for v, q, p in (("native", 1.0, 100.0), ("A v + p", ratio, pct), ("A v", 0.1, 60.0),
+                                         ("AdamW: A v + p", 0.2, 70.0))])
+    return summary, null
+
+
+def test_transfer_claims_need_the_slope_beyond_the_null_not_only_the_papers_r():
+    summary, null = _claim_inputs()
+    row = transfer.transfer_claim(summary, null, "s", "A v + p", "c", "p")
+    assert row["held"] == "yes" and row["ours"].startswith("r 0.90 [0.80, 0.95], MSE 2.00; slope ratio 0.80, percentile 99")
+    assert "random direction: r 0.85, MSE 9.00" in row["note"]
+    assert transfer.transfer_claim(*_claim_inputs(pct=90.0), "s", "A v + p", "c", "p")["held"] == "no"  # inside the null
+    assert transfer.transfer_claim(*_claim_inputs(ratio=0.3), "s", "A v + p", "c", "p")["held"] == "no"  # too weak
+    assert transfer.transfer_claim(*_claim_inputs(r_mean=0.5), "s", "A v + p", "c", "p")["held"] == "partly"  # r below 0.73
+    rows, gates = transfer.steering_claims(summary, null, ["s"], first=3)
+    assert gates == {"s": [3, 4]} and [r["held"] for r in rows] == ["yes", "no"]
+    rnd = transfer.random_control_claim(null)
+    assert rnd["ours"] == "0.25" and rnd["held"] == "yes"  # max(|-1|, |0.5|) / native slope 4
+
+
+def test_source_preconditions_gate_each_behaviours_own_claims():
+    import pandas as pd
+
+    from resa_utils.harness.tracking import comparison_frame, gate_claims, preconditions_frame
+
+    src = pd.DataFrame({"behaviour": ["s", "t"], "vector": "native", "slope": [3.0, 0.2]})
+    pre = preconditions_frame(transfer.source_preconditions(src, ["s", "t"], 1.0, {"s": [1], "t": [2, 3]}, "m"))
+    assert pre.met.tolist() == ["yes", "no"] and pre.gates.tolist() == ["1", "2 3"]
+    claims = comparison_frame([{"claim": c, "metric": "m", "paper": "p", "ours": "o", "held": "yes", "note": ""} for c in "abcd"])
+    assert gate_claims(claims, pre).held.tolist() == ["yes", "not tested", "not tested", "yes"]
+
+
+def test_adamw_claim_reads_the_bias_table():
+    import pandas as pd
+
+    _, null = _claim_inputs()
+    bias = pd.DataFrame([{"behaviour": "s", "map": m, "c": 1.0, "|p|": p, "cos(A v + c p, A v)": c}
+                         for m, p, c in (("AdamW", 0.9, 0.95), ("ridge", 40.0, 0.1))])
+    info = {"steps": 40, "batch rows": 4096, "|p| at start": 0.8, "|p|": 0.9, "largest change": 0.004, "r2": -3.0}
+    row = transfer.adamw_claim(info, bias, null, ["s"])
+    assert row["held"] == "yes" and row["ours"] == "0.95 (ridge 0.10)" and "40 AdamW steps" in row["note"]
+    assert transfer.adamw_claim(info, bias.assign(**{"cos(A v + c p, A v)": 0.3}), null, ["s"])["held"] == "no"
 
 
 def test_lrt_figures_draw_every_panel_and_series():
@@ -389,3 +438,120 @@ def test_fit_pair_maps_puts_the_rule_in_its_sweep_config_and_map_files(tmp_path)
     assert transfer.fit_pair_maps(pair, "p", **kw, rule=ContentRule(enabled=False)).table.r2.tolist() == off.table.r2.tolist()
     with pytest.raises(AssertionError):  # another ratio is another config: refitted (and here the caches are gone)
         transfer.fit_pair_maps(pair, "p", **kw, rule=ContentRule(max_norm_ratio=5.0))
+
+
+# --------------------------------------------------------------------------- issue 36: fit statistics, the bias, the null
+
+
+def test_fit_layer_maps_window_sums_per_dimension_r2_and_token_identity():
+    pair, A = _planted_pair()
+    load_s, load_t = pair.cache_s.load, pair.cache_t.load
+    split = transfer.window_splits(30, 0.2, 0.2, 0)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 5, (600,), generator=g)
+    pair.cache_t.by_hook["blocks.0.hook_resid_post"] = 3 * torch.randn(5, 7, generator=g)[tokens]  # block 0: the token alone
+    rows, _ = transfer.fit_layer_maps(lambda l: load_s(f"blocks.{l}.hook_resid_post"), lambda l: load_t(f"blocks.{l}.hook_resid_post"),
+                                      pair.pw, [0, 2], [0, 3], 3, 4, [0.0], split, progress=False, tokens_P=tokens)
+    by = {(r["source_layer"], r["target_layer"]): r for r in rows}
+    for r in rows:  # the per-window sums give back the pooled R²
+        assert len(r["sse_w"]) == len(r["sst_w"]) == int((split == 2).sum())
+        assert transfer.window_r2(r["sse_w"], r["sst_w"]) == pytest.approx(r["r2"], abs=1e-5)
+    assert by[(2, 3)]["r2_dim"] > 0.999 and by[(0, 3)]["r2_dim"] < 0.2
+    assert by[(2, 0)]["token_r2"] > 0.999 and by[(2, 3)]["token_r2"] < 0.2  # block 0 is token identity, block 3 is not
+
+
+def test_token_identity_predicts_each_tokens_mean_and_the_mean_for_unseen_tokens():
+    y_tr = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    tok_tr = torch.tensor([7, 7, 2])
+    y_te = torch.tensor([[2.0, 0.0], [0.0, 4.0], [4 / 3, 4 / 3]])
+    assert transfer.token_identity_r2(tok_tr, y_tr, torch.tensor([7, 2, 9]), y_te) == pytest.approx(1.0)  # 9 unseen: the mean
+    assert transfer.token_identity_r2(tok_tr, y_tr, torch.tensor([2, 7, 9]), y_te) < 0
+
+
+def test_depth_gap_interval_resamples_test_windows(tmp_path):
+    pair, _ = _planted_pair()
+    out = transfer.fit_pair_maps(pair, "p", lambdas=[0.0], val_frac=0.2, test_frac=0.2, seed=0, map_dir=tmp_path,
+                                 sweep_path=lambda name: tmp_path / f"{name}.jsonl")
+    assert {"sse_w", "sst_w"}.isdisjoint(out.table.columns) and "r2_dim" in out.table and "token_r2" in out.table
+    ci = out.depth_gap_interval(200, seed=0)
+    assert ci["low"] <= ci["gap"] <= ci["high"] and ci["test windows"] == 6
+    assert ci["gap"] == pytest.approx(transfer.depth_gap(transfer.best_target_blocks(out.table)))
+    # block 2 -> 3 is exact in every resample; block 0's best target is noise, so it moves
+    assert 0.5 <= ci["best is matched"] <= 1.0 and ci == out.depth_gap_interval(200, seed=0)
+
+
+def test_paired_windows_know_each_rows_target_token():
+    ids = torch.tensor([[99, 5, 6, 7], [99, 8, 9, 10]])
+    pw = transfer.PairedWindows(ids, ids, torch.tensor([0, 2, 4]), torch.tensor([0, 2, 4]), torch.tensor([0, 0, 1]), "tokens", 1)
+    assert pw.target_tokens().tolist() == [5, 7, 9]
+
+
+def test_adamw_moves_each_entry_by_about_lr_per_step_and_converges_with_a_large_one():
+    x, y, A, p = _planted(n=512, s=6, t=4)
+    m, info = transfer.fit_adamw(x, y, lr=1e-4, batch_rows=64, epochs=2, seed=0)
+    assert info["steps"] == 16 and info["largest change"] <= 3.2 * 16 * 1e-4  # Adam's step is bounded by about lr
+    assert info["|p|"] == pytest.approx(info["|p| at start"], abs=0.01)  # the bias stays near its initial value
+    m2, _ = transfer.fit_adamw(x, y, lr=0.05, batch_rows=128, epochs=100, seed=0, weight_decay=0.0)
+    assert transfer.r2_score(m2(x), y) > 0.99 and transfer.r2_score(m(x), y) < 0.5
+    again, _ = transfer.fit_adamw(x, y, lr=1e-4, batch_rows=64, epochs=2, seed=0)
+    assert torch.equal(again.A_TS, m.A_TS)  # seeded, and the global generator is left alone
+
+
+def test_adamw_pair_map_uses_the_training_rows_and_resumes(tmp_path):
+    pair, A = _planted_pair()
+    kw = dict(lr=0.05, batch_windows=4, epochs=100, val_frac=0.2, test_frac=0.2, seed=0, map_dir=tmp_path,
+              sweep_path=lambda name: tmp_path / f"{name}.jsonl")
+    m, info = transfer.adamw_pair_map(pair, 2, 3, **kw)
+    assert info["r2"] > 0.99 and info["batch rows"] == 80 and info["steps"] == 100 * 5  # 18 training windows of 20 rows
+    pair.cache_s.by_hook = {}  # the stored row and map are reused
+    m2, info2 = transfer.adamw_pair_map(pair, 2, 3, **kw)
+    assert torch.equal(m2.A_TS, m.A_TS) and info2 == info
+
+
+def test_bias_sweep_vectors_and_table():
+    amap = transfer.AffineMap(torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 0.0, 5.0]))
+    adamw = transfer.AffineMap(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), torch.tensor([0.0, 0.0, 0.1]))
+    native = {"x": torch.tensor([1.0, 0.0, 0.0])}
+    source = {"x": torch.tensor([2.0, 0.0])}
+    v = transfer.carried_vectors(native, source, amap, 0, bias_scales=[0.0, 0.1, 1.0], adamw=adamw)["x"]
+    assert list(v) == ["native", "A v + p", "A v", "random", "A v + 0.1 p", "AdamW: A v + p", "AdamW: A v"]
+    assert torch.allclose(v["A v + 0.1 p"], torch.tensor([2.0, 0.0, 0.5])) and torch.allclose(v["AdamW: A v + p"], torch.tensor([2.0, 0, 0.1]))
+    t = transfer.bias_table(source, {"ridge": amap, "AdamW": adamw}, [0.0, 1.0], native).set_index(["map", "c"])
+    assert t.loc[("ridge", 1.0), "|p|"] == 5.0 and t.loc[("ridge", 1.0), "|A v|"] == 2.0
+    assert t.loc[("ridge", 1.0), "cos(A v + c p, p)"] == pytest.approx(5 / 29 ** 0.5)
+    assert t.loc[("AdamW", 1.0), "cos(A v + c p, A v)"] > 0.99 and t.loc[("ridge", 0.0), "cos(A v + c p, native)"] == pytest.approx(1.0)
+
+
+def test_null_vectors_random_shuffled_and_cross_behaviour():
+    from resa_utils.methods.steering import CAAVector
+
+    amap = transfer.AffineMap(torch.eye(3)[:, :2] * 2, torch.zeros(3))
+    g = torch.Generator().manual_seed(0)
+    caa = {n: CAAVector(torch.tensor(v), 1.0, torch.randn(6, 2, generator=g), torch.randn(5, 2, generator=g))
+           for n, v in (("x", [1.0, 0.0]), ("y", [0.0, 1.0]), ("z", [1.0, 1.0]))}
+    native = {n: torch.ones(3) for n in caa}
+    nulls = transfer.null_vectors(caa, amap, native, n_random=4, n_shuffled=2, seed=0)
+    assert sorted(nulls["x"]) == sorted([f"null random {k}" for k in range(4)] + ["null shuffled 0", "null shuffled 1",
+                                                                                   "null cross y", "null cross z"])
+    assert torch.equal(nulls["x"]["null cross y"], torch.tensor([0.0, 2.0, 0.0]))
+    rnd = torch.stack([nulls[n][f"null random {k}"] for n in nulls for k in range(4)])
+    assert len({tuple(r.tolist()) for r in rnd}) == 12  # every behaviour gets its own random directions
+    assert nulls["x"]["null shuffled 0"][2] == 0  # passed through A
+
+
+def test_lrt_null_figure_draws_a_row_per_null_group_and_a_line_per_vector():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from resa_utils.harness import plots
+
+    slopes = pd.DataFrame([{"behaviour": b, "vector": v, "slope": s} for b in ("s", "t")
+                           for v, s in (("native", 4.0), ("A v", 2.0), ("null random 0", 0.5), ("null random 1", -0.5),
+                                        ("null cross u", 1.0))])
+    fig = plots.lrt_null(slopes, ["native", "A v", "A v + p"], "m", 0.5)
+    ax = fig.axes[0]
+    assert len(fig.axes) == 2 and [t.get_text() for t in ax.get_yticklabels()] == ["null: cross", "null: random"]
+    xs = sorted(float(l.get_xdata()[0]) for l in ax.get_lines() if l.get_label() in ("native", "A v"))
+    assert xs == [0.5, 1.0]  # in units of the native slope; 'A v + p' is absent and not drawn
+    assert "3 null vectors per behaviour" in fig._suptitle.get_text()
+    plt.close(fig)

@@ -309,6 +309,37 @@ def lrt_dose_response(dose: "pd.DataFrame", tokens: dict[str, tuple[str, str]], 
 
 
 
+def lrt_null(slopes: "pd.DataFrame", names: list[str], model: str, alpha: float) -> plt.Figure:
+    """Notebook 02's null: per behaviour (one panel each), the slopes of the null vectors (one dot
+    each, a row per group: random directions, label-shuffled source vectors through A, other
+    behaviours' A v) and a line for each vector of `names` (native, carried, random), all as
+    multiples of the native slope. `slopes`: `steering.one_sided_slopes` at `alpha`."""
+    from resa_utils.methods.steering import null_group
+
+    behaviours = list(dict.fromkeys(slopes.behaviour))
+    fig, axes = figure(len(behaviours), width=4.0, height=3.2)
+    col = colors(names)
+    for ax, n in zip(axes, behaviours):
+        d = slopes[slopes.behaviour == n]
+        nat = float(d[d.vector == "native"].slope.iloc[0]) if (d.vector == "native").any() else 1.0
+        unit = nat if nat != 0 else 1.0
+        null = d[d.vector.map(null_group) != ""]
+        groups = sorted(set(null.vector.map(null_group)))
+        for i, g in enumerate(groups):
+            x = null[null.vector.map(null_group) == g].slope / unit
+            ax.plot(x, [i] * len(x), "o", color="0.45", alpha=0.6, ms=4)
+        for v in names:
+            if (d.vector == v).any():
+                ax.axvline(float(d[d.vector == v].slope.iloc[0]) / unit, color=col[v], lw=1.6, label=v)
+        ax.set_yticks(range(len(groups)), [f"null: {g}" for g in groups])
+        ax.set_ylim(-0.7, len(groups) - 0.3)
+        label(ax, "slope / native slope", "", f"{n}")
+    legend_outside(axes[-1], "vector")
+    title(fig, f"Steering {model}: each vector's slope (α 0 -> {alpha:g}) among null directions' slopes",
+          n=f"{len(null)} null vectors per behaviour" if len(behaviours) else None)
+    return fig
+
+
 # =========================================================================== 03_dense_latents
 
 DENSE_GROUPS = ("random init", "sparse", "dense")
@@ -370,14 +401,44 @@ def dense_antipodality(scores, antipodal_threshold: float) -> plt.Figure:
     return fig
 
 
+def dense_convergence(conv, epochs: int, layer: int) -> plt.Figure:
+    """Notebook 03: the probe layer's SAEs along training (`dense.convergence_table`: seed, epochs,
+    fvu, train_fvu, dense, antipodal share, seed match, ΔCE), one line per seed, log2 epochs,
+    the main run's epochs marked."""
+    seeds = sorted(conv["seed"].unique())
+    col = colors([f"seed {s}" for s in seeds])
+    panels = [("dense latents", "dense"), ("FVU: held-out (solid), train (dotted)", "fvu"),
+              ("held-out ΔCE (nats)", "ΔCE nats"), ("share of dense latents", "antipodal share (dense)")]
+    fig, axes = figure(2, nrows=2, width=4.0, height=3.0)
+    for ax, (ylab, c) in zip(axes, panels):
+        for s in seeds:
+            part = conv[conv["seed"] == s].sort_values("epochs")
+            ax.plot(part["epochs"], part[c], marker="o", color=col[f"seed {s}"],
+                    label=f"seed {s}" + (": antipodal (s above threshold)" if c.startswith("antipodal") else ""))
+            if c == "fvu":
+                ax.plot(part["epochs"], part["train_fvu"], ls=":", marker=".", color=col[f"seed {s}"], label=f"seed {s} train")
+            if c.startswith("antipodal"):
+                ax.plot(part["epochs"], part["seed match (dense)"], ls="--", marker="s", color=col[f"seed {s}"],
+                        label=f"seed {s}: counterpart in the other seed")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(conv["epochs"].unique()), [str(int(e)) for e in sorted(conv["epochs"].unique())])
+        reference_line(ax, epochs, f"main run: {epochs} epochs", axis="x", color="tab:red")
+        label(ax, "epochs over the training rows", ylab)
+    legend_outside(axes[1])
+    legend_outside(axes[3])
+    title(fig, f"Convergence at layer {layer}: two seeds scored after each number of epochs")
+    return fig
+
+
 def dense_ablate_retrain(abl, dense_threshold: float, d_sae: int) -> plt.Figure:
     """Notebook 03: dense latents of the original SAE and of the SAEs retrained after projecting out
-    the dense span or an equal-dimension random sparse span (`dense.ablation_table`), per layer."""
+    the dense span or an equal-dimension random sparse span (`dense.ablation_table`), per layer and seed."""
     cols = ["dense (original)", "dense after dense-span ablation", "dense after control ablation"]
     col = colors(["original", "dense-span", "control"])
     fig, axes = figure(1, width=4.8 + 1.2 * len(abl), height=3.4)  # room for the legend on the right
-    abl.set_index("layer")[cols].plot.bar(ax=axes[0], rot=0, color=list(col.values()))
-    label(axes[0], "layer", f"latents firing on > {dense_threshold:.0%} of tokens")
+    by = abl.assign(run=[f"L{int(r.layer)} seed {int(r.seed)}" for r in abl.itertuples()]) if "seed" in abl else abl.assign(run=abl["layer"])
+    by.set_index("run")[cols].plot.bar(ax=axes[0], rot=0, color=list(col.values()))
+    label(axes[0], "layer and seed", f"latents firing on > {dense_threshold:.0%} of tokens")
     legend_outside(axes[0])
     title(fig, "Ablate and retrain: dense latents before and after", n=f"{d_sae} latents per SAE")
     return fig
@@ -601,20 +662,52 @@ def gba_sensitivity(bars, ylabel: str, title_text: str) -> plt.Figure:
     return fig
 
 
-def gba_frontier(points, named, title_text: str) -> plt.Figure:
-    """Notebook 05: held-out FVU against L0, one line per method or GBA variant (`points`:
-    series, Method, default, l0, fvu), the named settings as mean ± sd crosses over seeds."""
+def gba_progress(summary, marks: dict, title_text: str) -> plt.Figure:
+    """Notebook 05: live recovery@0.9 against optimisation progress (Σ lr), one panel per method
+    (`recovery.progress_summary`: Method, series, progress, mean, sd, peak, final), one line per
+    series with a ± sd band, its peak starred and its final value ringed, and the paper's
+    numbers (`marks`: method -> [(value, text)]) as dashed lines across the curves."""
+    names = [n for n in _GBA_NAMES if n in set(summary.Method)]
+    series = list(dict.fromkeys(summary.series))
+    col = dict(zip(series, sns.color_palette("tab10", len(series))))
+    fig, axes = figure(ncols=len(names), width=4.4, height=3.9, sharey=True)
+    for i, (ax, name) in enumerate(zip(axes, names)):
+        for s, part in summary[summary.Method == name].groupby("series", sort=False):
+            part = part.sort_values("progress")
+            ax.plot(part.progress, part["mean"], color=col[s], marker=".", lw=1.4, label=s)
+            ax.fill_between(part.progress, part["mean"] - part.sd, part["mean"] + part.sd, color=col[s], alpha=0.12, lw=0)
+            pk, fin = part[part.peak], part[part.final]
+            ax.plot(pk.progress, pk["mean"], marker="*", ms=11, color=col[s], ls="none")
+            ax.plot(fin.progress, fin["mean"], marker="o", ms=8, mfc="none", mew=1.5, color=col[s], ls="none")
+        for value, text in marks.get(name, []):
+            reference_line(ax, value, text, color="0.2", lw=1.0, ls="--")
+        log_axis(ax, "x")
+        label(ax, "optimisation progress Σ lr", "live recovery τ 0.9 (mean ± sd)" if i == 0 else "", name)
+        ax.set_ylim(-0.03, 1.08)
+    handles = {s: plt.Line2D([], [], color=col[s], lw=1.4) for s in series}
+    handles |= {text: plt.Line2D([], [], color="0.2", lw=1.0, ls="--") for n in names for _, text in marks.get(n, [])}
+    handles |= {"peak": plt.Line2D([], [], marker="*", ms=11, color="0.3", ls="none"),
+                "final (the rule)": plt.Line2D([], [], marker="o", ms=8, mfc="none", color="0.3", ls="none")}
+    axes[-1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    title(fig, title_text)
+    return fig
+
+
+def gba_frontier(spread, matched_l0: float, title_text: str) -> plt.Figure:
+    """Notebook 05: held-out FVU against L0, one line per method or GBA variant through each
+    setting's mean over seeds (`recovery.frontier_spread`: series, Method, default, l0, fvu and
+    their sd) with ± sd bars, and the matched L0 where GBA and TopK are compared (NaN: none)."""
     from matplotlib.ticker import ScalarFormatter
 
     col, mk = colors(_GBA_NAMES), markers(_GBA_NAMES)
     fig, (ax,) = figure(width=7.5, height=4.6)
-    for series, part in points.groupby("series", sort=False):
+    for series, part in spread.groupby("series", sort=False):
         part = part.sort_values("l0")
         name, default = part.Method.iloc[0], bool(part.default.iloc[0])
-        ax.plot(part.l0, part.fvu, marker=mk[name], color=col[name], ls="-" if default else ":",
-                mfc=None if default else "white", label=series)
-    for r in named.itertuples():
-        ax.errorbar(r.l0, r.fvu, xerr=r.l0_sd, yerr=r.fvu_sd, color=col[r.Method], capsize=3, lw=2, zorder=5)
+        ax.errorbar(part.l0, part.fvu, xerr=part.l0_sd, yerr=part.fvu_sd, marker=mk[name], color=col[name],
+                    ls="-" if default else ":", mfc=None if default else "white", capsize=3, label=series)
+    if matched_l0 == matched_l0:
+        reference_line(ax, matched_l0, f"matched L0 {matched_l0:.0f}", axis="x", color="0.3", lw=0.8, ls=":")
     log_axis(ax, "x", base=2)
     ax.xaxis.set_major_formatter(ScalarFormatter())
     label(ax, "L0 (active latents per held-out token)", "held-out FVU")

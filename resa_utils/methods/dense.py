@@ -2,6 +2,14 @@
 dense subspace and its projection (ablate-and-retrain), and the statistics that label a dense
 latent (position, context binding, entropy / null space, alphabet, part of speech, PCA).
 
+Around them, what makes a verdict possible at our scale: SAEs trained for several epochs with
+snapshots (`DenseJob`, `SAESweep`) and the rule that picks the main run's epochs
+(`choose_epochs`); cosine thresholds carried from the paper's width to the model's in
+random-direction σ (`scale_thresholds`); whether each dense direction is one- or two-sided
+(`sidedness`); a planted signed dense direction that must come back as an antipodal pair (the
+calibration, `plant` / `planted_pair`); and the preconditions that gate the claims
+(`preconditions`).
+
 Every threshold is an argument (no official code exists; the paper's values are defaults in
 `LabelThresholds`), and every label comes with the statistic that earned it.
 """
@@ -9,7 +17,7 @@ Every threshold is an argument (no official code exists; the paper's values are 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -22,7 +30,7 @@ from resa_utils.core.stats import _ranks, pearson, spearman
 from resa_utils.core.sweep import config_key, run_sweep
 from resa_utils.lm.activations import ActivationCache, content_rows, harvest_splits
 from resa_utils.lm.content import ContentRule
-from resa_utils.sae import SAE, CacheJob, TrainConfig, evaluate_sae, spliced_ce, train_cache_job
+from resa_utils.sae import SAE, TrainConfig, evaluate_sae, spliced_ce
 
 if TYPE_CHECKING:
     from resa_utils.data.windows import Windows
@@ -232,13 +240,6 @@ def thresholds_dict(t: LabelThresholds) -> dict:
 
 
 # --------------------------------------------------------------------------- choosing latents
-
-
-def choose_layers(counts: dict[int, int], n: int) -> list[int]:
-    """The `n` layers with the most dense latents (ties go to the deeper layer), ascending;
-    layers without any dense latent are never chosen (ablating nothing tests nothing)."""
-    ranked = sorted((c, layer) for layer, c in counts.items() if c > 0)[::-1]
-    return sorted(layer for _, layer in ranked[:n])
 
 
 def random_sparse(rates_F: torch.Tensor, n: int, threshold: float, seed: int) -> torch.Tensor:
@@ -471,21 +472,100 @@ def held_out_content(cache: ActivationCache, hooks: dict[int, str], held: HeldOu
 
 
 @dataclass
+class DenseJob:
+    """One SAE of this notebook trained from the activation caches, with snapshots: a picklable
+    spec, so `run_sweep(workers=N)` runs several in spawned processes (`train_dense_job`)."""
+
+    train_dir: str
+    eval_dir: str
+    hook: str
+    cfg: TrainConfig
+    """Training settings; `n_tokens` is set from the epochs and the content rows (whole batches)."""
+    save_dirs: dict[int, str]
+    """Epochs -> the folder the SAE is saved to after that many passes over the training rows;
+    the largest is where training stops. With a constant lr (`cfg.lr_decay_frac` 0) the snapshot
+    after E epochs is the SAE a run of E epochs ends with."""
+    metadata: dict = field(default_factory=dict)
+    basis_file: str | None = None
+    """safetensors file whose `basis` (orthonormal rows) is projected out of both sets first."""
+    plant: tuple[float, int] | None = None
+    """(share, seed): add a signed dense direction carrying this share of the variance
+    (`plant_direction`) to both sets first."""
+    density_thresholds: tuple[float, ...] = ()
+    rule: ContentRule = ContentRule()
+
+
+def train_dense_job(config: dict, jobs: dict[str, DenseJob]) -> dict:
+    """Train `jobs[config_key(config)]` on its content rows for the largest of its epochs,
+    saving the SAE after each epoch count of `save_dirs`, and score each on held-out rows (FVU,
+    L0, dead fraction, `dense@t`) and on as many training rows (`train_fvu`, for overfitting).
+    Resumes from `<final folder>.ckpt`. Module-level, so it runs in worker processes."""
+    import shutil
+
+    from resa_utils.core.atomic import read_json
+    from resa_utils.sae import train_sae
+    from resa_utils.sae.trainer import CKPT_STATE
+
+    job = jobs[config_key(config)]
+    train = content_rows(ActivationCache(job.train_dir), job.hook, job.rule)[0].load(job.hook)
+    held = content_rows(ActivationCache(job.eval_dir), job.hook, job.rule)[0].load(job.hook)
+    if job.basis_file is not None:
+        from safetensors.torch import load_file
+
+        basis = load_file(job.basis_file)["basis"]
+        train, held = project_out(train, basis), project_out(held, basis)
+    if job.plant is not None:
+        share, pseed = job.plant
+        u = plant_direction(train.shape[1], pseed)
+        scale = plant_scale(train, share)
+        train, held = plant(train, u, scale, pseed), plant(held, u, scale, pseed + 1)
+    epochs = sorted(job.save_dirs)
+    bs = job.cfg.batch_size
+    per_epoch = train.shape[0] // bs
+    if per_epoch == 0:
+        raise ValueError(f"{train.shape[0]} content rows at {job.hook}: fewer than one batch of {bs}")
+    cfg = replace(job.cfg, n_tokens=epochs[-1] * per_epoch * bs)
+    sample = train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:held.shape[0]]]
+    final = Path(job.save_dirs[epochs[-1]])
+    ckpt = final.with_name(final.name + ".ckpt")
+    done = [len(read_json(ckpt / CKPT_STATE).get("probes", []))] if (ckpt / CKPT_STATE).exists() else [0]
+
+    def probe(sae: SAE) -> dict:
+        E = epochs[done[0]]  # probes fire in epoch order; a resumed run skips the ones its checkpoint holds
+        done[0] += 1
+        sae.save(job.save_dirs[E])
+        ev, tr = evaluate_sae(sae, held), evaluate_sae(sae, sample)
+        return {"epochs": E, "fvu": ev["fvu"], "train_fvu": tr["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"],
+                **{f"dense@{t}": int((ev["density"] > t).sum()) for t in job.density_thresholds}}
+
+    res = train_sae(train, cfg, checkpoint_dir=ckpt, metadata=job.metadata, progress=True, probe=probe,
+                    probe_tokens=tuple(E * per_epoch * bs for E in epochs[:-1]), rule=None)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    last = res.probes[-1]
+    return {**{k: v for k, v in last.items() if k not in ("step", "tokens", "epochs")}, "trained epochs": int(last["epochs"]),
+            "rows": int(train.shape[0]), "tokens": int(cfg.n_tokens), "seconds": res.seconds,
+            "tokens_per_s": res.tokens_per_s, "curve": res.history,
+            "probes": [{**p, "epochs": int(p["epochs"])} for p in res.probes]}
+
+
+@dataclass
 class SAESweep:
     """Where this notebook's SAEs live and how each is trained from the activation cache: one
-    TopK SAE per (layer, variant, seed), the variant 'original' or an ablation whose basis is
-    projected out of the activations first. The folder name hashes every setting the SAE depends on."""
+    TopK SAE per (layer, variant, seed, epochs), the variant 'original', an ablation whose basis
+    is projected out of the activations first ('ablate-dense', 'ablate-control'), or 'planted'
+    (the calibration: a signed dense direction added). The folder name hashes every setting the
+    SAE depends on."""
 
     sae_dir: Path
     act_dir: Path
     """Holds the `train` and `eval` activation caches."""
     hooks: dict[int, str]
     cfg: TrainConfig
-    """Training settings; each SAE gets its own seed."""
+    """Training settings; each SAE gets its own seed, and `n_tokens` from its epochs."""
     setup: dict
-    """Settings every SAE depends on (data key, width, k, batch, lr, dead tokens)."""
-    ablation_setup: dict
-    """Further settings an ablated SAE depends on (the dense set and the rank rule)."""
+    """Settings every SAE depends on (data key, width, k, batch, lr, lr decay, dead tokens)."""
+    variant_setup: dict
+    """Further settings the other variants depend on (the dense set, the rank rule, the planted share)."""
     model_name: str
     density_thresholds: tuple[float, ...] = ()
     workers: int = 1
@@ -493,46 +573,147 @@ class SAESweep:
     """Content rows of both caches each SAE trains and is evaluated on; in every folder name and sweep
     config, so an SAE or a row made under another rule is never reused."""
 
-    def path(self, layer: int, variant: str = "original", seed: int | None = None) -> Path:
-        """The SAE's folder (`cfg.json` + weights)."""
-        c = {"layer": layer, "variant": variant, "seed": self.cfg.seed if seed is None else seed}
-        setup = self.setup if variant == "original" else {**self.setup, **self.ablation_setup}
+    def path(self, layer: int, variant: str = "original", seed: int | None = None, epochs: int = 1) -> Path:
+        """The SAE's folder (`cfg.json` + weights) after `epochs` passes over the training rows."""
+        c = {"layer": layer, "variant": variant, "seed": self.cfg.seed if seed is None else seed, "epochs": epochs}
+        setup = self.setup if variant == "original" else {**self.setup, **self.variant_setup}
         key = config_key({**setup, **c, "content_rule": asdict(self.rule)})
-        return Path(self.sae_dir) / f"L{layer}_{variant}_seed{c['seed']}_{key}"
+        return Path(self.sae_dir) / f"L{layer}_{variant}_seed{c['seed']}_ep{epochs}_{key}"
 
-    def basis_file(self, layer: int, variant: str, seed: int) -> Path:
+    def basis_file(self, layer: int, variant: str, seed: int, epochs: int = 1) -> Path:
         """The file holding the basis an ablated SAE's activations are projected off."""
-        p = self.path(layer, variant, seed)
+        p = self.path(layer, variant, seed, epochs)
         return p.with_name(p.name + ".basis.safetensors")
 
     def has_sae(self, row: dict) -> bool:
-        """Whether a sweep row's SAE is still in the cache (else the sweep trains it again)."""
-        return (self.path(row["layer"], row["variant"], row["seed"]) / "cfg.json").exists()
+        """Whether a sweep row's SAE (at its largest epochs) is still in the cache (else it is trained again)."""
+        return (self.path(row["layer"], row["variant"], row["seed"], max(row["epochs"])) / "cfg.json").exists()
 
-    def load(self, layer: int, variant: str = "original", seed: int | None = None) -> SAE:
-        return SAE.load(self.path(layer, variant, seed))
+    def load(self, layer: int, variant: str = "original", seed: int | None = None, epochs: int = 1) -> SAE:
+        return SAE.load(self.path(layer, variant, seed, epochs))
 
     def train(self, sweep_file: str | Path, grid: list[dict], desc: str = "SAEs",
-              bases: dict[tuple[int, str], torch.Tensor] | None = None) -> pd.DataFrame:
-        """Train the SAEs of `grid` (dicts of layer, variant, seed), `workers` at a time in spawned
-        processes; an ablated variant projects out `bases[(layer, variant)]`. One row per SAE; each
-        config carries the content rule (`content_rule`), so a row of another rule is trained again."""
+              bases: dict[tuple[int, str, int], torch.Tensor] | None = None,
+              plant: tuple[float, int] | None = None) -> pd.DataFrame:
+        """Train the SAEs of `grid` (dicts of layer, variant, seed and `epochs`, a list: the SAE is
+        saved after each, trained to the largest), `workers` at a time in spawned processes; an
+        ablated variant projects out `bases[(layer, variant, seed)]`, 'planted' adds `plant`
+        (share, seed). One row per SAE with its `probes` (one per epoch count); each config
+        carries the content rule, so a row of another rule is trained again."""
         from safetensors.torch import save_file
 
-        grid = [{**c, "content_rule": asdict(self.rule)} for c in grid]
+        grid = [{**c, "epochs": sorted(c["epochs"]), "content_rule": asdict(self.rule)} for c in grid]
+        jobs = {}
         for c in grid:
-            if c["variant"] != "original":
-                with atomic_path(self.basis_file(c["layer"], c["variant"], c["seed"])) as tmp:
-                    save_file({"basis": bases[(c["layer"], c["variant"])]}, str(tmp))
-        jobs = {config_key(c): CacheJob(
-            str(Path(self.act_dir) / "train"), str(Path(self.act_dir) / "eval"), self.hooks[c["layer"]],
-            replace(self.cfg, seed=c["seed"]), str(self.path(c["layer"], c["variant"], c["seed"])),
-            {"model_name": self.model_name, "hook_name": self.hooks[c["layer"]], "variant": c["variant"]},
-            basis_file=None if c["variant"] == "original" else str(self.basis_file(c["layer"], c["variant"], c["seed"])),
-            density_thresholds=tuple(self.density_thresholds), rule=self.rule)
-            for c in grid}
-        return run_sweep(sweep_file, grid, partial(train_cache_job, jobs=jobs), desc=desc,
+            L, v, s, top = c["layer"], c["variant"], c["seed"], max(c["epochs"])
+            if v.startswith("ablate"):
+                with atomic_path(self.basis_file(L, v, s, top)) as tmp:
+                    save_file({"basis": bases[(L, v, s)].contiguous()}, str(tmp))
+            if v == "planted" and plant is None:
+                raise ValueError("a 'planted' SAE needs plant=(share, seed)")
+            jobs[config_key(c)] = DenseJob(
+                str(Path(self.act_dir) / "train"), str(Path(self.act_dir) / "eval"), self.hooks[L],
+                replace(self.cfg, seed=s), {E: str(self.path(L, v, s, E)) for E in c["epochs"]},
+                {"model_name": self.model_name, "hook_name": self.hooks[L], "variant": v},
+                basis_file=str(self.basis_file(L, v, s, top)) if v.startswith("ablate") else None,
+                plant=plant if v == "planted" else None, density_thresholds=tuple(self.density_thresholds),
+                rule=self.rule)
+        return run_sweep(sweep_file, grid, partial(train_dense_job, jobs=jobs), desc=desc,
                          valid=self.has_sae, workers=self.workers)
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+def probe_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, variant, seed, epochs) snapshot of the sweep `rows` (their `probes`)."""
+    out = [{"layer": r.layer, "variant": r.variant, "seed": r.seed, **p} for r in rows.itertuples() for p in r.probes]
+    return pd.DataFrame(out).drop(columns=["step", "tokens"], errors="ignore")
+
+
+def choose_epochs(probes: pd.DataFrame, max_epochs: int, tol: float) -> tuple[int, str]:
+    """The main run's epochs, by the rule fixed before the run: the smallest probed epoch count E
+    (at most `max_epochs`) after which the next probe lowers the held-out FVU (mean over seeds)
+    by less than `tol` of itself (or raises it: overfitting); if none, the largest probed
+    count up to `max_epochs`. Returns (E, the reason in words)."""
+    fvu = probes.groupby("epochs").fvu.mean().sort_index()
+    eps = [int(e) for e in fvu.index]
+    allowed = [e for e in eps if e <= max_epochs]
+    if not allowed:
+        raise ValueError(f"no probed epoch count is at most max_epochs={max_epochs} (probed: {eps})")
+    for e, nxt in zip(eps, eps[1:]):
+        if e > max_epochs:
+            break
+        drop = (fvu[e] - fvu[nxt]) / fvu[e]
+        if drop < tol:
+            return e, (f"held-out FVU {fvu[e]:.4f} at {e} epochs -> {fvu[nxt]:.4f} at {nxt} "
+                       f"({drop:+.1%} lower, under {tol:.0%})")
+    last = max(allowed)
+    nxt = [e for e in eps if e > last]
+    return last, (f"held-out FVU still {(fvu[last] - fvu[nxt[0]]) / fvu[last]:.1%} lower at {nxt[0]} epochs than at "
+                  f"{last}: capped at max_epochs={max_epochs}" if nxt else f"the largest probe, {last} epochs")
+
+
+def convergence_drop(probes: pd.DataFrame, epochs: int) -> tuple[float, str]:
+    """Relative held-out FVU drop (mean over seeds) from `epochs` to the next probed count (from the
+    previous one to `epochs` if it is the last), and which step that was: the convergence precondition."""
+    fvu = probes.groupby("epochs").fvu.mean().sort_index()
+    eps = [int(e) for e in fvu.index]
+    i = eps.index(epochs)
+    a, b = (eps[i], eps[i + 1]) if i + 1 < len(eps) else (eps[max(0, i - 1)], eps[i])
+    return (float((fvu[a] - fvu[b]) / fvu[a]) if a != b else float("nan")), f"{a} -> {b} epochs"
+
+
+def convergence_table(probes: pd.DataFrame, saes: dict[tuple[int, int], SAE], eval_acts: torch.Tensor,
+                      dense_threshold: float, antipodal_threshold: float, match_cos: float,
+                      delta_ce: dict | None = None) -> pd.DataFrame:
+    """One row per (seed, epochs) snapshot of one layer (`saes[(seed, epochs)]`): held-out and train
+    FVU, L0, dead share, the dense count, the share of dense latents with s above
+    `antipodal_threshold` and their median s, the share of dense latents with a counterpart (decoder
+    cos > `match_cos`) among all latents of the other seed's snapshot at the same epochs, and ΔCE
+    (`delta_ce[(seed, epochs)]` = (mean, half-width))."""
+    rows = []
+    for r in probes.sort_values(["seed", "epochs"]).itertuples():
+        s, e = int(r.seed), int(r.epochs)
+        sae = saes[(s, e)]
+        idx = torch.nonzero(evaluate_sae(sae, eval_acts)["density"] > dense_threshold).flatten()
+        sc, _ = antipodality(sae.W_enc.detach().T, sae.W_dec.detach(), idx)
+        others = [o for (o, oe) in saes if o != s and oe == e]
+        match = match_share(sae.W_dec[idx], saes[(others[0], e)].W_dec, match_cos) if others else float("nan")
+        d, half = (delta_ce or {}).get((s, e), (float("nan"), float("nan")))
+        rows.append({"seed": s, "epochs": e, "fvu": r.fvu, "train_fvu": r.train_fvu, "l0": r.l0,
+                     "dead_frac": r.dead_frac, "dense": len(idx),
+                     "antipodal share (dense)": float((sc > antipodal_threshold).float().mean()) if len(idx) else float("nan"),
+                     "median s (dense)": float(sc.median()) if len(idx) else float("nan"),
+                     "seed match (dense)": match, "ΔCE nats": d, "ΔCE ±95%": half})
+    return pd.DataFrame(rows)
+
+
+def snapshot_ce(sweep_file: str | Path, config: dict, lm, hook: str, saes: dict[tuple[int, int], SAE],
+                windows_NT: torch.Tensor, rule: ContentRule = ContentRule()) -> dict[tuple[int, int], tuple[float, float]]:
+    """`named_ce_once` for the snapshots `saes[(seed, epochs)]` of one layer at `hook`: ΔCE and its
+    95 % half-width keyed like `saes`."""
+    named = {f"seed{s}_ep{e}": (hook, m) for (s, e), m in saes.items()}
+    out = named_ce_once(sweep_file, config, lm, named, windows_NT, rule)
+    return {(s, e): out[f"seed{s}_ep{e}"] for s, e in saes}
+
+
+def named_ce_once(sweep_file: str | Path, config: dict, lm, splices: dict[str, tuple[str, SAE]],
+                  windows_NT: torch.Tensor, rule: ContentRule = ContentRule()) -> dict[str, tuple[float, float]]:
+    """ΔCE (mean over windows, 95 % half-width) of each named `(hook, SAE)` splice against the
+    clean model on `windows_NT`, as a one-row resumable sweep keyed by `config` and the rule."""
+    def row(_config: dict) -> dict:
+        out = spliced_ce(lm, splices, windows_NT, rule=rule if rule.enabled else None)
+        return {"per_window": {n: v.tolist() for n, v in out["per_window"].items()}}
+
+    r = run_sweep(sweep_file, [{**config, "content_rule": asdict(rule)}], row, desc="CE").iloc[0]
+    clean = torch.tensor(r["per_window"]["clean"])
+    out = {}
+    for n in splices:
+        diff = torch.tensor(r["per_window"][n]) - clean
+        half = 1.96 * float(diff.std()) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        out[n] = (float(diff.mean()), half)
+    return out
 
 
 @dataclass
@@ -571,16 +752,30 @@ def spliced_ce_once(sweep_file: str | Path, config: dict, lm, saes: dict[int, SA
                      entropy_M=torch.tensor(r["entropy"]))
 
 
+def main_rows(trained: pd.DataFrame, convergence: pd.DataFrame, layer: int, seed: int, epochs: int) -> pd.DataFrame:
+    """The main SAEs' sweep rows, one per layer in layer order: those `trained` at the chosen epochs,
+    and `layer`'s from the `convergence` run of `seed`, its snapshot at `epochs` (the same SAE a run
+    of that length ends with; its training seconds prorated by epochs)."""
+    r = convergence[convergence.seed == seed].iloc[0]
+    snap = next(p for p in r.probes if int(p["epochs"]) == epochs)
+    frac = epochs / int(r["trained epochs"])
+    row = {**r.to_dict(), **{k: v for k, v in snap.items() if k not in ("step", "tokens", "epochs")},
+           "trained epochs": epochs, "seconds": r.seconds * frac, "tokens": int(r.tokens * frac),
+           "curve": [c for c in r.curve if c["tokens"] <= r.tokens * frac]}
+    out = pd.concat([trained, pd.DataFrame([row])], ignore_index=True) if len(trained) else pd.DataFrame([row])
+    return out.sort_values("layer", kind="stable").reset_index(drop=True)
+
+
 def sae_quality(originals: pd.DataFrame, ce: SplicedCE, density_sweep: Iterable[float]) -> pd.DataFrame:
-    """One row per layer: held-out FVU, L0, dead fraction, ΔCE with its interval, dense counts at
-    each threshold of the sweep, and the training cost."""
+    """One row per layer: held-out and training FVU, L0, dead fraction, ΔCE with its interval, dense
+    counts at each threshold of the sweep, epochs, and the training cost."""
     rows = []
     for _, r in originals.iterrows():
         delta, half = ce.delta(r.layer)
-        rows.append({"layer": r.layer, "fvu": r.fvu, "l0": r.l0, "dead_frac": r.dead_frac,
+        rows.append({"layer": r.layer, "fvu": r.fvu, "train fvu": r.train_fvu, "l0": r.l0, "dead_frac": r.dead_frac,
                      "ΔCE nats": delta, "ΔCE ±95%": half, "CE clean": ce.ce_clean,
                      **{f"dense@{t}": int(r[f"dense@{t}"]) for t in density_sweep},
-                     "train s": r.seconds, "train tok/s": r.tokens_per_s})
+                     "epochs": int(r["trained epochs"]), "train s": r.seconds, "train tok/s": r.tokens_per_s})
     return pd.DataFrame(rows)
 
 
@@ -639,6 +834,118 @@ def antipodality_by_layer(saes: dict[int, SAE], rates: dict[int, torch.Tensor], 
         pair_rows, columns=["layer", "latent", "partner", "cos enc", "cos dec", "s", "rate i", "rate j"]))
 
 
+# --------------------------------------------------------------------------- thresholds scaled to the width
+
+
+def cos_sigma(d: int, factors: int = 1) -> float:
+    """Standard deviation of the cosine of two random directions in `d` dimensions (1/√d), or of a
+    product of `factors` independent such cosines (d^(-factors/2)), like the antipodality score s."""
+    return float(d) ** (-factors / 2)
+
+
+@dataclass
+class ScaledThresholds:
+    """Cosine thresholds carried from the paper's width to this model's: `used` maps each name to
+    the value applied, `table` states each beside the paper's value in random-direction σ."""
+
+    used: dict
+    table: pd.DataFrame
+
+
+def scale_thresholds(cosines: dict[str, tuple[float, int]], null_k: int, d_paper: int, d: int,
+                     scale: bool = True) -> ScaledThresholds:
+    """Each cosine threshold `cosines[name] = (paper value, factors)` (factors: how many cosines
+    the statistic multiplies, 2 for s) expressed as random-direction σ at `d_paper`, and, with
+    `scale`, the value with the same σ at width `d`: `c · (d_paper / d)^(factors/2)`, kept at the
+    paper's value when that would be a cosine of 1 or more (a near-identity threshold, already many σ
+    at `d`). `null_k` is scaled to the same share of the space: `max(1, round(null_k · d / d_paper))`."""
+    rows, used = [], {}
+    for name, (c, f) in cosines.items():
+        same = c / cos_sigma(d_paper, f) * cos_sigma(d, f)  # the paper's value in σ, times σ at this width
+        val = same if scale and same < 1 else c
+        note = ("the same σ at this width" if scale and same < 1 else
+                "kept: the same σ would need a cosine ≥ 1" if scale else "not scaled (scale_thresholds off)")
+        used[name] = float(val)
+        rows.append({"threshold": name, "paper value": c, "σ at the paper's width": c / cos_sigma(d_paper, f),
+                     "paper value in σ at this width": c / cos_sigma(d, f), "used": val,
+                     "used in σ at this width": val / cos_sigma(d, f), "note": note})
+    k = max(1, round(null_k * d / d_paper)) if scale else null_k
+    used["null_k"] = int(k)
+    rows.append({"threshold": "null_k", "paper value": null_k, "σ at the paper's width": float("nan"),
+                 "paper value in σ at this width": float("nan"), "used": k, "used in σ at this width": float("nan"),
+                 "note": f"share of the space: paper {null_k / d_paper:.2%}, here {k / d:.2%}"})
+    return ScaledThresholds(used=used, table=pd.DataFrame(rows))
+
+
+# --------------------------------------------------------------------------- geometry: sides and a planted pair
+
+
+@torch.no_grad()
+def sidedness(sae: SAE, acts_ND: torch.Tensor, latents: torch.Tensor) -> pd.DataFrame:
+    """For each latent, the share of rows whose projection on its decoder direction is negative:
+    of `x − b_dec` (what the SAE reads, so a direction an antipodal pair covers is split about
+    evenly) and of the raw `x`. A one-sided direction has one share near 0 (or 1)."""
+    d = _unit_rows(sae.W_dec.detach().float()[latents])
+    x = acts_ND.float()
+    centred = (x - sae.b_dec.detach().float()) @ d.T
+    raw = x @ d.T
+    return pd.DataFrame({"latent": latents.tolist(), "negative share (x − b_dec)": (centred < 0).double().mean(0).tolist(),
+                         "negative share (x)": (raw < 0).double().mean(0).tolist()})
+
+
+def geometry_table(saes: dict[int, SAE], eval_acts: dict[int, torch.Tensor], dense_idx: dict[int, torch.Tensor],
+                   rates: dict[int, torch.Tensor], two_sided_share: float) -> pd.DataFrame:
+    """One row per dense latent: its firing rate, s and partner, both negative shares (`sidedness`)
+    and whether its direction is two-sided (the smaller side of `x − b_dec` holds at least
+    `two_sided_share` of the rows)."""
+    rows = []
+    for L, sae in saes.items():
+        idx = dense_idx[L]
+        if not len(idx):
+            continue
+        s, partner = antipodality(sae.W_enc.detach().T, sae.W_dec.detach(), idx)
+        side = sidedness(sae, eval_acts[L], idx)
+        neg = side["negative share (x − b_dec)"]
+        rows.append(side.assign(layer=L, **{"firing rate": rates[L][idx].double().numpy(), "s": s.numpy(),
+                                            "partner": partner.numpy(),
+                                            "two-sided": (neg.clip(upper=1 - neg) >= two_sided_share).to_numpy()}))
+    cols = ["layer", "latent", "firing rate", "s", "partner", "negative share (x − b_dec)", "negative share (x)", "two-sided"]
+    return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
+
+
+def plant_direction(d: int, seed: int) -> torch.Tensor:
+    """The planted direction: a random unit vector in `d` dimensions drawn from `seed`."""
+    u = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (u / u.norm()).float()
+
+
+def plant_scale(acts_ND: torch.Tensor, share: float) -> float:
+    """The standard deviation a planted coefficient needs for the direction to carry `share` of the
+    centred variance once added (`σ² = share / (1 − share) · total variance`)."""
+    x = acts_ND.double()
+    total = float((x - x.mean(0)).pow(2).sum(1).mean())
+    return math.sqrt(share / (1 - share) * total)
+
+
+def plant(acts_ND: torch.Tensor, u_D: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
+    """`acts + g · scale · u` with one standard-normal `g` per row (drawn from `seed`): a signed,
+    symmetric dense direction, positive on half the rows and negative on the other half."""
+    g = torch.randn(acts_ND.shape[0], generator=torch.Generator().manual_seed(seed))
+    return acts_ND + (g * scale)[:, None].to(acts_ND.dtype) * u_D.to(acts_ND.dtype)[None]
+
+
+def planted_pair(sae: SAE, u_D: torch.Tensor) -> dict:
+    """The latents whose decoder directions are closest to `+u` and to `−u`, those cosines, and the
+    pair's antipodality `cos(enc) · cos(dec)`; `recovered` is the smallest of the three (1 for an
+    exact antipodal pair on the planted direction)."""
+    enc, dec = _unit_rows(sae.W_enc.detach().T.float()), _unit_rows(sae.W_dec.detach().float())
+    cos = dec @ (u_D.float() / u_D.float().norm())
+    i, j = int(cos.argmax()), int(cos.argmin())
+    s = float((enc[i] @ enc[j]) * (dec[i] @ dec[j])) if i != j else 0.0
+    return {"latent +u": i, "cos +u": float(cos[i]), "latent −u": j, "cos −u": float(-cos[j]), "s": s,
+            "recovered": min(float(cos[i]), float(-cos[j]), s)}
+
+
 # --------------------------------------------------------------------------- ablate and retrain, seed stability
 
 
@@ -653,22 +960,21 @@ def ablation_bases(W_dec_FD: torch.Tensor, rates_F: torch.Tensor, dense_K: torch
     return {"ablate-dense": dense_basis, "ablate-control": subspace_basis(W_dec[ctrl], 1e-6)}
 
 
-def _sae_row(df: pd.DataFrame, layer: int, variant: str, seed: int) -> pd.Series:
-    return df[(df.layer == layer) & (df.variant == variant) & (df.seed == seed)].iloc[0]
-
-
-def ablation_table(retrained: pd.DataFrame, originals: pd.DataFrame, counts: dict[int, int],
-                   bases: dict[tuple[int, str], torch.Tensor], dense_threshold: float, seed: int) -> pd.DataFrame:
-    """One row per ablated layer: dense latents of the original SAE, the dimension removed, the
-    dense latents of the SAEs retrained after the dense-span and the control ablations, and their FVUs."""
+def ablation_table(retrained: pd.DataFrame, originals: dict[int, dict], bases: dict[tuple[int, str, int], torch.Tensor],
+                   dense_threshold: float) -> pd.DataFrame:
+    """One row per ablated (layer, seed): dense latents of that seed's original SAE (`originals[seed]`:
+    {'dense', 'fvu'}), the dimension removed, the dense latents of the SAEs retrained (same seed)
+    after the dense-span and the control ablations, and their FVUs."""
     key, rows = f"dense@{dense_threshold}", []
-    for L in dict.fromkeys(layer for layer, _ in bases):
-        dense_row, ctrl_row = _sae_row(retrained, L, "ablate-dense", seed), _sae_row(retrained, L, "ablate-control", seed)
-        rows.append({"layer": L, "dense (original)": counts[L], "dimension removed": bases[(L, "ablate-dense")].shape[0],
-                     "dense after dense-span ablation": int(dense_row[key]),
-                     "dense after control ablation": int(ctrl_row[key]),
-                     "FVU original": float(originals[originals.layer == L].fvu.iloc[0]),
-                     "FVU dense-ablated": float(dense_row.fvu), "FVU control": float(ctrl_row.fvu)})
+    for L, _, s in [k for k in bases if k[1] == "ablate-dense"]:
+        pick = {v: retrained[(retrained.layer == L) & (retrained.variant == v) & (retrained.seed == s)].iloc[0]
+                for v in ("ablate-dense", "ablate-control")}
+        rows.append({"layer": L, "seed": s, "dense (original)": originals[s]["dense"],
+                     "dimension removed": bases[(L, "ablate-dense", s)].shape[0],
+                     "dense after dense-span ablation": int(pick["ablate-dense"][key]),
+                     "dense after control ablation": int(pick["ablate-control"][key]),
+                     "FVU original": float(originals[s]["fvu"]), "FVU dense-ablated": float(pick["ablate-dense"].fvu),
+                     "FVU control": float(pick["ablate-control"].fvu)})
     return pd.DataFrame(rows)
 
 
@@ -790,6 +1096,20 @@ def antipodal_claims(anti: Antipodality, antipodal_threshold: float, rank_rtol: 
              "note": "'yes' = at most 0.6"}]
 
 
+def sidedness_claims(geometry: pd.DataFrame, two_sided_share: float) -> list[dict]:
+    """Paper-comparison row (our check of the pairs' premise): dense latents sit on two-sided
+    directions ('yes' = at least half of them, pooled over layers)."""
+    if not len(geometry):
+        return []
+    share = float(geometry["two-sided"].astype(bool).mean())
+    by = geometry.groupby("layer")["two-sided"].apply(lambda v: v.astype(bool).mean())
+    return [{"claim": "(our check) dense latents lie on two-sided directions, as an antipodal pair needs",
+             "metric": f"share of dense latents whose smaller side of x − b_dec holds ≥ {two_sided_share:.0%} of rows",
+             "paper": "implied by the pairs", "ours": f"{share:.2f} of {len(geometry)} ("
+             + ", ".join(f"L{L} {v:.2f}" for L, v in by.items()) + ")",
+             "held": "yes" if share >= 0.5 else "partly" if share > 0 else "no", "note": "'yes' = at least half"}]
+
+
 def ablation_claims(abl: pd.DataFrame) -> list[dict]:
     """Paper-comparison rows: the dense-span ablation removes the dense latents, the control does not."""
     if not len(abl):
@@ -800,7 +1120,8 @@ def ablation_claims(abl: pd.DataFrame) -> list[dict]:
     each = all(r["dense after dense-span ablation"] <= 0.25 * r["dense (original)"] for _, r in abl.iterrows())
     keep = all(r["dense after control ablation"] >= 0.75 * r["dense (original)"] for _, r in abl.iterrows())
     return [{"claim": "projecting out the dense subspace and retraining removes the dense latents",
-             "metric": "dense latents before -> after (retrain layers " + ", ".join(map(str, abl["layer"].tolist())) + ")",
+             "metric": "dense latents before -> after, summed over " + ", ".join(
+                 f"L{int(r.layer)} seed {int(r.seed)}" for r in abl.itertuples()),
              "paper": "~150 -> ~10", "ours": f"{before} -> {after}",
              "held": "yes" if each else "partly" if after < before else "no", "note": "'yes' = at most a quarter remain at each layer"},
             {"claim": "the control (an equal-dimension span of random sparse latents) leaves the dense latents",
@@ -845,3 +1166,50 @@ def stability_claims(stab: pd.DataFrame, seed: int, second_seed: int, match_cos:
              "paper": "not measured", "ours": f"{m:.2f}", "held": "yes" if m >= 0.5 else "no",
              "note": "sparse latents for comparison: " + ", ".join(
                  f"L{int(r.layer)} {r['sparse latents: counterpart among all']:.2f}" for _, r in stab.iterrows())}]
+
+
+# --------------------------------------------------------------------------- preconditions (measured before the claims they gate)
+
+GATES = {"splice": ("",),
+         "calibration": ("dense latents are antipodal", "antipodal pairs reconstruct", "(our check) dense latents lie on two-sided"),
+         "ablation": ("projecting out the dense subspace", "the control (an equal-dimension span"),
+         "converged": ("(control the paper lacked) the dense set is stable",)}
+"""Which claims each precondition gates, by the start of the claim's text ('' = every claim)."""
+
+
+def _gates(claims: list[dict], starts: tuple[str, ...]) -> str:
+    return " ".join(str(i + 1) for i, c in enumerate(claims) if any(c["claim"].startswith(p) for p in starts))
+
+
+def preconditions(claims: list[dict], delta_ce: dict[int, float], max_delta_ce: float, calibration: dict,
+                  antipodal_threshold: float, drop: tuple[float, str], converge_tol: float,
+                  ablate_dense: dict[int, int], min_ablate_dense: int) -> list[dict]:
+    """The premises of the claims, each with its threshold (parameters fixed before the run):
+    every main SAE splices in with ΔCE at most `max_delta_ce` (gates every claim); the planted
+    signed dense direction comes back as an antipodal pair (`planted_pair`'s `recovered` above
+    `antipodal_threshold`; gates the antipodality claims); the SAEs had converged at the chosen
+    epochs (relative held-out FVU drop to the next probe below `converge_tol`; gates seed
+    stability); each seed's original SAE at the ablated layer has at least `min_ablate_dense` dense
+    latents (gates ablate-and-retrain)."""
+    worst = max(delta_ce, key=lambda L: delta_ce[L]) if delta_ce else None
+    rows = [{"precondition": "every SAE splices into the model without breaking it",
+             "measure": "largest held-out ΔCE over the main SAEs (nats)" + (f", at L{worst}" if worst is not None else ""),
+             "threshold": f"<= {max_delta_ce}", "value": f"{delta_ce[worst]:.3f}" if worst is not None else "nan",
+             "met": "yes" if worst is not None and delta_ce[worst] <= max_delta_ce else "no",
+             "gates": _gates(claims, GATES["splice"])},
+            {"precondition": "calibration: a planted signed dense direction comes back as an antipodal pair",
+             "measure": "min(decoder cos with +u, with −u, the pair's s)", "threshold": f"> {antipodal_threshold}",
+             "value": f"{calibration['recovered']:.3f}",
+             "met": "yes" if calibration["recovered"] > antipodal_threshold else "no",
+             "gates": _gates(claims, GATES["calibration"])},
+            {"precondition": "the SAEs had converged at the chosen epochs",
+             "measure": f"relative drop of held-out FVU (mean over seeds), {drop[1]}", "threshold": f"< {converge_tol}",
+             "value": f"{drop[0]:.4f}", "met": "yes" if drop[0] < converge_tol else "no",
+             "gates": _gates(claims, GATES["converged"])},
+            {"precondition": "the ablated layer has dense latents to remove, in every seed",
+             "measure": "fewest dense latents of an original SAE at the ablated layer ("
+                        + ", ".join(f"seed {s}: {n}" for s, n in ablate_dense.items()) + ")",
+             "threshold": f">= {min_ablate_dense}", "value": str(min(ablate_dense.values(), default=0)),
+             "met": "yes" if min(ablate_dense.values(), default=0) >= min_ablate_dense else "no",
+             "gates": _gates(claims, GATES["ablation"])}]
+    return rows

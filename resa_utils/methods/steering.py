@@ -200,13 +200,47 @@ def behaviour_names() -> list[str]:
     return sorted(f.stem for f in BEHAVIOURS_DIR.glob("*.json"))
 
 
-def load_behaviour(name: str) -> Behaviour:
-    path = BEHAVIOURS_DIR / f"{name}.json"
+MIN_PROMPTS = 8
+"""Prompts a side a behaviour file needs (a vector from some, a few held out)."""
+
+_BEHAVIOUR_FIELDS = ("name", "description", "template", "pos_token", "neg_token", "pos", "neg")
+
+
+def behaviour_path(name: str) -> Path:
+    """The JSON file of a behaviour: a name in `resa_utils/data/behaviours/`, or a path to any
+    JSON file of the same shape (ending in .json)."""
+    path = Path(name).expanduser() if str(name).endswith(".json") else BEHAVIOURS_DIR / f"{name}.json"
     if not path.exists():
-        raise ValueError(f"unknown behaviour {name!r}: use one of {behaviour_names()}")
-    data = json.loads(path.read_text())
-    return Behaviour(**{k: data[k] for k in ("name", "description", "template", "pos_token", "neg_token",
-                                              "pos", "neg")})
+        raise ValueError(f"unknown behaviour {name!r}: use one of {behaviour_names()}, or the path of a "
+                         f"JSON file of the same shape (fields {list(_BEHAVIOUR_FIELDS)})")
+    return path
+
+
+def load_behaviour(name: str) -> Behaviour:
+    """A behaviour by name (`behaviour_names()`) or from any JSON file of the same shape: string
+    fields name, description, template (with `{text}`), pos_token and neg_token, and lists `pos`
+    and `neg` of at least `MIN_PROMPTS` distinct strings each (any number beyond that)."""
+    path = behaviour_path(name)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"behaviour file {path} is not valid JSON: {err}") from None
+    missing = [k for k in _BEHAVIOUR_FIELDS if k not in data] if isinstance(data, dict) else list(_BEHAVIOUR_FIELDS)
+    if missing:
+        raise ValueError(f"behaviour file {path} lacks the fields {missing}")
+    for k in ("name", "description", "template", "pos_token", "neg_token"):
+        if not isinstance(data[k], str) or (k != "description" and not data[k]):
+            raise ValueError(f"behaviour file {path}: {k} must be a non-empty string")
+    if "{text}" not in data["template"]:
+        raise ValueError(f"behaviour file {path}: the template must contain {{text}}")
+    for side in ("pos", "neg"):
+        items = data[side]
+        if not isinstance(items, list) or not all(isinstance(t, str) and t.strip() for t in items):
+            raise ValueError(f"behaviour file {path}: {side} must be a list of non-empty strings")
+        if len(set(items)) < MIN_PROMPTS:
+            raise ValueError(f"behaviour file {path}: {side} has {len(set(items))} distinct prompts; "
+                             f"at least {MIN_PROMPTS} a side are needed")
+    return Behaviour(**{k: data[k] for k in _BEHAVIOUR_FIELDS})
 
 
 def random_like(v_D: torch.Tensor, seed: int) -> torch.Tensor:
@@ -269,12 +303,29 @@ class CAAVector:
     """difference of means of the last-token states (unnormalised)"""
     scale: float
     """mean last-token norm over both prompt sets at that block (α is in units of it)"""
+    pos_ND: torch.Tensor | None = None
+    """the last-token states behind it (for label-shuffled vectors)"""
+    neg_ND: torch.Tensor | None = None
 
 
 def caa_vector(lm, pos_prompts: list[str], neg_prompts: list[str], layer: int, batch_size: int = 16) -> CAAVector:
     """The CAA vector of two prompt sets at block `layer`, with the mean last-token norm there."""
     hp, hn = last_token_states(lm, pos_prompts, layer, batch_size), last_token_states(lm, neg_prompts, layer, batch_size)
-    return CAAVector(diff_of_means(hp, hn), float(torch.cat([hp, hn]).norm(dim=1).mean()))
+    return CAAVector(diff_of_means(hp, hn), float(torch.cat([hp, hn]).norm(dim=1).mean()), hp, hn)
+
+
+def label_shuffled_vectors(caa: CAAVector, n: int, seed: int) -> list[torch.Tensor]:
+    """`n` CAA vectors of the same states with the labels permuted (each side keeps its size): the
+    null of 'a difference of means of these prompts, unrelated to the behaviour'."""
+    if caa.pos_ND is None or caa.neg_ND is None:
+        raise ValueError("label-shuffled vectors need the CAA vector's states (from caa_vector)")
+    pooled, k = torch.cat([caa.pos_ND, caa.neg_ND]), len(caa.pos_ND)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        perm = torch.randperm(len(pooled), generator=g)
+        out.append(diff_of_means(pooled[perm[:k]], pooled[perm[k:]]))
+    return out
 
 
 def scaled_delta(v_D: torch.Tensor, alpha: float, scale: float) -> torch.Tensor:
@@ -289,9 +340,12 @@ def first_token_ids(lm, b: Behaviour) -> list[int]:
 
 def steering_sweep(lm, behaviours: dict[str, Behaviour], splits: dict[str, tuple], vectors: dict[str, dict[str, torch.Tensor]],
                    scale: dict[str, float], alphas: list[float], layer: int, path: str | Path, setup: dict,
-                   strict_tokens: bool = True, batch_size: int = 16):
+                   strict_tokens: bool = True, batch_size: int = 16, short: dict[str, list[str]] | None = None,
+                   short_alphas: list[float] = ()):
     """Logit differences of each behaviour's held-out prompts (`splits[name][2] + [3]`) steered at
-    block `layer` by every vector of `vectors[name]` at every α (α = 0 once, as vector 'none'):
+    block `layer` by every vector of `vectors[name]` at every α (α = 0 once, as vector 'none'),
+    except the vectors named in `short[name]` (null and side vectors), which run only at the
+    non-zero `short_alphas` (each must be one of `alphas`, so every vector shares those points):
     one row per setting, `diffs` a list over prompts. Rows are sweep rows in `path`, keyed by
     `setup` and digests of the vector, prompts and tokens; blocks 0..layer run once per behaviour."""
     import hashlib
@@ -318,22 +372,28 @@ def steering_sweep(lm, behaviours: dict[str, Behaviour], splits: dict[str, tuple
                 "vec": None if v == "none" else digest(vectors[n][v].float().contiguous().numpy().tobytes()),
                 "tokens": [b.pos_token, b.neg_token], "eval": digest("\x00".join(ev).encode())}
 
+    short = short or {}
+    if not set(short_alphas) <= set(alphas) or 0 in short_alphas:
+        raise ValueError(f"short_alphas {list(short_alphas)} must be non-zero values of alphas {list(alphas)}")
     grid = [cfg(n, "none" if a == 0 else v, a) for n in behaviours for a in alphas
-            for v in (["none"] if a == 0 else list(vectors[n]))]
+            for v in (["none"] if a == 0 else [v for v in vectors[n] if v not in short.get(n, ()) or a in short_alphas])]
     return run_sweep(path, grid, row, desc="steering").drop(columns=["setup", "vec", "eval", "tokens"])
 
 
 def dose_response(steer_df, names: list[str]):
     """Long table, one row per (behaviour, vector, α): the mean logit difference, a normal 95%
-    half-width, and the per-prompt `diffs`; the unsteered α = 0 row is repeated for every vector."""
+    half-width, and the per-prompt `diffs`; the unsteered α = 0 row is repeated for every vector
+    of `names` that the behaviour ran (every name when it ran none of them)."""
     import math
 
     import numpy as np
     import pandas as pd
 
+    present = {n: set(d.vector) - {"none"} for n, d in steer_df.groupby("behaviour")}
     long = []
     for r in steer_df.itertuples():
-        for v in (names if r.vector == "none" else [r.vector]):
+        ran = [v for v in names if v in present.get(r.behaviour, ())] or names  # only the vectors this behaviour ran
+        for v in (ran if r.vector == "none" else [r.vector]):
             long.append({"behaviour": r.behaviour, "vector": v, "alpha": r.alpha, "mean": float(np.mean(r.diffs)),
                          "ci": 1.96 * float(np.std(r.diffs, ddof=1)) / math.sqrt(len(r.diffs)), "diffs": r.diffs})
     return pd.DataFrame(long).sort_values(["behaviour", "vector", "alpha"])
@@ -367,6 +427,107 @@ def native_correlations(dose, behaviours: list[str], names: list[str], alphas: l
                          "slope (native)": float(np.polyfit(x, base.mean(1), 1)[0]),
                          "slope": float(np.polyfit(x, piv[v].mean(1), 1)[0])})
     return pd.DataFrame(rows)
+
+
+def slopes(dose):
+    """Per (behaviour, vector): the least-squares slope of the mean logit difference against α."""
+    import numpy as np
+    import pandas as pd
+
+    rows = [{"behaviour": n, "vector": v, "slope": float(np.polyfit(d.alpha, d["mean"], 1)[0]), "n alphas": len(d)}
+            for (n, v), d in dose.groupby(["behaviour", "vector"], sort=False) if d.alpha.nunique() >= 2]
+    return pd.DataFrame(rows, columns=["behaviour", "vector", "slope", "n alphas"])
+
+
+def paper_statistics(dose, behaviours: list[str], names: list[str]):
+    """The paper's statistics: at each α ≠ 0, the Pearson r across held-out prompts between the
+    per-prompt logit differences under the native vector (`names[0]`) and under each other vector
+    of `names`, and their per-sample mean squared difference. One row per (behaviour, vector, α)
+    that both vectors ran at. The r measures how alike the prompts' ordering is under both; it is
+    high whenever prompts differ more than the steering moves them, so read it beside the MSE."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for n in behaviours:
+        d = dose[dose.behaviour == n]
+        base = {a: np.asarray(x, dtype=float) for a, x in zip(d[d.vector == names[0]].alpha, d[d.vector == names[0]].diffs)}
+        for v in names[1:]:
+            for a, x in zip(d[d.vector == v].alpha, d[d.vector == v].diffs):
+                if a == 0 or a not in base:
+                    continue
+                x, b = np.asarray(x, dtype=float), base[a]
+                r = float(np.corrcoef(b, x)[0, 1]) if b.std() > 0 and x.std() > 0 else float("nan")
+                rows.append({"behaviour": n, "vector": v, "alpha": float(a), "pearson r (prompts)": r,
+                             "mse": float(np.mean((b - x) ** 2)), "n prompts": len(b)})
+    return pd.DataFrame(rows, columns=["behaviour", "vector", "alpha", "pearson r (prompts)", "mse", "n prompts"])
+
+
+def paper_summary(stats):
+    """`paper_statistics` over α per (behaviour, vector): mean, lowest and highest r, and the same
+    for the MSE (the paper reports the distribution over α)."""
+    g = stats.groupby(["behaviour", "vector"], sort=False)
+    out = g["pearson r (prompts)"].agg(["mean", "min", "max"]).add_prefix("r ").join(
+        g["mse"].agg(["mean", "min", "max"]).add_prefix("mse ")).join(g.alpha.count().rename("n alphas"))
+    return out.reset_index()
+
+
+def one_sided_slopes(dose, alpha: float):
+    """Per (behaviour, vector): (mean logit difference at `alpha` − mean at 0) / `alpha`, the slope
+    that every vector (main, null and side) shares: the null vectors run only at that point."""
+    import pandas as pd
+
+    rows = []
+    for (n, v), d in dose.groupby(["behaviour", "vector"], sort=False):
+        at = d.set_index("alpha")["mean"]
+        if alpha in at.index and 0.0 in at.index:
+            rows.append({"behaviour": n, "vector": v, "slope": float((at[alpha] - at[0.0]) / alpha)})
+    return pd.DataFrame(rows, columns=["behaviour", "vector", "slope"])
+
+
+NULL_PREFIX = "null "
+"""Names of null vectors start with it, then their group: `null random 3`, `null shuffled 0`,
+`null cross topic`."""
+
+
+def null_group(name: str) -> str:
+    return name[len(NULL_PREFIX):].split(" ")[0] if name.startswith(NULL_PREFIX) else ""
+
+
+def null_percentiles(slopes, names: list[str], native: str = "native"):
+    """Each vector of `names` (per behaviour) placed in the null distribution of slopes (the
+    vectors named `null <group> ...`): its slope, its ratio to the native slope, its percentile
+    among all null slopes (ties count half) and within each group, and the null's 5th and 95th
+    percentiles. A vector 'steers beyond the null' when its percentile is above 95."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for n, d in slopes.groupby("behaviour", sort=False):
+        by = dict(zip(d.vector, d.slope))
+        null = d[d.vector.str.startswith(NULL_PREFIX)]
+        if null.empty:
+            raise ValueError(f"behaviour {n!r} has no null vectors (names starting {NULL_PREFIX!r})")
+        groups = {g: null[null.vector.map(null_group) == g].slope.to_numpy() for g in sorted(set(null.vector.map(null_group)))}
+        alls = null.slope.to_numpy()
+        for v in names:
+            if v not in by:
+                continue
+            s = by[v]
+            row = {"behaviour": n, "vector": v, "slope": s, "slope ratio": s / by[native] if by.get(native) else float("nan"),
+                   "percentile": _percentile_of(s, alls), "null n": len(alls),
+                   "null p5": float(np.percentile(alls, 5)), "null p95": float(np.percentile(alls, 95))}
+            row.update({f"percentile ({g}, n={len(x)})": _percentile_of(s, x) for g, x in groups.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _percentile_of(value: float, sample) -> float:
+    """100 × the share of `sample` below `value` (ties count half)."""
+    import numpy as np
+
+    x = np.asarray(sample, dtype=float)
+    return float(100 * ((x < value).mean() + 0.5 * (x == value).mean()))
 
 
 def steered_generation_table(lm, prompts: dict[str, list[str]], vectors: dict[str, dict[str, torch.Tensor]],

@@ -50,7 +50,8 @@ def make_trainer(cfg: TrainConfig, d_in: int, device="cpu", metadata: dict | Non
 def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
               checkpoint_dir: str | Path | None = None, metadata: dict | None = None,
               progress: bool = True, probe: Callable[[SAE], dict] | None = None,
-              probe_tokens: tuple[int, ...] = (), rule: ContentRule | None = ContentRule()) -> TrainResult:
+              probe_tokens: tuple[int, ...] = (), rule: ContentRule | None = ContentRule(),
+              init: Callable[[Trainer], None] | None = None) -> TrainResult:
     """Train an SAE on `data`: an `acts_ND` tensor or an `(ActivationCache, hook)` pair.
 
     A raw cache (`ActivationCache` or `PairedCache`) is read through the content `rule`
@@ -63,6 +64,9 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
     is scored by `probe(sae) -> {metric: float}` at the first step reaching each of
     `probe_tokens` training tokens (and at the end); the rows are checkpointed with the run and
     returned as `TrainResult.probes`, so a curve along training needs one run, not one per length.
+    `init(trainer)`, if given, runs once after the trainer's own set-up and before any resume or
+    step: it may overwrite weights (a decoder started at known features) or freeze a parameter
+    (`requires_grad_(False)`: Adam then leaves it as it is).
     """
     device = device if device is not None else default_device()
     data = with_content_rows(data, rule)
@@ -72,6 +76,8 @@ def train_sae(data, cfg: TrainConfig, device: str | torch.device | None = None,
     check_finite(sample, "the SAE training data")
     trainer = make_trainer(cfg, sample.shape[1], device, metadata)
     trainer.setup(sample)
+    if init is not None:
+        init(trainer)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and trainer.load_checkpoint(ckpt):
         print(f"[resa_utils] resuming {cfg.method} SAE at step {trainer.step}/{cfg.n_steps}")

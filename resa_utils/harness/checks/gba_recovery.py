@@ -22,15 +22,18 @@ CHECKS: dict = {
     "topk_grid": P.list_of(_pos_int, unique=True), "l1_grid": P.list_of(P.real(gt=0), unique=True),
     "gba_grid": P.list_of(_gba_setting), "paper_topk_k": _pos_int, "paper_l1": P.real(gt=0), "paper_gba": _gba_setting,
     "wrong_ladders": P.list_of(P.pair(_unit, _unit, _hi_above_lo, "p_high > p_low")),
+    "easy_mix": P.list_of(_pos_int), "diag_lr": P.real(gt=0, max=0.1), "diag_a_init": P.real(gt=0),
+    "easy_min_recovery": _unit,
     "model_name": P.model(), "layer": P.layer("model_name"), "corpus": P.corpus(), "seq_len": P.integer(min=8),
-    "eval_frac": P.real(gt=0, lt=1), "content_rows": P.boolean(), "max_norm_ratio": P.real(gt=1, lt=float("inf")),
+    "eval_frac": P.real(gt=0, lt=1), "content_rows": P.boolean(),
+    "shared_cache": P.choice(["", "03_dense_latents"]), "cache_layers": P.layers("model_name"), "max_norm_ratio": P.real(gt=1, lt=float("inf")),
     "real_train_tokens": _pos_int, "real_eval_tokens": P.integer(min=1000),
     "max_train_ram_gb": P.real(min=0),
     "real_d_sae": _pos_int, "real_batch": _pos_int, "real_lr": P.real(gt=0), "real_dead_tokens": _pos_int,
-    "real_topk_ks": P.list_of(_pos_int, unique=True), "real_l1s": P.list_of(P.real(gt=0), unique=True),
-    "real_gba_p_highs": P.list_of(_unit, unique=True), "real_gba_schedule": P.pair(P.real(gt=0), _pos_int),
-    "gba_variants": P.list_of(_variant, unique=True), "variant_p_highs": P.list_of(_unit, unique=True),
-    "seed_k": _pos_int, "seed_l1": P.real(gt=0), "seed_p_high": _unit, "frequent_density": P.real(gt=0, lt=1),
+    "real_topk_ks": P.list_of(_pos_int, min_len=2, unique=True), "real_l1s": P.list_of(P.real(gt=0), min_len=2, unique=True),
+    "real_gba_p_highs": P.list_of(_unit, min_len=2, unique=True), "real_gba_schedule": P.pair(P.real(gt=0), _pos_int),
+    "gba_variants": P.list_of(_variant, unique=True),
+    "frequent_density": P.real(gt=0, lt=1), "min_consistency_margin": P.real(min=0, max=1),
     "ce_windows": P.integer(min=1), "ce_seq_len": P.integer(min=2),
 }
 
@@ -50,11 +53,16 @@ def cross(p: dict) -> None:
               f"every k must be <= syn_width={p['syn_width']}")
     P.require(len(p["topk_grid"]) == len(p["l1_grid"]) == len(p["gba_grid"]), "gba_grid", p["gba_grid"],
               "every method gets the same tuning budget: topk_grid, l1_grid and gba_grid need equal lengths")
-    for name, grid in (("paper_topk_k", "topk_grid"), ("paper_l1", "l1_grid"), ("paper_gba", "gba_grid"),
-                       ("seed_k", "real_topk_ks"), ("seed_l1", "real_l1s"), ("seed_p_high", "real_gba_p_highs")):
+    for name, grid in (("paper_topk_k", "topk_grid"), ("paper_l1", "l1_grid"), ("paper_gba", "gba_grid")):
         P.require(p[name] in p[grid], name, p[name], f"is not in `{grid}` {p[grid]}", f"add it to `{grid}`")
-    P.require(all(s in p["real_gba_p_highs"] for s in p["variant_p_highs"]), "variant_p_highs", p["variant_p_highs"],
-              f"every entry must be in real_gba_p_highs {p['real_gba_p_highs']}")
+    P.require(len(p["real_topk_ks"]) == len(p["real_l1s"]) == len(p["real_gba_p_highs"]), "real_gba_p_highs",
+              p["real_gba_p_highs"], "every method gets the same number of L0 points: real_topk_ks, real_l1s and "
+              "real_gba_p_highs need equal lengths")
+    for s in p["easy_mix"]:
+        P.require(s <= p["n_features"], "easy_mix", p["easy_mix"], f"sparsity {s} exceeds n_features={p['n_features']}")
+    P.require(p["syn_width"] >= p["n_features"], "syn_width", p["syn_width"],
+              f"is below n_features={p['n_features']}: the 'start at truth' diagnostic puts every true feature in the decoder",
+              f"raise syn_width to at least {p['n_features']}")
     P.require(p["syn_samples"] >= p["syn_batch"], "syn_samples", p["syn_samples"], f"is less than one batch of syn_batch={p['syn_batch']}")
     P.require(all(t < p["syn_samples"] for t in p["probe_samples"]), "probe_samples", p["probe_samples"],
               f"must lie before the stopping point syn_samples={p['syn_samples']}")

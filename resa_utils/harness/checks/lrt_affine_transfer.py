@@ -38,6 +38,11 @@ def cross(p: dict) -> None:
     P.require(max(1, round(nw * p["val_frac"])) + max(1, round(nw * p["test_frac"])) < nw, "fit_tokens", p["fit_tokens"],
               f"gives only {nw} windows of seq_len={p['seq_len']}: too few for train, validation and test windows")
     P.require(len(set(p["alphas"])) >= 3, "alphas", p["alphas"], "needs at least 3 distinct values for a correlation")
+    P.require(p["null_alpha"] in p["alphas"], "null_alpha", p["null_alpha"],
+              f"must be one of alphas {p['alphas']}: the null vectors' slopes are read at it, beside the main vectors' there",
+              f"use one of {[a for a in p['alphas'] if a > 0]}")
+    P.require(p["n_random_null"] + p["n_shuffled_null"] + len(p["behaviours"]) - 1 >= 1, "n_random_null", p["n_random_null"],
+              "leaves the null empty (no random, shuffled or other-behaviour vectors)")
     from resa_utils.lm.registry import REGISTRY
     width = getattr(REGISTRY.get(p["source_model"]), "d_model", None) or 0
     n_train = int(p["fit_tokens"] * (1 - p["val_frac"] - p["test_frac"]))
@@ -48,7 +53,11 @@ def cross(p: dict) -> None:
     for name in p["behaviours"]:
         b = S.load_behaviour(name)
         P.require(p["n_fit"] < min(len(b.pos), len(b.neg)), "n_fit", p["n_fit"],
-                  f"leaves no held-out prompts: behaviour {name!r} has {len(b.pos)} / {len(b.neg)} a side")
+                  f"leaves no held-out prompts: behaviour {name!r} has {len(b.pos)} / {len(b.neg)} a side",
+                  f"use n_fit <= {min(len(b.pos), len(b.neg)) - 2} (a quarter of each side held out is a good default)")
+        P.require(min(len(b.pos), len(b.neg)) - p["n_fit"] >= 2, "n_fit", p["n_fit"],
+                  f"leaves fewer than 2 held-out prompts a side for behaviour {name!r} ({len(b.pos)} / {len(b.neg)} a side): "
+                  "the paper's r across prompts needs more", f"use n_fit <= {min(len(b.pos), len(b.neg)) - 2}")
         for tok, model in ((ta, p["source_model"]), (tb, p["target_model"])):
             if tok is None:
                 continue
@@ -65,6 +74,18 @@ def cross(p: dict) -> None:
         _tokenizers_allow(p, "cross_source", "cross_target", "cross_pairing")
 
 
+def _behaviour():
+    """A behaviour name (`resa_utils/data/behaviours/`) or the path of a JSON file of the same shape."""
+    def check(name, v, _p):
+        if not isinstance(v, str) or not v:
+            P.fail(name, v, "must be a behaviour name or the path of a .json prompt set")
+        try:
+            S.load_behaviour(v)
+        except ValueError as err:
+            P.fail(name, v, str(err))
+    return check
+
+
 CHECKS: dict = {
     "profile": P.profile(), "allow_cpu": P.boolean(), "seed": P.integer(min=0),
     "source_model": P.model(), "target_model": P.model(), "pairing": P.choice(["tokens", "word_end"]),
@@ -73,8 +94,11 @@ CHECKS: dict = {
     "corpus": P.corpus(), "seq_len": P.integer(min=8, max=4096), "fit_tokens": P.integer(min=1000),
     "content_rows": P.boolean(), "max_norm_ratio": P.real(gt=1, lt=float("inf")),
     "val_frac": P.real(gt=0, lt=0.5), "test_frac": P.real(gt=0, lt=0.5), "layer_stride": P.integer(min=1),
-    "lambdas": P.list_of(P.real(min=0, max=100)), "behaviours": P.list_of(P.choice(S.behaviour_names()), unique=True),
+    "lambdas": P.list_of(P.real(min=0, max=100)), "behaviours": P.list_of(_behaviour(), unique=True),
     "n_fit": P.integer(min=2), "steer_source_layer": P.layer("source_model"), "steer_target_layer": P.integer(min=-1),
     "alphas": P.list_of(P.real(min=-100, max=100)), "strict_tokens": P.boolean(), "n_boot": P.integer(min=10),
     "n_generations": P.integer(min=0, max=16), "max_new_tokens": P.integer(min=1, max=512), "batch_size": P.integer(min=1),
+    "null_alpha": P.real(gt=0, max=100), "n_random_null": P.integer(min=0, max=1000), "n_shuffled_null": P.integer(min=0, max=1000),
+    "bias_scales": P.list_of(P.real(min=0, max=10), unique=True), "adamw_lr": P.real(gt=0, max=1.0),
+    "adamw_batch": P.integer(min=1), "adamw_epochs": P.integer(min=1, max=1000), "min_source_slope": P.threshold(),
 }
