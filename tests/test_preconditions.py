@@ -90,3 +90,39 @@ def test_run_writes_preconditions_and_gates_its_comparison(tmp_path, monkeypatch
     assert text.index("**Preconditions**") < text.index("**Claims**")
     assert text.index("figures/b.png") < text.index("figures/a.png")
     assert "| transfer lifts the target | points | 6.1 | -12.3 | not tested |" in text
+
+
+def test_report_marks_results_run_before_the_notebook_last_changed(monkeypatch, tmp_path):
+    """A committed run from an earlier version of its notebook's code is flagged stale in the
+    README; a later change of its markdown only (the results text) is not; outside git or with
+    an unknown commit nothing is flagged."""
+    import json
+    import subprocess
+
+    from resa_utils.harness import report
+
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    nb = repo / "notebooks" / "01_x.ipynb"
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    def write(code: str, text: str) -> None:
+        nb.write_text(json.dumps({"cells": [{"cell_type": "code", "source": [code]}, {"cell_type": "markdown", "source": [text]}]}))
+
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    write("x = 1", "results: to do")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    run_sha = git("rev-parse", "HEAD")
+    monkeypatch.setenv("RESA_NOTEBOOKS_DIR", str(repo / "notebooks"))
+    assert report.changed_since("01_x", run_sha) is False
+    write("x = 1  # measured: 1", "results: x is 1")   # the results text and a comment, written after the run
+    git("commit", "-qam", "two")
+    assert report.changed_since("01_x", run_sha) is False
+    write("x = 2", "results: x is 1")        # the code changed: the committed results are stale
+    assert report.changed_since("01_x", run_sha) is True
+    assert report.changed_since("01_x", None) is None and report.changed_since("01_x", "0" * 40) is None

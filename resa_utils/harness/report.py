@@ -60,6 +60,45 @@ def _figures(folder: Path, metrics: dict) -> list[Path]:
     return first + [f for f in figs if f not in first]
 
 
+def _code(text: str) -> list[str]:
+    """A notebook's code cells as syntax trees (comments, layout, markdown, outputs and metadata
+    left out; a cell Python cannot parse stays as text)."""
+    import ast
+    import json
+
+    out = []
+    for c in json.loads(text).get("cells", []):
+        if c.get("cell_type") == "code":
+            src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            try:
+                out.append(ast.dump(ast.parse(src)))
+            except SyntaxError:
+                out.append(src)
+    return out
+
+
+def changed_since(notebook: str, sha: str | None) -> bool | None:
+    """Whether `notebooks/<notebook>.ipynb`'s code cells differ from those at the run's commit
+    `sha` (the committed results then come from an earlier version of the notebook; its results
+    text, being markdown, may change after the run). None when git cannot tell (no sha, not a
+    checkout, the commit not in this clone's history)."""
+    import subprocess
+
+    path = notebooks_dir() / f"{notebook}.ipynb"
+    if not sha or not path.exists():
+        return None
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(path.parent), *args], capture_output=True, text=True)
+
+    top = git("rev-parse", "--show-toplevel")
+    if top.returncode != 0 or git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
+        return None
+    rel = path.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+    old = git("show", f"{sha}:{rel}")
+    return True if old.returncode != 0 else _code(old.stdout) != _code(path.read_text())
+
+
 def _read(path: Path, columns: list[str]):
     """The CSV as text columns, None when absent, or a line saying it is not in the schema."""
     import pandas as pd
@@ -90,8 +129,15 @@ def render(notebooks: list[str]) -> str:
         metrics = read_metrics(folder)
         status = "no committed run" if metrics is None else metrics.get("status", "?")
         runtime = _runtime(metrics.get("runtime_s")) if metrics else "-"
+        sha = ((metrics or {}).get("provenance") or {}).get("git", {}).get("sha")
+        newer = changed_since(nb, sha) if metrics is not None else None   # True: stale
+        if newer:
+            status += "; stale (the notebook changed after this run)"
         out.append(f"| [{nb}](#{nb}) | {paper} | {runtime} | {status} |")
         lines = [f"\n## {nb}\n", f"{paper}\n"]
+        if newer:
+            lines.append(f"**Stale:** these results come from an earlier version of the notebook (run at commit {sha[:7]}; the "
+                         "notebook has changed since). Its text and claims may no longer match them: rerun its `cpu` profile.\n")
         if metrics is not None:
             lines += [f"![{f.stem}]({nb}/figures/{f.name})\n" for f in _figures(folder, metrics)]
         pre = _read(folder / "tables" / "preconditions.csv", PRECONDITION_COLUMNS)
