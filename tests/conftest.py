@@ -113,6 +113,7 @@ SLOW = {
     "test_transfer.py::test_word_end_rows_point_at_tokens_ending_at_the_same_character": 4.2,
     # SAE and crosscoder training to convergence, harvests, generation on tiny models:
     "test_crosscoder.py::test_crosscoder_finds_shared_and_model_specific_directions": 437,
+    "test_crosscoder.py::test_batchtopk_keeps_k_per_token_on_average_and_exports_its_threshold": 14,
     "test_crosscoder.py::test_token_logit_drops_are_zero_for_nothing_and_match_the_splice": 30,
     "test_crosscoder.py::test_paired_cache_pairs_the_same_tokens": 28,
     "test_crosscoder.py::test_kept_rows_leave_out_exactly_the_masked_rows": 19,
