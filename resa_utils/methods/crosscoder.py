@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from resa_utils.lm.content import ContentRule
-from resa_utils.methods.crosscoder_scoring import null_percentile
+from resa_utils.methods.crosscoder_scoring import monotone, null_percentile
 from resa_utils.sae import SAE
 from resa_utils.sae.crosscoder import block_norms
 
@@ -935,8 +935,6 @@ def claim_dose(dist: "pd.DataFrame", thresholds: tuple[float, ...] = (0.5, 0.7, 
     """The dose-response (rule fixed before the run): "yes" when r's 95th percentile and the count
     over the lowest threshold both increase with the distillation scale (rows in scale order),
     "partly" when one does."""
-    from resa_utils.methods.crosscoder_scoring import monotone
-
     q95, n_over = monotone(dist["r q95"].tolist()), monotone(dist[f"n r>{thresholds[0]}"].tolist())
     up = [q95 == "increasing", n_over == "increasing"]
     return {"claim": "a stronger distillation gives more reasoner-leaning latents", "metric": "r q95 and count over r > "
