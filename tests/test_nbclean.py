@@ -38,7 +38,7 @@ def lab_save(text: str) -> str:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_committed_notebooks_are_in_stored_form(path):
     text = path.read_text()
-    assert clean(text) == text, f"{path.name}: run `python -m resa_utils.harness.nbclean` over it (or `make nbfilter` and re-add it)"
+    assert clean(text) == text, f"{path.name}: run `python -m resa_utils.harness.nbclean < {path.name} > clean.ipynb` and replace it (or `make nbfilter` and re-add it)"
     assert json.loads(text)["metadata"]["kernelspec"] == KERNELSPEC
 
 
