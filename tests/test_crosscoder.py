@@ -764,6 +764,7 @@ def test_crosscoder_figures_have_their_panels_and_labelled_dashed_lines():
 
 def test_calibration_and_dose_figures_mark_the_real_change_and_every_threshold():
     import matplotlib.pyplot as plt
+    import numpy as np
     import pandas as pd
 
     from resa_utils.harness import plots
@@ -774,6 +775,14 @@ def test_calibration_and_dose_figures_mark_the_real_change_and_every_threshold()
     assert len(maps) == 2 and all(len(ax.collections) == 1 for ax in maps)
     star = maps[0].collections[0].get_offsets()[0]
     assert tuple(star) == pytest.approx((0.0, 1.0))          # amp 0.1 -> first column, freq 0.1 -> second row
+    assert not [t for t in maps[0].texts if t.get_text().startswith("real:")]
+    plt.close(fig)
+    fig = plots.crosscoder_detection_map({"relu": m}, {"freq": 0.5, "amp_median": 0.3, "amp_q90": 2.0}, "a vs b")
+    ax = [ax for ax in fig.axes if ax.images][0]
+    assert tuple(ax.collections[0].get_offsets()[0]) == pytest.approx((np.log10(3), 1.0))   # freq 0.5 clipped to the top row
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith("real:")] == ["real: 0.5 of rows,\nsize 0.3"]
+    assert ax.get_lines()[0].get_xdata()[1] == pytest.approx(1.0)                          # q90 2.0 clipped to the last column
+    assert sorted(t.get_text() for t in ax.texts if not t.get_text().startswith("real:")) == ["0", "0.5", "1", "1"]
     plt.close(fig)
     dist = pd.DataFrame({"n r>0.5": [1, 2], "n r>0.9": [0, 1]}, index=["x1", "x2"])
     r = pd.DataFrame({"model": ["x1", "x1", "x2"], "r": [0.4, 0.6, 0.95]})

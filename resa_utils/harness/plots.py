@@ -481,22 +481,43 @@ def crosscoder_relative_norms(r: "pd.DataFrame", r_low: float, r_high: float, mo
     return fig
 
 
+def _log_position(value: float, grid: np.ndarray) -> float:
+    """Where `value` falls among a log-spaced grid's cell indices (clipped to its ends)."""
+    return float(np.interp(np.log10(value), np.log10(grid), np.arange(len(grid))))
+
+
 def crosscoder_detection_map(maps: dict[str, "pd.DataFrame"], change: dict, models: str) -> plt.Figure:
     """Notebook 04's calibration: per crosscoder, the share of planted reasoner-only directions
     recovered (r > 0.9 and cos > 0.9) over frequency x size (`maps`: `crosscoder_calibration.detection_map`,
-    index freq, columns amp), with the real pair's change marked (`change`: freq, amp_median, amp_q90)."""
-    fig, axes = figure(len(maps), width=4.4, height=3.8)
-    for ax, (name, m) in zip(axes, maps.items()):
-        im = ax.imshow(m.to_numpy(float), origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(m.shape[1]), [f"{a:g}" for a in m.columns])
-        ax.set_yticks(range(m.shape[0]), [f"{f:g}" for f in m.index])
-        fx = np.interp(np.log10(change["amp_median"]), np.log10(m.columns.to_numpy(float)), np.arange(m.shape[1]))
-        fy = np.interp(np.log10(change["freq"]), np.log10(m.index.to_numpy(float)), np.arange(m.shape[0]))
-        ax.scatter([fx], [fy], marker="*", s=220, color="red", edgecolor="white", label="the real reasoner's change (median size)")
-        label(ax, "planted size (x mean activation norm)", "planted frequency (share of rows)", f"{name}: recovered")
-        legend_outside(ax)
-    fig.colorbar(im, ax=axes[-1], label="share recovered")
-    title(fig, f"Detection floor: planted reasoner-only directions recovered with r > 0.9\n{models}")
+    index freq, columns amp), each cell's share written in it, with the real pair's change marked
+    (`change`: freq, amp_median, optional amp_q90 as a bar to the right). A change off the grid is
+    drawn as an open star at the grid's edge, its true place written beside it."""
+    fig, axes = figure(len(maps), width=3.8, height=3.6, gridspec_kw={"wspace": 0.3})
+    for k, (ax, (name, m)) in enumerate(zip(axes, maps.items())):
+        grid = m.to_numpy(float)
+        ax.grid(False)
+        im = ax.imshow(grid, origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8, color="black" if v > 0.5 else "white")
+        amps, freqs = m.columns.to_numpy(float), m.index.to_numpy(float)
+        fx, fy = _log_position(change["amp_median"], amps), _log_position(change["freq"], freqs)
+        off = not (amps.min() <= change["amp_median"] <= amps.max() and freqs.min() <= change["freq"] <= freqs.max())
+        if change.get("amp_q90"):
+            ax.plot([fx, _log_position(change["amp_q90"], amps)], [fy, fy], color="red", lw=1.5, label="its 90th percentile size")
+        ax.scatter([fx], [fy], marker="*", s=240, facecolor="none" if off else "red", edgecolor="red", linewidth=1.5,
+                   label="the real reasoner's change (median size)" + (", off the grid" if off else ""), zorder=3)
+        if off:
+            ax.annotate(f"real: {change['freq']:.2g} of rows,\nsize {change['amp_median']:.2g}", (fx, fy),
+                        xytext=(4, -14), textcoords="offset points", fontsize=8, color="white", va="top")
+        ax.set_xticks(range(len(amps)), [f"{a:g}" for a in amps])
+        ax.set_yticks(range(len(freqs)), [f"{f:g}" for f in freqs])
+        label(ax, "planted size (x mean norm)", "planted frequency (share of rows)" if k == 0 else "",
+              f"{name}: recovered")
+    fig.colorbar(im, ax=list(axes), label="share recovered", shrink=0.85)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.45, -0.02), ncol=2, fontsize=8)
+    fig.suptitle(f"Detection floor: planted reasoner-only directions recovered with r > 0.9 and cos > 0.9\n{models}", y=1.08)
     return fig
 
 
