@@ -509,7 +509,8 @@ def crosscoder_detection_map(maps: dict[str, "pd.DataFrame"], change: dict, mode
                    label="the real reasoner's change (median size)" + (", off the grid" if off else ""), zorder=3)
         if off:
             ax.annotate(f"real: {change['freq']:.2g} of rows,\nsize {change['amp_median']:.2g}", (fx, fy),
-                        xytext=(4, -14), textcoords="offset points", fontsize=8, color="white", va="top")
+                        xytext=(4, -14), textcoords="offset points", fontsize=8, color="white", va="top",
+                        bbox={"boxstyle": "round,pad=0.2", "facecolor": "black", "alpha": 0.6, "linewidth": 0})
         ax.set_xticks(range(len(amps)), [f"{a:g}" for a in amps])
         ax.set_yticks(range(len(freqs)), [f"{f:g}" for f in freqs])
         label(ax, "planted size (x mean norm)", "planted frequency (share of rows)" if k == 0 else "",
