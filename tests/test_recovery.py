@@ -676,6 +676,24 @@ def test_shared_data_key_has_the_fields_of_notebook_03s_key():
     assert mine != R.shared_data_key("m", "english", 0, 0.05, 256, [3, 9], 10, 2)
 
 
+def test_notebook_05s_cpu_defaults_name_notebook_03s_windows():
+    """05 reads 03's activation cache only when its key matches: the same model, corpus, split,
+    window length, layers and harvested token counts (03 harvests whole SAE batches)."""
+    import ast
+    import math
+
+    from resa_utils.harness import run
+
+    d3, d5 = ({k: ast.literal_eval(v) for k, v in run.notebook_parameters(nb).items()}
+              for nb in ("03_dense_latents", "05_gba_recovery"))
+    assert d5["shared_cache"] == "03_dense_latents"
+    assert (d5["model_name"], d5["corpus"], d5["seq_len"], d5["eval_frac"], d5["seeds"][0], d5["cache_layers"]) == \
+        (d3["model_name"], d3["corpus"], d3["seq_len"], d3["eval_frac"], d3["seed"], d3["layers"])
+    assert d5["real_harvest_tokens"] == math.ceil(d3["train_tokens"] / d3["batch_size"]) * d3["batch_size"]
+    assert d5["real_eval_tokens"] == d3["eval_tokens"]
+    assert d5["real_train_tokens"] >= 1_000_000 > d5["real_harvest_tokens"]  # several passes over the harvested rows
+
+
 def test_activation_dir_reads_a_shared_cache_only_when_it_holds_the_hook_over_the_same_windows(tmp_path, tiny_lm, tiny_windows):
     from resa_utils.lm.activations import ActivationCache, resid_hook
 

@@ -27,7 +27,7 @@ CHECKS: dict = {
     "model_name": P.model(), "layer": P.layer("model_name"), "corpus": P.corpus(), "seq_len": P.integer(min=8),
     "eval_frac": P.real(gt=0, lt=1), "content_rows": P.boolean(),
     "shared_cache": P.choice(["", "03_dense_latents"]), "cache_layers": P.layers("model_name"), "max_norm_ratio": P.real(gt=1, lt=float("inf")),
-    "real_train_tokens": _pos_int, "real_eval_tokens": P.integer(min=1000),
+    "real_harvest_tokens": _pos_int, "real_train_tokens": _pos_int, "real_eval_tokens": P.integer(min=1000),
     "max_train_ram_gb": P.real(min=0),
     "real_d_sae": _pos_int, "real_batch": _pos_int, "real_lr": P.real(gt=0), "real_dead_tokens": _pos_int,
     "real_topk_ks": P.list_of(_pos_int, min_len=2, unique=True), "real_l1s": P.list_of(P.real(gt=0), min_len=2, unique=True),
