@@ -2,6 +2,7 @@
 as it was on exit; difference of means on a constructed case; last-token states and logit
 differences do not depend on batching."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -360,6 +361,9 @@ def test_null_percentiles_place_each_slope_among_the_null():
     assert pct.loc["native", "percentile"] == 100.0 and pct.loc["native", "null n"] == 11
     assert pct.loc["weak", "percentile"] == pytest.approx(100 * 10 / 11)  # above the 10 random slopes, below the cross one
     assert pct.loc["weak", "percentile (cross, n=1)"] == 0.0 and pct.loc["weak", "slope ratio"] == pytest.approx(0.25)
+    random_slopes = [sl[f"null random {k}"] for k in range(10)]
+    assert pct.loc["weak", "null p95 (random)"] == pytest.approx(np.percentile(random_slopes, 95))  # per group: the cross slope left out
+    assert pct.loc["weak", "null p95 (random)"] < pct.loc["weak", "null p95"] and pct.loc["weak", "null p5 (cross)"] == pytest.approx(sl["null cross t"])
     assert steering.slopes(dose).set_index("vector").slope["native"] == pytest.approx(4.0)
 
 
@@ -375,3 +379,19 @@ def test_steering_sweep_runs_short_vectors_at_their_alphas_only(tmp_path, monkey
     with pytest.raises(ValueError, match="short_alphas"):
         steering.steering_sweep(None, B, splits, vectors, {"x": 1.0}, [-1.0, 0.0, 1.0], 1, tmp_path / "t.jsonl", {},
                                 short={"x": ["null random 0"]}, short_alphas=[0.5])
+
+
+def test_any_prompt_file_with_8_a_side_splits_by_share(tmp_path):
+    """Prompt sets the repo does not ship (any JSON of the same shape, >= 8 a side) work at the
+    default fit_share: 6 fit the vector and 2 are held out of 8; 48 and 16 of 64."""
+    import json
+
+    spec = {"name": "mine", "description": "d", "template": "Q: {text}\nA:", "pos_token": " Yes", "neg_token": " No",
+            "pos": [f"p{i}" for i in range(8)], "neg": [f"n{i}" for i in range(9)]}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(spec))
+    b = steering.load_behaviour(str(path))
+    assert b.n_fit(0.75) == 6
+    fp, fn, ep, en = b.split(b.n_fit(0.75), seed=0)
+    assert (len(fp), len(fn), len(ep), len(en)) == (6, 6, 2, 3)
+    assert steering.load_behaviour("sentiment").n_fit(0.75) == 48

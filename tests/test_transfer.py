@@ -295,7 +295,7 @@ def _claim_inputs(r_mean=0.9, pct=99.0, ratio=0.8):
                              "mse min": m, "mse max": m, "n alphas": 4}
                             for v, r, m in (("A v + p", r_mean, 2.0), ("A v", 0.5, 1.0), ("random", 0.85, 9.0))])
     null = pd.DataFrame([{"behaviour": "s", "vector": v, "slope": q * 4.0, "slope ratio": q, "percentile": p, "null n": 26,
-                          "null p5": -1.0, "null p95": 0.5}
+                          "null p5": -3.0, "null p95": 2.0, "null p5 (random)": -1.0, "null p95 (random)": 0.5}
                          for v, q, p in (("native", 1.0, 100.0), ("A v + p", ratio, pct), ("A v", 0.1, 60.0),
                                          ("AdamW: A v + p", 0.2, 70.0))])
     return summary, null
@@ -312,7 +312,7 @@ def test_transfer_claims_need_the_slope_beyond_the_null_not_only_the_papers_r():
     rows, gates = transfer.steering_claims(summary, null, ["s"], first=3)
     assert gates == {"s": [3, 4]} and [r["held"] for r in rows] == ["yes", "no"]
     rnd = transfer.random_control_claim(null)
-    assert rnd["ours"] == "0.25" and rnd["held"] == "yes"  # max(|-1|, |0.5|) / native slope 4
+    assert rnd["ours"] == "0.25" and rnd["held"] == "yes"  # the random group's max(|-1|, |0.5|) / native slope 4, not the whole null's
 
 
 def test_source_preconditions_gate_each_behaviours_own_claims():
@@ -333,9 +333,9 @@ def test_adamw_claim_reads_the_bias_table():
     _, null = _claim_inputs()
     bias = pd.DataFrame([{"behaviour": "s", "map": m, "c": 1.0, "|p|": p, "cos(A v + c p, A v)": c}
                          for m, p, c in (("AdamW", 0.9, 0.95), ("ridge", 40.0, 0.1))])
-    info = {"steps": 40, "batch rows": 4096, "|p| at start": 0.8, "|p|": 0.9, "largest change": 0.004, "r2": -3.0}
+    info = {"steps": 2200, "passes": 31.4, "batch rows": 512, "|p| at start": 0.8, "|p|": 0.9, "largest change": 0.004, "r2": -3.0}
     row = transfer.adamw_claim(info, bias, null, ["s"])
-    assert row["held"] == "yes" and row["ours"] == "0.95 (ridge 0.10)" and "40 AdamW steps" in row["note"]
+    assert row["held"] == "yes" and row["ours"] == "0.95 (ridge 0.10)" and "2200 AdamW steps of 512 rows (31 passes)" in row["note"]
     assert transfer.adamw_claim(info, bias.assign(**{"cos(A v + c p, A v)": 0.3}), null, ["s"])["held"] == "no"
 
 
@@ -488,21 +488,22 @@ def test_paired_windows_know_each_rows_target_token():
 
 def test_adamw_moves_each_entry_by_about_lr_per_step_and_converges_with_a_large_one():
     x, y, A, p = _planted(n=512, s=6, t=4)
-    m, info = transfer.fit_adamw(x, y, lr=1e-4, batch_rows=64, epochs=2, seed=0)
-    assert info["steps"] == 16 and info["largest change"] <= 3.2 * 16 * 1e-4  # Adam's step is bounded by about lr
+    m, info = transfer.fit_adamw(x, y, lr=1e-4, batch_rows=64, steps=16, seed=0)
+    assert info["steps"] == 16 and info["passes"] == 2 and info["largest change"] <= 3.2 * 16 * 1e-4  # Adam's step is bounded by about lr
     assert info["|p|"] == pytest.approx(info["|p| at start"], abs=0.01)  # the bias stays near its initial value
-    m2, _ = transfer.fit_adamw(x, y, lr=0.05, batch_rows=128, epochs=100, seed=0, weight_decay=0.0)
+    m2, _ = transfer.fit_adamw(x, y, lr=0.05, batch_rows=128, steps=400, seed=0, weight_decay=0.0)
     assert transfer.r2_score(m2(x), y) > 0.99 and transfer.r2_score(m(x), y) < 0.5
-    again, _ = transfer.fit_adamw(x, y, lr=1e-4, batch_rows=64, epochs=2, seed=0)
+    again, _ = transfer.fit_adamw(x, y, lr=1e-4, batch_rows=64, steps=16, seed=0)
     assert torch.equal(again.A_TS, m.A_TS)  # seeded, and the global generator is left alone
 
 
 def test_adamw_pair_map_uses_the_training_rows_and_resumes(tmp_path):
     pair, A = _planted_pair()
-    kw = dict(lr=0.05, batch_windows=4, epochs=100, val_frac=0.2, test_frac=0.2, seed=0, map_dir=tmp_path,
+    kw = dict(lr=0.05, batch_rows=80, steps=500, val_frac=0.2, test_frac=0.2, seed=0, map_dir=tmp_path,
               sweep_path=lambda name: tmp_path / f"{name}.jsonl")
     m, info = transfer.adamw_pair_map(pair, 2, 3, **kw)
-    assert info["r2"] > 0.99 and info["batch rows"] == 80 and info["steps"] == 100 * 5  # 18 training windows of 20 rows
+    assert info["r2"] > 0.99 and info["batch rows"] == 80 and info["steps"] == 500
+    assert info["passes"] == pytest.approx(500 * 80 / 360, rel=0.1)  # about 18 training windows of 20 rows
     pair.cache_s.by_hook = {}  # the stored row and map are reused
     m2, info2 = transfer.adamw_pair_map(pair, 2, 3, **kw)
     assert torch.equal(m2.A_TS, m.A_TS) and info2 == info

@@ -182,6 +182,10 @@ class Behaviour:
     def prompts(self, items: list[str]) -> list[str]:
         return [self.template.format(text=t) for t in items]
 
+    def n_fit(self, fit_share: float) -> int:
+        """Prompts a side that fit the vector at `fit_share` of the smaller side (the rest held out)."""
+        return int(fit_share * min(len(self.pos), len(self.neg)))
+
     def split(self, n_fit: int, seed: int) -> tuple[list[str], list[str], list[str], list[str]]:
         """`(fit_pos, fit_neg, eval_pos, eval_neg)` prompts: a seeded shuffle of each side, the
         first `n_fit` for the vector and the rest held out."""
@@ -498,7 +502,7 @@ def null_percentiles(slopes, names: list[str], native: str = "native"):
     """Each vector of `names` (per behaviour) placed in the null distribution of slopes (the
     vectors named `null <group> ...`): its slope, its ratio to the native slope, its percentile
     among all null slopes (ties count half) and within each group, and the null's 5th and 95th
-    percentiles. A vector 'steers beyond the null' when its percentile is above 95."""
+    percentiles, overall and per group. A vector 'steers beyond the null' when its percentile is above 95."""
     import numpy as np
     import pandas as pd
 
@@ -518,6 +522,7 @@ def null_percentiles(slopes, names: list[str], native: str = "native"):
                    "percentile": _percentile_of(s, alls), "null n": len(alls),
                    "null p5": float(np.percentile(alls, 5)), "null p95": float(np.percentile(alls, 95))}
             row.update({f"percentile ({g}, n={len(x)})": _percentile_of(s, x) for g, x in groups.items()})
+            row.update({f"null {q} ({g})": float(np.percentile(x, int(q[1:]))) for g, x in groups.items() for q in ("p5", "p95")})
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -734,12 +734,13 @@ def null_vectors(caa_source: dict, amap: AffineMap, native: dict[str, torch.Tens
     return out
 
 
-def fit_adamw(x_NS: torch.Tensor, y_NT: torch.Tensor, *, lr: float, batch_rows: int, epochs: int, seed: int,
+def fit_adamw(x_NS: torch.Tensor, y_NT: torch.Tensor, *, lr: float, batch_rows: int, steps: int, seed: int,
               weight_decay: float = 0.01) -> tuple[AffineMap, dict]:
     """The paper's fit: `nn.Linear` (PyTorch's default initialisation) trained by AdamW on the mean
-    squared error, `epochs` passes over the rows in shuffled batches of `batch_rows`. Returns the
-    map and what the budget did: steps, the final loss, ‖p‖ at the start and end, and the largest
-    change of any weight or bias entry."""
+    squared error for `steps` steps of `batch_rows` rows, reshuffling at each pass over the rows.
+    Each Adam step moves an entry by about `lr` whatever the batch, so lr × steps bounds how far the
+    bias can leave its initial value. Returns the map and what the budget did: steps, passes, the
+    final loss, ‖p‖ at the start and end, and the largest change of any weight or bias entry."""
     import torch.nn.functional as F
 
     with torch.random.fork_rng(devices=[]):
@@ -748,35 +749,34 @@ def fit_adamw(x_NS: torch.Tensor, y_NT: torch.Tensor, *, lr: float, batch_rows: 
     w0, p0 = lin.weight.detach().clone(), lin.bias.detach().clone()
     opt = torch.optim.AdamW(lin.parameters(), lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
-    steps, loss = 0, torch.tensor(float("nan"))
-    for _ in range(epochs):
-        perm = torch.randperm(len(x_NS), generator=g)
-        for a in range(0, len(x_NS), batch_rows):
-            idx = perm[a:a + batch_rows]
-            loss = F.mse_loss(lin(x_NS[idx].float()), y_NT[idx].float())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            steps += 1
+    done, loss, perm, at = 0, torch.tensor(float("nan")), torch.randperm(len(x_NS), generator=g), 0
+    while done < steps:
+        if at >= len(x_NS):
+            perm, at = torch.randperm(len(x_NS), generator=g), 0
+        idx = perm[at:at + batch_rows]
+        at += batch_rows
+        loss = F.mse_loss(lin(x_NS[idx].float()), y_NT[idx].float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        done += 1
     A, p = lin.weight.detach().clone(), lin.bias.detach().clone()
     moved = max(float((A - w0).abs().max()), float((p - p0).abs().max()))
-    return AffineMap(A, p, float("nan")), {"steps": steps, "final loss": float(loss.detach()), "|p| at start": float(p0.norm()),
-                                           "|p|": float(p.norm()), "largest change": moved}
+    return AffineMap(A, p, float("nan")), {"steps": done, "passes": done * batch_rows / len(x_NS), "final loss": float(loss.detach()),
+                                           "|p| at start": float(p0.norm()), "|p|": float(p.norm()), "largest change": moved}
 
 
-def adamw_pair_map(pair: HarvestedPair, s: int, t: int, *, lr: float, batch_windows: int, epochs: int,
+def adamw_pair_map(pair: HarvestedPair, s: int, t: int, *, lr: float, batch_rows: int, steps: int,
                    val_frac: float, test_frac: float, seed: int, map_dir: Path, sweep_path: Callable[[str], Path],
                    rule: ContentRule = ContentRule()) -> tuple[AffineMap, dict]:
     """`fit_adamw` on block s → block t of a harvested pair, on the same training rows as the ridge
-    maps (`window_splits`, the content rule), a batch being `batch_windows` windows' worth of
-    pairs; scored on the same test rows. One sweep row (`sweep_path('adamw')`), the map saved
-    under `map_dir`."""
+    maps (`window_splits`, the content rule), `steps` steps of `batch_rows` paired rows; scored on
+    the same test rows. One sweep row (`sweep_path('adamw')`), the map saved under `map_dir`."""
     from resa_utils.core.sweep import config_key, run_sweep
     from resa_utils.lm.activations import resid_hook
 
     n_win = pair.pw.source_ids.shape[0]
-    batch_rows = max(1, round(batch_windows * len(pair.pw.source_rows) / n_win))
-    cfg = {"key": pair.key, "s": s, "t": t, "lr": lr, "batch_rows": batch_rows, "epochs": epochs, "val_frac": val_frac,
+    cfg = {"key": pair.key, "s": s, "t": t, "lr": lr, "batch_rows": batch_rows, "steps": steps, "val_frac": val_frac,
            "test_frac": test_frac, "seed": seed, "content_rule": asdict(rule)}
     path = map_dir / f"adamw_{config_key(cfg)}.safetensors"
 
@@ -786,13 +786,13 @@ def adamw_pair_map(pair: HarvestedPair, s: int, t: int, *, lr: float, batch_wind
         x = pair.cache_s.load(resid_hook(s), verify=False)[pair.pw.source_rows]
         y = pair.cache_t.load(resid_hook(t), verify=False)[pair.pw.target_rows]
         tr, te = (part == 0) & use, (part == 2) & use
-        m, info = fit_adamw(x[tr], y[tr], lr=lr, batch_rows=batch_rows, epochs=epochs, seed=seed)
+        m, info = fit_adamw(x[tr], y[tr], lr=lr, batch_rows=batch_rows, steps=steps, seed=seed)
         m.save(path)
         pred = m(x[te])
         return {**info, "r2": r2_score(pred, y[te]), "cosine": mean_cosine(pred, y[te]), "batch rows": batch_rows}
 
     out = run_sweep(sweep_path("adamw"), [cfg], row, desc="AdamW map", valid=lambda _r: path.exists()).iloc[0]
-    info = {k: out[k] for k in ("steps", "final loss", "|p| at start", "|p|", "largest change", "r2", "cosine", "batch rows")}
+    info = {k: out[k] for k in ("steps", "passes", "final loss", "|p| at start", "|p|", "largest change", "r2", "cosine", "batch rows")}
     return AffineMap.load(path), info
 
 
@@ -876,14 +876,15 @@ def transfer_claim(summary: "pd.DataFrame", null_pct: "pd.DataFrame", behaviour:
 
 def random_control_claim(null_pct: "pd.DataFrame") -> dict:
     """Paper-comparison row for the random control: 'yes' when the random directions' slopes (the
-    null's 5th to 95th percentile) stay within a quarter of the native slope, on average."""
+    5th to 95th percentile of the null's random group, not of the shuffled or cross-behaviour
+    vectors) stay within a quarter of the native slope, on average."""
     nat = null_pct[null_pct.vector == "native"]
-    reach = float((nat[["null p5", "null p95"]].abs().max(axis=1) / nat.slope.abs().clip(lower=1e-9)).mean())
+    reach = float((nat[["null p5 (random)", "null p95 (random)"]].abs().max(axis=1) / nat.slope.abs().clip(lower=1e-9)).mean())
     return {"claim": "random directions of equal norm do not steer the behaviour",
             "metric": "largest |5th or 95th percentile| of the null slopes / |native slope| (mean over behaviours)",
             "paper": "control", "ours": f"{reach:.2f}", "held": "yes" if reach <= 0.25 else "partly" if reach <= 0.5 else "no",
-            "note": "'yes' = at most 0.25; the null: random directions, label-shuffled source vectors through A, and the "
-                    "other behaviours' A v"}
+            "note": "'yes' = at most 0.25; the random directions of the null only (its label-shuffled and "
+                    "other-behaviour vectors are not random controls)"}
 
 
 def adamw_claim(info: dict, bias_df: "pd.DataFrame", null_pct: "pd.DataFrame", behaviours: list[str]) -> dict:
@@ -898,7 +899,7 @@ def adamw_claim(info: dict, bias_df: "pd.DataFrame", null_pct: "pd.DataFrame", b
             "metric": "cos(A v + p, A v) of the AdamW map, mean over behaviours (ridge map beside it)",
             "paper": "AdamW lr 1e-4, about 2.2k steps", "ours": f"{cos:.2f} (ridge {ridge['cos(A v + c p, A v)'].mean():.2f})",
             "held": "yes" if cos >= 0.9 else "partly" if cos >= 0.5 else "no",
-            "note": f"'yes' = at least 0.9; {int(info['steps'])} AdamW steps of {int(info['batch rows'])} rows, |p| "
+            "note": f"'yes' = at least 0.9; {int(info['steps'])} AdamW steps of {int(info['batch rows'])} rows ({info['passes']:.0f} passes), |p| "
                     f"{info['|p| at start']:.2f} -> {info['|p|']:.2f} (ridge {ridge['|p|'].mean():.1f}), largest entry change "
                     f"{info['largest change']:.3f}, held-out R² {info['r2']:.2f}; its A v + p slope ratio "
                     f"{q['slope ratio'].mean():.2f} (mean), percentile {q['percentile'].mean():.0f}"}

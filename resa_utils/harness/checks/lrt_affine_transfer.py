@@ -52,12 +52,13 @@ def cross(p: dict) -> None:
     ta, tb = _tokenizers_allow(p, "source_model", "target_model", "pairing")
     for name in p["behaviours"]:
         b = S.load_behaviour(name)
-        P.require(p["n_fit"] < min(len(b.pos), len(b.neg)), "n_fit", p["n_fit"],
-                  f"leaves no held-out prompts: behaviour {name!r} has {len(b.pos)} / {len(b.neg)} a side",
-                  f"use n_fit <= {min(len(b.pos), len(b.neg)) - 2} (a quarter of each side held out is a good default)")
-        P.require(min(len(b.pos), len(b.neg)) - p["n_fit"] >= 2, "n_fit", p["n_fit"],
-                  f"leaves fewer than 2 held-out prompts a side for behaviour {name!r} ({len(b.pos)} / {len(b.neg)} a side): "
-                  "the paper's r across prompts needs more", f"use n_fit <= {min(len(b.pos), len(b.neg)) - 2}")
+        m, n_fit = min(len(b.pos), len(b.neg)), b.n_fit(p["fit_share"])
+        P.require(n_fit >= 2, "fit_share", p["fit_share"],
+                  f"fits behaviour {name!r}'s vector on {n_fit} prompt(s) a side ({len(b.pos)} / {len(b.neg)} a side)",
+                  f"raise fit_share to at least {2 / m:.2f}, or give the behaviour more prompts")
+        P.require(m - n_fit >= 2, "fit_share", p["fit_share"],
+                  f"leaves {m - n_fit} held-out prompt(s) a side for behaviour {name!r} ({len(b.pos)} / {len(b.neg)} a side): "
+                  "the paper's r across prompts needs at least 2", f"lower fit_share to at most {(m - 2) / m:.2f} (0.75 is a good default)")
         for tok, model in ((ta, p["source_model"]), (tb, p["target_model"])):
             if tok is None:
                 continue
@@ -95,10 +96,10 @@ CHECKS: dict = {
     "content_rows": P.boolean(), "max_norm_ratio": P.real(gt=1, lt=float("inf")),
     "val_frac": P.real(gt=0, lt=0.5), "test_frac": P.real(gt=0, lt=0.5), "layer_stride": P.integer(min=1),
     "lambdas": P.list_of(P.real(min=0, max=100)), "behaviours": P.list_of(_behaviour(), unique=True),
-    "n_fit": P.integer(min=2), "steer_source_layer": P.layer("source_model"), "steer_target_layer": P.integer(min=-1),
+    "fit_share": P.real(gt=0, lt=1), "steer_source_layer": P.layer("source_model"), "steer_target_layer": P.integer(min=-1),
     "alphas": P.list_of(P.real(min=-100, max=100)), "strict_tokens": P.boolean(), "n_boot": P.integer(min=10),
     "n_generations": P.integer(min=0, max=16), "max_new_tokens": P.integer(min=1, max=512), "batch_size": P.integer(min=1),
     "null_alpha": P.real(gt=0, max=100), "n_random_null": P.integer(min=0, max=1000), "n_shuffled_null": P.integer(min=0, max=1000),
     "bias_scales": P.list_of(P.real(min=0, max=10), unique=True), "adamw_lr": P.real(gt=0, max=1.0),
-    "adamw_batch": P.integer(min=1), "adamw_epochs": P.integer(min=1, max=1000), "min_source_slope": P.threshold(),
+    "adamw_batch": P.integer(min=1), "adamw_steps": P.integer(min=1, max=1_000_000), "min_source_slope": P.threshold(),
 }
