@@ -308,6 +308,21 @@ def test_label_real_the_spread_over_seeds_and_the_matched_l0():
     assert R.nearest_setting(spread, "TopK", 7.0) == "k=8" and R.nearest_setting(spread, "GBA", float("nan")) == "p=0.05"
 
 
+def test_matched_l0_on_per_seed_rows_lies_inside_every_seeds_range():
+    """Matched on the means, a seed whose range starts higher misses the matched L0 and its FVU is
+    NaN; matched on every seed's range (the notebook's rule), every seed interpolates."""
+    real = R.label_real(_real_rows(), "tied/relu")
+    real.loc[(real.series == "GBA") & (real.seed == 1) & (real.l0 == 8.0), "l0"] = 14.0  # seed 1's GBA starts at 14
+    on_means = R.matched_l0(R.frontier_spread(real))
+    per_seed = R.matched_l0(real)
+    assert on_means.lo == pytest.approx(11.0) and (per_seed.lo, per_seed.hi) == (14.0, 16.0)
+    dce = pd.DataFrame({"series": ["TopK", "TopK", "GBA", "GBA"], "l0": [4.0, 16.0, 8.0, 32.0], "ΔCE nats": [2.0, 1.0, 3.0, 1.0]})
+    assert math.isnan(R.matched_table(real, dce, on_means, [0, 1]).set_index("series").loc["GBA", "fvu"])
+    t = R.matched_table(real, dce, per_seed, [0, 1]).set_index("series")
+    assert np.isfinite(t.loc[["GBA", "TopK"], ["fvu", "ΔCE nats"]].to_numpy()).all()
+    assert R.l0_precondition(per_seed, "8")["met"] == "yes" and "every seed" in R.l0_precondition(per_seed, "8")["precondition"]
+
+
 def test_matched_table_interpolates_each_seed_in_log_l0_and_leaves_out_of_range_series_nan():
     real = R.label_real(_real_rows(), "tied/relu")
     dce = pd.DataFrame({"series": ["TopK", "TopK", "GBA", "GBA"], "l0": [4.0, 16.0, 8.0, 32.0], "ΔCE nats": [2.0, 1.0, 3.0, 1.0]})
