@@ -365,6 +365,9 @@ def test_null_percentiles_place_each_slope_among_the_null():
     assert pct.loc["weak", "null p95 (random)"] == pytest.approx(np.percentile(random_slopes, 95))  # per group: the cross slope left out
     assert pct.loc["weak", "null p95 (random)"] < pct.loc["weak", "null p95"] and pct.loc["weak", "null p5 (cross)"] == pytest.approx(sl["null cross t"])
     assert steering.slopes(dose).set_index("vector").slope["native"] == pytest.approx(4.0)
+    bent = _dose([("s", "v", a, [y]) for a, y in ((-0.5, 0.0), (-0.25, 0.0), (0.0, 0.0), (0.25, 1.0), (0.5, 4.0))])
+    line = _dose([("s", "v", a, [3 * a + 1]) for a in (-0.5, 0.0, 0.5)])
+    assert steering.slopes(line)["linear R²"].iloc[0] == pytest.approx(1.0) and steering.slopes(bent)["linear R²"].iloc[0] < 0.8
 
 
 def test_steering_sweep_runs_short_vectors_at_their_alphas_only(tmp_path, monkeypatch):

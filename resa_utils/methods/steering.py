@@ -434,13 +434,22 @@ def native_correlations(dose, behaviours: list[str], names: list[str], alphas: l
 
 
 def slopes(dose):
-    """Per (behaviour, vector): the least-squares slope of the mean logit difference against α."""
+    """Per (behaviour, vector): the least-squares slope of the mean logit difference against α and
+    the line's R² (`linear R²`: how far the α grid lies inside the linear range; NaN for a flat
+    response)."""
     import numpy as np
     import pandas as pd
 
-    rows = [{"behaviour": n, "vector": v, "slope": float(np.polyfit(d.alpha, d["mean"], 1)[0]), "n alphas": len(d)}
-            for (n, v), d in dose.groupby(["behaviour", "vector"], sort=False) if d.alpha.nunique() >= 2]
-    return pd.DataFrame(rows, columns=["behaviour", "vector", "slope", "n alphas"])
+    rows = []
+    for (n, v), d in dose.groupby(["behaviour", "vector"], sort=False):
+        if d.alpha.nunique() < 2:
+            continue
+        slope, icpt = np.polyfit(d.alpha, d["mean"], 1)
+        var = float(np.var(d["mean"]))
+        resid = float(np.mean((d["mean"] - (slope * d.alpha + icpt)) ** 2))
+        rows.append({"behaviour": n, "vector": v, "slope": float(slope), "linear R²": 1 - resid / var if var > 0 else float("nan"),
+                     "n alphas": len(d)})
+    return pd.DataFrame(rows, columns=["behaviour", "vector", "slope", "linear R²", "n alphas"])
 
 
 def paper_statistics(dose, behaviours: list[str], names: list[str]):
