@@ -1,5 +1,7 @@
 """Paper 3's statistics on constructed cases whose answers are known."""
 
+import json
+
 import pytest
 import torch
 from sae_helpers import relu_sae
@@ -338,6 +340,10 @@ def test_sae_sweep_names_trains_and_loads_each_variant(tmp_path, tiny_lm, tiny_w
     assert rows.variant.tolist() == ["original", "ablate-dense", "planted"] and "dense@0.1" in rows
     assert [p["epochs"] for p in rows.probes[0]] == [1, 2] and rows["trained epochs"].tolist() == [2, 1, 1]
     assert all(sweep.has_sae(r) for r in rows.to_dict("records")) and not sweep.has_sae({**grid[0], "seed": 5})
+    old_layout = {"_key": "0123456789abcdef", "layer": 1, "variant": "original", "seed": 0, "fvu": 0.1}  # an earlier design's row: no epochs
+    assert not sweep.has_sae(old_layout)
+    with open(tmp_path / "s.jsonl", "a") as f:
+        f.write(json.dumps(old_layout) + "\n")
     assert sweep.path(1, "original", 0, 1).exists() and sweep.path(1, "original", 0, 2).exists()  # both snapshots
     assert not list((tmp_path / "saes").glob("*.ckpt"))  # checkpoints removed once saved
     assert sweep.basis_file(1, "ablate-dense", 0, 1).exists()

@@ -101,6 +101,17 @@ def test_sweep_recomputes_invalid_rows_and_keeps_only_its_own(tmp_path):
     assert [r["x"] for r in rows] == [0, 1]  # the stale x=2 row and the superseded x=1 row are gone
 
 
+def test_sweep_never_shows_valid_a_row_of_another_layout(tmp_path):
+    """A run's staging starts from the committed sweeps of an earlier design: their rows lack the
+    fields `valid` reads, and must be skipped, not crash the run (notebook 03's first cpu run of
+    this design stopped so, after 1h40 of work)."""
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"_key": "0123456789abcdef", "layer": 3, "fvu": 0.1}) + "\n")
+    df = run_sweep(path, [{"epochs": [1]}], lambda c: {"y": 1}, valid=lambda row: max(row["epochs"]) > 0)
+    assert df.y.tolist() == [1]
+    assert [json.loads(line).get("epochs") for line in path.read_text().splitlines()] == [[1]]
+
+
 def test_sweep_in_worker_processes_matches_the_serial_sweep(tmp_path):
     from resa_utils.methods.recovery import synthetic_row
 

@@ -44,18 +44,20 @@ def run_sweep(path: str | Path, configs: list[dict], fn: Callable[[dict], dict],
               workers: int = 1) -> pd.DataFrame:
     """Run `fn(config)` for each config not already in `path`; return every row as a DataFrame
     (config columns + result columns), in `configs` order. A stored row for which
-    `valid(row)` is False (say, its SAE weights are gone from the cache) is computed again.
+    `valid(row)` is False (say, its SAE weights are gone from the cache) is computed again; a
+    stored row of any other config is neither checked nor kept.
 
     `workers > 1` runs configs in that many processes, each with its share of the CPU threads
     (for many small jobs that cannot use every core alone); `fn` must then be a module-level
     function (picklable), and rows are stored as they finish."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = read_rows(path)
-    if valid is not None:
-        done = {k: row for k, row in done.items() if valid(row)}
-    _end_with_newline(path)
     keys = [config_key(c) for c in configs]
+    wanted = set(keys)
+    # only the rows of these configs are read, so `valid` never sees another layout's row (say, a
+    # committed earlier design's sweep that a run's staging starts from); the rest are compacted away
+    done = {k: row for k, row in read_rows(path).items() if k in wanted and (valid is None or valid(row))}
+    _end_with_newline(path)
     todo = [(k, c) for k, c in zip(keys, configs) if k not in done]
     results = _in_workers(fn, todo, workers) if workers > 1 and len(todo) > 1 else \
         ((k, c, fn(c)) for k, c in todo)

@@ -586,7 +586,11 @@ class SAESweep:
         return p.with_name(p.name + ".basis.safetensors")
 
     def has_sae(self, row: dict) -> bool:
-        """Whether a sweep row's SAE (at its largest epochs) is still in the cache (else it is trained again)."""
+        """Whether a sweep row has this layout and its SAE (at its largest epochs) is still in the
+        cache; else it is trained again. A row of an earlier design (no `epochs`: the committed
+        results' sweeps that a run's staging starts from) is simply not reused."""
+        if not all(q in row for q in ("layer", "variant", "seed", "epochs")):
+            return False
         return (self.path(row["layer"], row["variant"], row["seed"], max(row["epochs"])) / "cfg.json").exists()
 
     def load(self, layer: int, variant: str = "original", seed: int | None = None, epochs: int = 1) -> SAE:
