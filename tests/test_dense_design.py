@@ -143,6 +143,38 @@ def test_dense_job_snapshots_are_the_saes_shorter_runs_end_with(tmp_path, tiny_l
         dense.train_dense_job({"j": 3}, {config_key({"j": 3}): big})
 
 
+def test_a_dense_job_whose_snapshots_are_cached_rescores_them_instead_of_training(tmp_path, tiny_lm, tiny_windows, monkeypatch):
+    """A run's sweep rows live in its staging folder; when that is lost but the SAEs are still in
+    the cache, the job scores the cached snapshots again (the same row) and does not train."""
+    import resa_utils.sae as sae_pkg
+    from resa_utils.core.sweep import config_key
+    from resa_utils.lm.activations import resid_hook
+    from resa_utils.sae import TrainConfig
+
+    hook = resid_hook(1)
+    dense.harvest_once(tmp_path / "h.jsonl", {"data": "x"}, tmp_path / "acts", tiny_lm,
+                       {"train": tiny_windows[:8], "eval": tiny_windows[8:12]}, [hook])
+    cfg = TrainConfig(method="topk", d_sae=2 * tiny_lm.d_model, k=4, batch_size=32, n_tokens=32, seed=0, lr_decay_frac=0.0)
+    job = dense.DenseJob(str(tmp_path / "acts" / "train"), str(tmp_path / "acts" / "eval"), hook, cfg,
+                         {1: str(tmp_path / "e1"), 2: str(tmp_path / "e2")}, density_thresholds=(0.1,))
+    jobs = {config_key({"j": 1}): job}
+    first = dense.train_dense_job({"j": 1}, jobs)
+    assert (tmp_path / "e2" / dense.TRAIN_LOG).exists()
+    calls = []
+    real = sae_pkg.train_sae
+    monkeypatch.setattr(sae_pkg, "train_sae", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    again = dense.train_dense_job({"j": 1}, jobs)
+    assert calls == []
+    for key in ("fvu", "train_fvu", "l0", "dead_frac", "dense@0.1", "trained epochs", "rows", "tokens", "seconds"):
+        assert again[key] == pytest.approx(first[key]), key
+    assert again["curve"] == first["curve"]
+    assert [(p["epochs"], p["tokens"]) for p in again["probes"]] == [(p["epochs"], p["tokens"]) for p in first["probes"]]
+    assert [p["fvu"] for p in again["probes"]] == pytest.approx([p["fvu"] for p in first["probes"]])
+    (tmp_path / "e1" / "cfg.json").unlink()  # one snapshot gone: train again
+    dense.train_dense_job({"j": 1}, jobs)
+    assert calls == [1] and (tmp_path / "e1" / "cfg.json").exists()
+
+
 def test_a_planted_job_trains_on_the_planted_rows(tmp_path, tiny_lm, tiny_windows):
     from dataclasses import replace
 

@@ -502,7 +502,7 @@ def train_dense_job(config: dict, jobs: dict[str, DenseJob]) -> dict:
     Resumes from `<final folder>.ckpt`. Module-level, so it runs in worker processes."""
     import shutil
 
-    from resa_utils.core.atomic import read_json
+    from resa_utils.core.atomic import read_json, write_json
     from resa_utils.sae import train_sae
     from resa_utils.sae.trainer import CKPT_STATE
 
@@ -530,22 +530,46 @@ def train_dense_job(config: dict, jobs: dict[str, DenseJob]) -> dict:
     ckpt = final.with_name(final.name + ".ckpt")
     done = [len(read_json(ckpt / CKPT_STATE).get("probes", []))] if (ckpt / CKPT_STATE).exists() else [0]
 
-    def probe(sae: SAE) -> dict:
-        E = epochs[done[0]]  # probes fire in epoch order; a resumed run skips the ones its checkpoint holds
-        done[0] += 1
-        sae.save(job.save_dirs[E])
+    def score(sae: SAE, E: int) -> dict:
         ev, tr = evaluate_sae(sae, held), evaluate_sae(sae, sample)
         return {"epochs": E, "fvu": ev["fvu"], "train_fvu": tr["fvu"], "l0": ev["l0"], "dead_frac": ev["dead_frac"],
                 **{f"dense@{t}": int((ev["density"] > t).sum()) for t in job.density_thresholds}}
 
-    res = train_sae(train, cfg, checkpoint_dir=ckpt, metadata=job.metadata, progress=True, probe=probe,
-                    probe_tokens=tuple(E * per_epoch * bs for E in epochs[:-1]), rule=None)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    last = res.probes[-1]
+    def probe(sae: SAE) -> dict:
+        E = epochs[done[0]]  # probes fire in epoch order; a resumed run skips the ones its checkpoint holds
+        done[0] += 1
+        sae.save(job.save_dirs[E])
+        return score(sae, E)
+
+    if all(_is_sae_folder(job.save_dirs[E]) for E in epochs) and not (ckpt / CKPT_STATE).exists():
+        # every snapshot is already in the cache (its sweep row was lost, say with a run's staging
+        # folder): score them again rather than train for hours; the training log, if kept, comes back too
+        log = read_json(final / TRAIN_LOG) if (final / TRAIN_LOG).exists() else {}
+        probes = [{"step": E * per_epoch, "tokens": E * per_epoch * bs, **score(SAE.load(job.save_dirs[E]), E)}
+                  for E in epochs]
+        seconds, tok_s, curve = log.get("seconds", float("nan")), log.get("tokens_per_s", float("nan")), log.get("curve", [])
+    else:
+        res = train_sae(train, cfg, checkpoint_dir=ckpt, metadata=job.metadata, progress=True, probe=probe,
+                        probe_tokens=tuple(E * per_epoch * bs for E in epochs[:-1]), rule=None)
+        probes, seconds, tok_s, curve = res.probes, res.seconds, res.tokens_per_s, res.history
+        write_json(final / TRAIN_LOG, {"seconds": seconds, "tokens_per_s": tok_s, "curve": curve})
+        shutil.rmtree(ckpt, ignore_errors=True)
+    last = probes[-1]
     return {**{k: v for k, v in last.items() if k not in ("step", "tokens", "epochs")}, "trained epochs": int(last["epochs"]),
-            "rows": int(train.shape[0]), "tokens": int(cfg.n_tokens), "seconds": res.seconds,
-            "tokens_per_s": res.tokens_per_s, "curve": res.history,
-            "probes": [{**p, "epochs": int(p["epochs"])} for p in res.probes]}
+            "rows": int(train.shape[0]), "tokens": int(cfg.n_tokens), "seconds": seconds,
+            "tokens_per_s": tok_s, "curve": curve,
+            "probes": [{**p, "epochs": int(p["epochs"])} for p in probes]}
+
+
+TRAIN_LOG = "train_log.json"
+"""Written beside the final snapshot of a dense-latents SAE: its training seconds, speed and curve."""
+
+
+def _is_sae_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds a whole saved SAE (weights are written before `cfg.json`)."""
+    from resa_utils.sae.model import CFG_FILE, WEIGHTS_FILE
+
+    return (Path(folder) / CFG_FILE).exists() and (Path(folder) / WEIGHTS_FILE).exists()
 
 
 @dataclass
