@@ -128,3 +128,34 @@ def test_sweep_in_worker_processes_matches_the_serial_sweep(tmp_path):
     assert [len(c) for c in parallel.curve] == [2] * 4  # the probe and the stopping point
     with pytest.raises(TypeError, match="module-level function"):
         run_sweep(tmp_path / "c.jsonl", configs, lambda c: {}, workers=2)
+
+
+def test_an_interrupted_sweep_stops_its_worker_processes(tmp_path):
+    """Ctrl-C in the kernel (JupyterLab's interrupt reaches it alone) stops the running jobs at
+    once, rather than waiting for them and leaving them running after the kernel is gone."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from sweep_helpers import sleep_and_record_pid
+
+    configs = [{"dir": str(tmp_path), "i": i, "s": 120} for i in range(2)]
+
+    def interrupt_when_both_started():
+        deadline = time.monotonic() + 90
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_both_started, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(tmp_path / "rows.jsonl", configs, sleep_and_record_pid, workers=2)
+    assert time.monotonic() - t0 < 100  # not the jobs' 120 s
+    pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+    assert len(pids) == 2
+    time.sleep(1)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

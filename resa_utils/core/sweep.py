@@ -91,6 +91,13 @@ def _in_workers(fn: Callable[[dict], dict], todo: list[tuple[str, dict]],
         for f in as_completed(futures):
             k, c = futures[f]
             yield k, c, f.result()
+    except BaseException:
+        # Ctrl-C (or a failed job): stop the running jobs now. JupyterLab's interrupt reaches the
+        # kernel only, and shutdown() would wait for them (an SAE: half an hour), then leave them
+        # running as orphans if the kernel is killed meanwhile
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
