@@ -62,6 +62,19 @@ def test_sidedness_tells_a_two_sided_direction_from_a_one_sided_one():
     assert dense.geometry_table({3: sae}, {3: x}, {3: torch.tensor([], dtype=torch.long)}, rates, 0.1).empty
 
 
+def test_geometry_table_tells_an_antipodal_partner_from_a_same_sign_duplicate():
+    """s is a product of two cosines, so an antipodal pair and a duplicate both score near 1:
+    the partner's decoder cosine tells them apart."""
+    g = torch.Generator().manual_seed(2)
+    e = torch.eye(4)
+    sae = relu_sae(torch.stack([e[0], e[1], -e[0], e[1]]))  # 0 and 2 antipodal; 1 and 3 duplicates
+    x = torch.randn(500, 4, generator=g)
+    geo = dense.geometry_table({3: sae}, {3: x}, {3: torch.arange(4)}, {3: torch.full((4,), 0.5)}, 0.1).set_index("latent")
+    assert geo.partner.tolist() == [2, 3, 0, 1] and geo.s.tolist() == pytest.approx([1.0] * 4)
+    assert geo["cos dec (partner)"].tolist() == pytest.approx([-1.0, 1.0, -1.0, 1.0])
+    assert geo["cos enc (partner)"].tolist() == pytest.approx([-1.0, 1.0, -1.0, 1.0])
+
+
 def test_plant_adds_a_symmetric_direction_with_the_asked_share_of_variance():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(20000, 16, generator=g) * torch.linspace(0.5, 2, 16)

@@ -923,21 +923,26 @@ def sidedness(sae: SAE, acts_ND: torch.Tensor, latents: torch.Tensor) -> pd.Data
 
 def geometry_table(saes: dict[int, SAE], eval_acts: dict[int, torch.Tensor], dense_idx: dict[int, torch.Tensor],
                    rates: dict[int, torch.Tensor], two_sided_share: float) -> pd.DataFrame:
-    """One row per dense latent: its firing rate, s and partner, both negative shares (`sidedness`)
-    and whether its direction is two-sided (the smaller side of `x − b_dec` holds at least
-    `two_sided_share` of the rows)."""
+    """One row per dense latent: its firing rate, s and partner with the partner's encoder and
+    decoder cosines (s, their product, is also high for a same-sign duplicate, and is capped by
+    the weaker of the two), both negative shares (`sidedness`) and whether its direction is
+    two-sided (the smaller side of `x − b_dec` holds at least `two_sided_share` of the rows)."""
     rows = []
     for L, sae in saes.items():
         idx = dense_idx[L]
         if not len(idx):
             continue
-        s, partner = antipodality(sae.W_enc.detach().T, sae.W_dec.detach(), idx)
+        enc, dec = sae.W_enc.detach().T, sae.W_dec.detach()
+        s, partner = antipodality(enc, dec, idx)
+        cos = {name: torch.nn.functional.cosine_similarity(W[idx].double(), W[partner].double(), dim=1).numpy()
+               for name, W in (("cos enc (partner)", enc), ("cos dec (partner)", dec))}
         side = sidedness(sae, eval_acts[L], idx)
         neg = side["negative share (x − b_dec)"]
         rows.append(side.assign(layer=L, **{"firing rate": rates[L][idx].double().numpy(), "s": s.numpy(),
-                                            "partner": partner.numpy(),
+                                            "partner": partner.numpy(), **cos,
                                             "two-sided": (neg.clip(upper=1 - neg) >= two_sided_share).to_numpy()}))
-    cols = ["layer", "latent", "firing rate", "s", "partner", "negative share (x − b_dec)", "negative share (x)", "two-sided"]
+    cols = ["layer", "latent", "firing rate", "s", "partner", "cos enc (partner)", "cos dec (partner)",
+            "negative share (x − b_dec)", "negative share (x)", "two-sided"]
     return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
 
 
