@@ -41,6 +41,25 @@ def test_start_run_stages_then_publishes_with_an_offline_wandb_run(monkeypatch):
     assert not list(final.rglob("*.tmp"))  # atomic writes leave no temp files
 
 
+def test_published_sweeps_are_only_the_ones_this_run_asked_for(monkeypatch):
+    """A run starts from the published sweep rows (to reuse them); at finish the files it never
+    asked for (an earlier design's or setting's) are dropped, and the ones it used are kept."""
+    monkeypatch.setenv("RESA_PROFILE", "smoke")
+    first = start_run("99_prune", {"x": 1})
+    for name in ("kept", "old design"):
+        run_sweep(first.sweep_path(name), [{"i": 0}], lambda cfg: {"v": cfg["i"]})
+    published = first.finish() / "sweeps"
+    assert sorted(f.name for f in published.glob("*.jsonl")) == ["kept.jsonl", "old_design.jsonl"]
+
+    second = start_run("99_prune", {"x": 2})
+    assert (second.sweep_dir / "old_design.jsonl").exists()  # copied for reuse at the start
+    calls = []
+    rows = run_sweep(second.sweep_path("kept"), [{"i": 0}], lambda cfg: calls.append(cfg) or {"v": 9})
+    assert calls == [] and rows.v.tolist() == [0]  # the published row was reused, not redone
+    published = second.finish() / "sweeps"
+    assert [f.name for f in published.glob("*.jsonl")] == ["kept.jsonl"]
+
+
 def test_paper_comparison_schema_is_enforced():
     from resa_utils.harness.tracking import comparison_frame
 

@@ -393,6 +393,7 @@ class Run:
         self.metrics: dict[str, Any] = {}
         self.status = "running"
         self.error: str | None = None
+        self._sweeps_used: set[str] = set()  # file names handed out by sweep_path(); the rest are pruned at finish
         self.started = datetime.now(timezone.utc)
         self.provenance = {"profile": profile, "git": git_state(), "versions": versions(),
                            "model_sha256": model_hashes(params)}
@@ -405,7 +406,17 @@ class Run:
 
     def sweep_path(self, name: str) -> Path:
         """`sweeps/<slug(name)>.jsonl`: the resumable rows of one sweep."""
-        return self.sweep_dir / f"{slug(name)}.jsonl"
+        path = self.sweep_dir / f"{slug(name)}.jsonl"
+        self._sweeps_used.add(path.name)
+        return path
+
+    def _prune_sweeps(self) -> list[str]:
+        """Delete the sweep files this run never asked for (rows of an earlier design or setting,
+        copied from the published folder to be reused), so the published sweeps are this run's."""
+        stale = [f for f in sorted(self.sweep_dir.glob("*.jsonl")) if f.name not in self._sweeps_used]
+        for f in stale:
+            f.unlink()
+        return [f.name for f in stale]
 
     def cache_dir(self, kind: str) -> Path:
         """A cache folder for large artefacts of this notebook and profile (e.g. `saes`)."""
@@ -592,6 +603,7 @@ class Run:
         Under the runner the runner publishes it, with the executed notebook inside. Returns the
         published folder."""
         self.status, self.error = "finished", None
+        self._prune_sweeps()
         self._write_metrics()
         if not self._under_runner():
             publish_folder(self.out_dir, self.final_dir)
