@@ -60,6 +60,29 @@ def test_published_sweeps_are_only_the_ones_this_run_asked_for(monkeypatch):
     assert [f.name for f in published.glob("*.jsonl")] == ["kept.jsonl"]
 
 
+def test_a_resumed_run_counts_every_session_in_its_runtime(monkeypatch):
+    """An interrupted run resumed later: `runtime_s` is the sum of its sessions, each listed,
+    and the results README says how many (it showed only the last session's time)."""
+    from datetime import timedelta
+
+    from resa_utils.harness.report import render
+
+    monkeypatch.setenv("RESA_PROFILE", "cpu")  # the results README reads the cpu runs (in the tests' results folder)
+    first = start_run("99_resume", {"x": 1})
+    first.started -= timedelta(seconds=600)  # this session ran ten minutes
+    first._close_unfinished()
+    second = start_run("99_resume", {"x": 1})
+    assert second.earlier_parts_s == [pytest.approx(600, abs=5)]
+    second.started -= timedelta(seconds=300)
+    metrics = json.loads((second.finish() / "metrics.json").read_text())
+    assert metrics["runtime_s"] == pytest.approx(900, abs=10)
+    assert [round(p, -1) for p in metrics["runtime_parts_s"]] == [600, 300]
+    assert "| 15 min (2 sessions) |" in render(["99_resume"])
+    third = start_run("99_resume", {"x": 1})  # a fresh run after a finished one starts from zero
+    assert third.earlier_parts_s == []
+    third._close_unfinished()
+
+
 def test_paper_comparison_schema_is_enforced():
     from resa_utils.harness.tracking import comparison_frame
 

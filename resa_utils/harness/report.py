@@ -129,6 +129,9 @@ def render(notebooks: list[str]) -> str:
         metrics = read_metrics(folder)
         status = "no committed run" if metrics is None else metrics.get("status", "?")
         runtime = _runtime(metrics.get("runtime_s")) if metrics else "-"
+        parts = (metrics or {}).get("runtime_parts_s") or []
+        if len(parts) > 1:  # a resumed run: the sum of its sessions
+            runtime += f" ({len(parts)} sessions)"
         sha = ((metrics or {}).get("provenance") or {}).get("git", {}).get("sha")
         newer = changed_since(nb, sha) if metrics is not None else None   # True: stale
         if newer:

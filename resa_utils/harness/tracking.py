@@ -379,6 +379,15 @@ def _norm(value: Any) -> Any:
 # --------------------------------------------------------------------------- the run
 
 
+def _earlier_parts(stage: Path) -> list[float]:
+    """The wall-clock seconds of each earlier session of a resumed run, from its staged
+    `metrics.json` (empty for a fresh run), so `runtime_s` is the whole run, not its last part."""
+    old = read_metrics(stage) if stage.is_dir() else None
+    if not old or not old.get("runtime_s"):
+        return []
+    return [float(x) for x in old.get("runtime_parts_s") or [old["runtime_s"]]]
+
+
 class Run:
     """A W&B run plus its results folder (staged until `finish`)."""
 
@@ -394,6 +403,7 @@ class Run:
         self.status = "running"
         self.error: str | None = None
         self._sweeps_used: set[str] = set()  # file names handed out by sweep_path(); the rest are pruned at finish
+        self.earlier_parts_s = _earlier_parts(self.out_dir)  # a resumed run's earlier sessions (seconds each)
         self.started = datetime.now(timezone.utc)
         self.provenance = {"profile": profile, "git": git_state(), "versions": versions(),
                            "model_sha256": model_hashes(params)}
@@ -540,7 +550,8 @@ class Run:
             "metrics": self.metrics,
             "started": self.started.isoformat(timespec="seconds"),
             "updated": now.isoformat(timespec="seconds"),
-            "runtime_s": round((now - self.started).total_seconds(), 1),
+            "runtime_s": round(sum(self.earlier_parts_s) + (now - self.started).total_seconds(), 1),
+            "runtime_parts_s": [*self.earlier_parts_s, round((now - self.started).total_seconds(), 1)],
             "provenance": self.provenance,
             "wandb": self._wandb_info(),
         }
