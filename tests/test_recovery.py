@@ -618,6 +618,17 @@ def test_synthetic_row_of_a_diagnostic_reports_its_peak_and_progress():
     assert 0.0 <= out["neg_scale"] <= 1.0 and 0.0 <= out["recovery_enc@0.9"] <= 1.0
 
 
+def test_starting_at_the_truth_changes_the_run():
+    """The diagnostic must differ from the paper setting it modifies: in the first cpu run of
+    this design both were identical to the last digit (the random start already was the truth)."""
+    truth = R.diagnostic_configs(TOY, PAPER, [0], DIAG)[0]
+    base = R.syn_config(TOY, "topk", PAPER["topk"], 0, "report")
+    assert base["syn"]["feature_stream"] != 0  # in the sweep key: rows from before the fix are not reused
+    a, b = R.synthetic_row(truth), R.synthetic_row(base)
+    assert a["fvu"] != b["fvu"] and a["curve"][0]["recovery@0.9"] != b["curve"][0]["recovery@0.9"]
+    assert a["curve"][0]["recovery@0.9"] > b["curve"][0]["recovery@0.9"]  # a start at the truth is ahead at the first probe
+
+
 def _diag_syn() -> pd.DataFrame:
     rows = [("topk", 3, s, "report", 0.2, 0.1) for s in (0, 1)] + [("gba", PAPER["gba"], s, "report", 0.6, 0.3) for s in (0, 1)]
     rows += [("relu_l1", 0.03, s, "report", 0.9, 0.2) for s in (0, 1)]
