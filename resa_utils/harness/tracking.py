@@ -420,13 +420,12 @@ class Run:
         self._sweeps_used.add(path.name)
         return path
 
-    def _prune_sweeps(self) -> list[str]:
+    def _prune_sweeps(self) -> None:
         """Delete the sweep files this run never asked for (rows of an earlier design or setting,
         copied from the published folder to be reused), so the published sweeps are this run's."""
-        stale = [f for f in sorted(self.sweep_dir.glob("*.jsonl")) if f.name not in self._sweeps_used]
-        for f in stale:
-            f.unlink()
-        return [f.name for f in stale]
+        for f in self.sweep_dir.glob("*.jsonl"):
+            if f.name not in self._sweeps_used:
+                f.unlink()
 
     def cache_dir(self, kind: str) -> Path:
         """A cache folder for large artefacts of this notebook and profile (e.g. `saes`)."""
@@ -541,6 +540,7 @@ class Run:
     # ------------------------------------------------------------------ closing
     def _write_metrics(self) -> Path:
         now = datetime.now(timezone.utc)
+        part = round((now - self.started).total_seconds(), 1)  # this session
         payload = {
             "notebook": self.notebook,
             "profile": self.profile,
@@ -550,8 +550,8 @@ class Run:
             "metrics": self.metrics,
             "started": self.started.isoformat(timespec="seconds"),
             "updated": now.isoformat(timespec="seconds"),
-            "runtime_s": round(sum(self.earlier_parts_s) + (now - self.started).total_seconds(), 1),
-            "runtime_parts_s": [*self.earlier_parts_s, round((now - self.started).total_seconds(), 1)],
+            "runtime_s": round(sum(self.earlier_parts_s) + part, 1),
+            "runtime_parts_s": [*self.earlier_parts_s, part],
             "provenance": self.provenance,
             "wandb": self._wandb_info(),
         }
